@@ -1,0 +1,139 @@
+//! The whole `/api` surface as one axum router. Both hosts serve exactly this router:
+//! the sidecar through hyper, the plugin by driving it with `oneshot` per request.
+
+pub mod audit;
+pub mod auth;
+pub mod extract;
+pub mod groups;
+pub mod health;
+pub mod users;
+
+use std::sync::OnceLock;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::SharedApp;
+use crate::error::ApiError;
+use crate::model::Paginated;
+use crate::store::{Page, PageRequest};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cohort API",
+        description = "Research-imaging backend for Orthanc: accounts, groups, sessions, patients, DICOM import/export, audit.",
+        license(name = "GPL-3.0-or-later")
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "auth", description = "Login, refresh, logout and sessions"),
+        (name = "users", description = "Accounts and profiles"),
+        (name = "groups", description = "Research groups"),
+        (name = "audit", description = "Audit trail"),
+        (name = "health", description = "Service health"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("cookie", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("access_token"))));
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()));
+        components.add_security_scheme("csrf", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-CSRF-Token"))));
+    }
+}
+
+/// Every route with its documentation, before state is attached.
+fn documented_routes() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/auth", auth::router())
+        .nest("/api/users", users::router())
+        .nest("/api/groups", groups::router())
+        .nest("/api/audit", audit::router())
+        .nest("/api", health::router())
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document, generated from the route annotations.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| documented_routes().split_for_parts().1)
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI 3 document")))]
+async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// The `/api` router with its state, CORS and fallbacks.
+pub fn router(app: SharedApp) -> Router {
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), cors_and_headers))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not allowed on this route")
+}
+
+const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
+const ALLOWED_HEADERS: &str = "Content-Type, X-CSRF-Token, Authorization";
+
+/// CORS for the configured origins only (never `*`), preflight answers, and headers
+/// every API answer carries.
+async fn cors_and_headers(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| app.config.allowed_origins.iter().any(|a| a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if origin.is_some() {
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED_METHODS));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// Wraps a page from a service in the list shape of the API.
+pub fn paginated<T>(page: Page<T>, req: PageRequest) -> Paginated<T> {
+    Paginated { items: page.items, total: page.total, page: req.page, page_size: req.page_size }
+}

@@ -1,0 +1,131 @@
+//! The application state both hosts build once and hand to the router.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::auth::cookies::CookieJar;
+use crate::auth::jwt::JwtKeys;
+use crate::auth::passwords::Passwords;
+use crate::config::Config;
+use crate::domain::Id;
+use crate::pacs::Pacs;
+use crate::store::sessions::SessionAuth;
+use crate::store::Store;
+
+/// Everything a request handler needs, shared behind an `Arc`.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub jwt: JwtKeys,
+    pub passwords: Passwords,
+    pub cookies: CookieJar,
+    pub sessions: SessionCache,
+    /// The DICOM store; `None` only in tests of the account side.
+    pub pacs: Option<Arc<dyn Pacs>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("backend", &self.store.backend()).finish_non_exhaustive()
+    }
+}
+
+pub type SharedApp = Arc<App>;
+
+/// Why the application could not start; displayed as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+impl App {
+    /// Connects and migrates the database, settles the JWT secret and creates the
+    /// bootstrap admin when configured and no admin exists yet.
+    pub async fn start(config: Config, pacs: Option<Arc<dyn Pacs>>) -> Result<SharedApp, StartError> {
+        let store = Store::connect(&config.database_url)
+            .await
+            .map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
+        store.migrate().await.map_err(|e| StartError(format!("cannot migrate the database: {e}")))?;
+        let app = App::with_store(config, store, pacs).await?;
+        crate::services::bootstrap::bootstrap_admin(&app)
+            .await
+            .map_err(|e| StartError(format!("cannot create the bootstrap admin (BootstrapAdminEmail): {e}")))?;
+        Ok(app)
+    }
+
+    /// Builds the state on an already migrated store.
+    pub async fn with_store(config: Config, store: Store, pacs: Option<Arc<dyn Pacs>>) -> Result<SharedApp, StartError> {
+        let secret = match &config.jwt_secret {
+            Some(s) => s.clone(),
+            None => crate::services::bootstrap::shared_jwt_secret(&store)
+                .await
+                .map_err(|e| StartError(format!("cannot read or store the JWT secret: {e}")))?,
+        };
+        let passwords = Passwords::new(config.bcrypt_cost).await.map_err(|e| StartError(e.to_string()))?;
+        Ok(Arc::new(App {
+            jwt: JwtKeys::new(secret.as_bytes()),
+            passwords,
+            cookies: CookieJar { secure: config.cookie_secure },
+            sessions: SessionCache::new(SESSION_CACHE_TTL),
+            store,
+            config,
+            pacs,
+        }))
+    }
+}
+
+/// How long a node trusts what it read about a session before reading it again: a
+/// revocation made on another node takes effect within this delay (on the revoking
+/// node, at once).
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(2);
+const SESSION_CACHE_MAX: usize = 10_000;
+
+/// A short-lived cache of session lookups, so authenticating a request is usually free.
+#[derive(Debug)]
+pub struct SessionCache {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (Instant, SessionAuth)>>,
+}
+
+impl SessionCache {
+    pub fn new(ttl: Duration) -> Self {
+        SessionCache { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, SessionAuth)>> {
+        // A poisoned cache only holds copies of database rows: keep using it.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, session_id: &str) -> Option<SessionAuth> {
+        let map = self.lock();
+        map.get(session_id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
+    }
+
+    pub fn put(&self, s: SessionAuth) {
+        let mut map = self.lock();
+        if map.len() >= SESSION_CACHE_MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+            if map.len() >= SESSION_CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(s.session_id.clone(), (Instant::now(), s));
+    }
+
+    pub fn forget(&self, session_id: &str) {
+        self.lock().remove(session_id);
+    }
+
+    /// Forgets every cached session of a user (role, status or group changed).
+    pub fn forget_user(&self, user_id: Id) {
+        self.lock().retain(|_, (_, s)| s.user_id != user_id);
+    }
+}
+
+/// The client's address, put in the request extensions by the host (the sidecar from
+/// the TCP peer, the plugin from Orthanc's request filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);

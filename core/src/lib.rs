@@ -1,0 +1,18 @@
+//! Cohort's core: domain, services, storage, authentication and the whole `/api`
+//! router, shared by the Orthanc plugin and the sidecar. No FFI and no `unsafe` here.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod model;
+pub mod pacs;
+pub mod services;
+pub mod store;
+
+pub use app::{App, ClientAddr, SharedApp, StartError};
+pub use config::{Config, ConfigError};

@@ -1,0 +1,193 @@
+//! The JSON shapes of the API (DESIGN.md section 3). Services return these; storage rows
+//! never reach the client directly, so a hash cannot leak by accident.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::{Id, Role, UserStatus};
+use crate::store::audit::AuditRow;
+use crate::store::groups::GroupRow;
+use crate::store::sessions::{SessionAuth, SessionRow};
+use crate::store::users::UserRow;
+
+/// A user as the API shows it; never a hash.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct User {
+    pub id: Id,
+    pub email: String,
+    pub role: Role,
+    pub status: UserStatus,
+    pub group_id: Option<Id>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&UserRow> for User {
+    fn from(r: &UserRow) -> Self {
+        User {
+            id: r.id,
+            email: r.email.clone(),
+            role: r.role,
+            status: r.status,
+            group_id: r.group_id,
+            first_name: r.first_name.clone(),
+            last_name: r.last_name.clone(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl From<&SessionAuth> for User {
+    fn from(r: &SessionAuth) -> Self {
+        User {
+            id: r.user_id,
+            email: r.email.clone(),
+            role: r.role,
+            status: r.status,
+            group_id: r.group_id,
+            first_name: r.first_name.clone(),
+            last_name: r.last_name.clone(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Group {
+    pub id: Id,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// Number of users in the group.
+    pub members: i64,
+}
+
+impl From<GroupRow> for Group {
+    fn from(r: GroupRow) -> Self {
+        Group { id: r.id, name: r.name, created_at: r.created_at, members: r.members }
+    }
+}
+
+/// One login (device) of the caller.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Session {
+    pub id: String,
+    /// A short description of the client, derived from its user agent.
+    pub device: String,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// True for the session making this request.
+    pub current: bool,
+}
+
+impl Session {
+    pub fn from_row(r: SessionRow, current_id: &str) -> Self {
+        Session {
+            device: describe_device(r.user_agent.as_deref()),
+            current: r.id == current_id,
+            id: r.id,
+            user_agent: r.user_agent,
+            ip: r.ip,
+            created_at: r.created_at,
+            last_seen_at: r.last_seen_at,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
+/// "Firefox on Linux"-style summary of a user agent; good enough to tell devices apart.
+pub fn describe_device(user_agent: Option<&str>) -> String {
+    let Some(ua) = user_agent.filter(|s| !s.trim().is_empty()) else {
+        return "Unknown device".into();
+    };
+    let browsers = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+        ("python-requests", "Python"),
+        ("python-httpx", "Python"),
+    ];
+    let systems =
+        [("Android", "Android"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Windows", "Windows"), ("Mac OS X", "macOS"), ("Linux", "Linux")];
+    let browser = browsers.iter().find(|(k, _)| ua.contains(k)).map(|(_, v)| *v);
+    let system = systems.iter().find(|(k, _)| ua.contains(k)).map(|(_, v)| *v);
+    match (browser, system) {
+        (Some(b), Some(s)) => format!("{b} on {s}"),
+        (Some(b), None) => b.to_string(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => ua.chars().take(60).collect(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: Id,
+    pub at: DateTime<Utc>,
+    pub user_id: Option<Id>,
+    pub actor_email: Option<String>,
+    pub action: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub outcome: String,
+    pub ip: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(r: AuditRow) -> Self {
+        AuditEntry {
+            details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::String(r.details)),
+            id: r.id,
+            at: r.at,
+            user_id: r.user_id,
+            actor_email: r.actor_email,
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            outcome: r.outcome,
+            ip: r.ip,
+        }
+    }
+}
+
+/// `?page=&page_size=` of every list.
+#[derive(Clone, Copy, Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1 to 200 (default 20).
+    pub page_size: Option<u32>,
+}
+
+/// A page of a list: `{"items": [...], "total": N, "page": 1, "page_size": 20}`.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Paginated<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub page: u32,
+    pub page_size: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_device;
+
+    #[test]
+    fn devices_are_described_from_user_agents() {
+        let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+        assert_eq!(describe_device(Some(firefox)), "Firefox on Linux");
+        let chrome_mac = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/120.0 Safari/537.36";
+        assert_eq!(describe_device(Some(chrome_mac)), "Chrome on macOS");
+        assert_eq!(describe_device(Some("curl/8.1")), "curl");
+        assert_eq!(describe_device(None), "Unknown device");
+    }
+}

@@ -1,0 +1,67 @@
+//! Research groups (admins).
+
+use serde_json::json;
+
+use super::{action, Outcome, Principal};
+use crate::app::App;
+use crate::domain::{self, Id};
+use crate::error::{ApiError, ApiResult};
+use crate::model::Group;
+use crate::store::{Page, PageRequest};
+
+fn clean(name: &str) -> ApiResult<String> {
+    domain::clean_name(name).map_err(|e| ApiError::validation("name", e))?.ok_or_else(|| ApiError::validation("name", "must not be empty"))
+}
+
+fn name_taken() -> ApiError {
+    ApiError::conflict("group_exists", "a group with this name already exists")
+}
+
+pub async fn list(app: &App, page: PageRequest) -> ApiResult<Page<Group>> {
+    let mut db = app.store.conn().await?;
+    let rows = db.list_groups(page).await?;
+    Ok(Page { items: rows.items.into_iter().map(Group::from).collect(), total: rows.total })
+}
+
+pub async fn create(app: &App, who: &Principal, name: &str) -> ApiResult<Group> {
+    let name = clean(name)?;
+    let mut tx = app.store.begin().await?;
+    if tx.group_by_name(&name).await?.is_some() {
+        return Err(name_taken());
+    }
+    let row = tx.insert_group(&name).await.map_err(|e| if e.is_unique_violation() { name_taken() } else { e.into() })?;
+    tx.insert_audit(&who.actor().audit(action::CREATE, Outcome::Success).on("group", row.id).details(json!({"name": name}))).await?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+pub async fn rename(app: &App, who: &Principal, id: Id, name: &str) -> ApiResult<Group> {
+    let name = clean(name)?;
+    let mut tx = app.store.begin().await?;
+    let old = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
+    if tx.group_by_name(&name).await?.is_some_and(|g| g.id != id) {
+        return Err(name_taken());
+    }
+    tx.rename_group(id, &name).await?;
+    tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("group", id).details(json!({
+        "changes": {"name": [old.name, name]}
+    })))
+    .await?;
+    let row = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+/// Deletes an empty group; a group that still has users or patients answers 409.
+pub async fn delete(app: &App, who: &Principal, id: Id) -> ApiResult<()> {
+    let mut tx = app.store.begin().await?;
+    let group = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
+    let not_empty = || ApiError::conflict("group_not_empty", "the group still has users or patients; move them first");
+    if group.members > 0 {
+        return Err(not_empty());
+    }
+    tx.insert_audit(&who.actor().audit(action::DELETE, Outcome::Success).on("group", id).details(json!({"name": group.name}))).await?;
+    tx.delete_group(id).await.map_err(|e| if e.is_foreign_key_violation() { not_empty() } else { e.into() })?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Business rules. Each public function is one use case: it checks permissions object
+//! by object, does its work on one database transaction together with its audit row,
+//! and returns API models or an [`ApiError`](crate::error::ApiError).
+
+pub mod audit;
+pub mod auth;
+pub mod bootstrap;
+pub mod groups;
+pub mod users;
+
+use crate::domain::{Id, Role};
+use crate::model::User;
+use crate::store::audit::NewAudit;
+
+/// How the caller proved who they are. CSRF applies to cookies only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Cookie,
+    Bearer,
+}
+
+/// Facts about the client that the audit trail and throttling need.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user: User,
+    pub session_id: String,
+    pub via: Via,
+    pub csrf_hash: String,
+    pub client: ClientInfo,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.user.role == Role::Admin
+    }
+
+    pub fn id(&self) -> Id {
+        self.user.id
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor { user_id: Some(self.user.id), email: Some(self.user.email.clone()), ip: self.client.ip.clone() }
+    }
+}
+
+/// Who did something, as the audit trail records it. The system (start-up, automatic
+/// registration, the command line) has no user.
+#[derive(Clone, Debug, Default)]
+pub struct Actor {
+    pub user_id: Option<Id>,
+    pub email: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Audit outcomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor::default()
+    }
+
+    /// Starts an audit row for this actor.
+    pub fn audit(&self, action: &'static str, outcome: Outcome) -> NewAudit {
+        NewAudit {
+            user_id: self.user_id,
+            actor_email: self.email.clone(),
+            ip: self.ip.clone(),
+            action,
+            outcome: outcome.as_str(),
+            ..NewAudit::default()
+        }
+    }
+}
+
+impl NewAudit {
+    /// Names the resource the action was about.
+    pub fn on(mut self, resource_type: &'static str, id: impl ToString) -> Self {
+        self.resource_type = Some(resource_type);
+        self.resource_id = Some(id.to_string());
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// Audit action names (DESIGN.md section 3).
+pub mod action {
+    pub const LOGIN: &str = "LOGIN";
+    pub const LOGIN_FAILED: &str = "LOGIN_FAILED";
+    pub const LOGOUT: &str = "LOGOUT";
+    pub const REFRESH: &str = "REFRESH";
+    pub const REFRESH_REUSE: &str = "REFRESH_REUSE";
+    pub const CREATE: &str = "CREATE";
+    pub const UPDATE: &str = "UPDATE";
+    pub const DELETE: &str = "DELETE";
+    pub const IMPORT: &str = "IMPORT";
+    pub const EXPORT: &str = "EXPORT";
+    pub const PASSWORD_CHANGE: &str = "PASSWORD_CHANGE";
+    pub const SESSION_REVOKE: &str = "SESSION_REVOKE";
+    pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
+}

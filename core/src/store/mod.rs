@@ -1,0 +1,278 @@
+//! Storage on SQLite or PostgreSQL, chosen by URL.
+//!
+//! Every query is written once, in portable SQL (`$1` placeholders, which sqlx's SQLite
+//! driver also accepts; `RETURNING`; `ON CONFLICT`), and compiled for both drivers by the
+//! [`on_db!`] macro. We do not use `sqlx::Any`: it cannot carry timestamps, and seafowl's
+//! experience is that generic code over `sqlx::Database` drowns in trait bounds. Each
+//! dialect keeps its native column types (TIMESTAMPTZ on PostgreSQL, RFC 3339 text on
+//! SQLite); the row structs decode both.
+//!
+//! A [`Db`] is one connection, either a plain pooled one (reads) or a write transaction
+//! from [`Store::begin`]. Services perform an action and its audit row on the same `Db`
+//! and commit once, so the two land together or not at all.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+/// Runs the same body against whichever driver `$db` holds: `$c` is bound to a
+/// `&mut SqliteConnection` or a `&mut PgConnection`, and the body is compiled for both.
+macro_rules! on_db {
+    ($db:expr, |$c:ident| $body:expr) => {
+        match &mut $db.0 {
+            $crate::store::Inner::Sqlite(h) => {
+                let $c = h.conn();
+                $body
+            }
+            $crate::store::Inner::Postgres(h) => {
+                let $c = h.conn();
+                $body
+            }
+        }
+    };
+}
+
+pub mod audit;
+pub mod groups;
+pub mod sessions;
+pub mod settings;
+pub mod throttle;
+pub mod users;
+
+/// A storage failure. Whether it means "the database is down" (503) or a bug (500) is
+/// decided here, once.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("bad data in the database: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// True when the database cannot be reached or is shutting down, as opposed to a
+    /// query that is wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlx(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    // PostgreSQL class 08 (connection exception), 57P01-03 (shutdown),
+                    // 53 (insufficient resources); SQLite BUSY/LOCKED after the timeout.
+                    let code = db.code().unwrap_or_default();
+                    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
+                }
+                _ => false,
+            },
+            StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
+
+    pub fn is_foreign_key_violation(&self) -> bool {
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.is_foreign_key_violation())
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The pool of one database.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long a request waits for a pooled connection before the database counts as down.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://file.db`, created if missing, or
+    /// `postgres://...`). Does not migrate; see [`Store::migrate`].
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?.application_name("cohort");
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .min_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        }
+    }
+
+    /// Applies the pending migrations of this store's dialect.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match self {
+            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A pooled connection for reads and single-statement writes.
+    pub async fn conn(&self) -> StoreResult<Db> {
+        Ok(Db(match self {
+            Store::Sqlite(pool) => Inner::Sqlite(Handle::Conn(pool.acquire().await?)),
+            Store::Postgres(pool) => Inner::Postgres(Handle::Conn(pool.acquire().await?)),
+        }))
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so a transaction that reads before it writes cannot fail on lock
+    /// upgrade; concurrent writers wait on the busy timeout instead.
+    pub async fn begin(&self) -> StoreResult<Db> {
+        Ok(Db(match self {
+            Store::Sqlite(pool) => Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Store::Postgres(pool) => Inner::Postgres(Handle::Tx(pool.begin().await?)),
+        }))
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let mut db = self.conn().await?;
+        on_db!(db, |c| sqlx::query("SELECT 1").execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(pool) => pool.close().await,
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+enum Handle<DB: sqlx::Database> {
+    Conn(PoolConnection<DB>),
+    Tx(Transaction<'static, DB>),
+}
+
+impl Handle<Sqlite> {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        match self {
+            Handle::Conn(c) => c,
+            Handle::Tx(t) => t,
+        }
+    }
+}
+
+impl Handle<Postgres> {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Handle::Conn(c) => c,
+            Handle::Tx(t) => t,
+        }
+    }
+}
+
+enum Inner {
+    Sqlite(Handle<Sqlite>),
+    Postgres(Handle<Postgres>),
+}
+
+/// One database connection or transaction; the repository methods live on it.
+pub struct Db(Inner);
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Inner::Sqlite(_) => "Db(sqlite)",
+            Inner::Postgres(_) => "Db(postgres)",
+        })
+    }
+}
+
+impl Db {
+    /// Commits a transaction from [`Store::begin`]; a no-op on a plain connection.
+    /// Dropping a `Db` without committing rolls the transaction back.
+    pub async fn commit(self) -> StoreResult<()> {
+        match self.0 {
+            Inner::Sqlite(Handle::Tx(t)) => t.commit().await?,
+            Inner::Postgres(Handle::Tx(t)) => t.commit().await?,
+            Inner::Sqlite(Handle::Conn(_)) | Inner::Postgres(Handle::Conn(_)) => {}
+        }
+        Ok(())
+    }
+}
+
+
+/// The current time as both databases store it (microsecond precision, UTC), so a value
+/// read back compares equal to the one written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The arguments of a paginated list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl PageRequest {
+    pub fn limit(self) -> i64 {
+        i64::from(self.page_size)
+    }
+
+    pub fn offset(self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.page_size)
+    }
+}
+
+/// One page of a list and the total number of matching rows.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}

@@ -1,0 +1,190 @@
+//! `cohort`: the sidecar server beside a stock Orthanc, and admin commands. This file
+//! only wires configuration, logging and the core; the work is in `cohort-core`.
+
+mod orthanc;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use clap::{Parser, Subcommand, ValueEnum};
+use cohort_core::config::LogFormat;
+use cohort_core::domain::Role;
+use cohort_core::pacs::Pacs;
+use cohort_core::services::users::NewUserInput;
+use cohort_core::services::Actor;
+use cohort_core::{App, ClientAddr, Config};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "cohort", version, about = "Cohort: accounts, patients and DICOM import/export beside an Orthanc server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the /api (configured from COHORT_* variables; see the README).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage user accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create a user; the password is read from the first line of standard input.
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Name of an existing research group.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        first_name: Option<String>,
+        #[arg(long)]
+        last_name: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    Admin,
+    User,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env_and_file(std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cohort: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cohort: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::User { command: UserCommand::Add { email, role, group, first_name, last_name } } => {
+                add_user(config, email, role, group, first_name, last_name).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cohort: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let pacs: Arc<dyn Pacs> = Arc::new(orthanc::OrthancHttp::new(&config)?);
+    let app = App::start(config, Some(pacs)).await?;
+    let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(client_addr));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down");
+    app.store.close().await;
+    Ok(())
+}
+
+/// Hands the TCP peer address to the core as a [`ClientAddr`].
+async fn client_addr(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(ClientAddr(peer.ip()));
+    next.run(req).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = cohort_core::store::Store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    println!("database migrated ({})", store.backend().as_str());
+    store.close().await;
+    Ok(())
+}
+
+async fn add_user(
+    config: Config,
+    email: String,
+    role: RoleArg,
+    group: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    let app = App::start(config, None).await?;
+    let group_id = match group {
+        Some(name) => {
+            let mut db = app.store.conn().await?;
+            Some(db.group_by_name(&name).await?.ok_or_else(|| anyhow::anyhow!("no research group named {name:?}"))?.id)
+        }
+        None => None,
+    };
+    let role = match role {
+        RoleArg::Admin => Role::Admin,
+        RoleArg::User => Role::User,
+    };
+    let input = NewUserInput { email, password, role, group_id, first_name, last_name };
+    let user = cohort_core::services::users::create(&app, &Actor::system(), input).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    println!("created {} user {} (id {})", user.role, user.email, user.id);
+    app.store.close().await;
+    Ok(())
+}
