@@ -1,1 +1,102 @@
+//! The end-to-end harness: throwaway databases, a real Orthanc (Debian's `orthanc`
+//! package) on free ports, the `cohort` sidecar or the Cohort plugin inside Orthanc, and
+//! a browser-like HTTP client. Every process is killed when its handle drops.
+//!
+//! PostgreSQL comes from `COHORT_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. A
+//! PostgreSQL that cannot be reached fails the test, unless `COHORT_TEST_SKIP_POSTGRES=1`
+//! is set, in which case the PostgreSQL variants print that they were skipped.
 
+pub mod client;
+pub mod db;
+pub mod deploy;
+pub mod orthanc;
+
+pub use client::{Client, Resp};
+pub use db::{Backend, TestDatabase};
+pub use deploy::{Deployment, Host, ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
+pub use orthanc::Orthanc;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
+}
+
+/// The cargo target directory of the running test (`target/debug`), where the
+/// workspace's binaries and the plugin library are built.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test-binary>
+    exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).expect("target directory")
+}
+
+/// A workspace artefact that `cargo build --workspace` must have produced.
+pub fn built(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a test body once per requested backend, skipping PostgreSQL only when the
+/// developer said so explicitly.
+pub fn postgres_skipped() -> bool {
+    if std::env::var("COHORT_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: PostgreSQL variant (COHORT_TEST_SKIP_POSTGRES=1)");
+        return true;
+    }
+    false
+}
+
+/// Declares one `#[tokio::test]` per deployment (host x database) for a scenario
+/// `async fn(Deployment)`.
+#[macro_export]
+macro_rules! per_deployment {
+    ($scenario:ident) => {
+        mod $scenario {
+            use $crate::{Backend, Deployment, Host};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sidecar_sqlite() {
+                super::$scenario(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sidecar_postgres() {
+                if $crate::postgres_skipped() {
+                    return;
+                }
+                super::$scenario(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
+            }
+        }
+    };
+}
+
+/// Declares one `#[tokio::test]` per database for an `async fn(Backend)`.
+#[macro_export]
+macro_rules! per_backend {
+    ($scenario:ident) => {
+        mod $scenario {
+            use $crate::Backend;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::postgres_skipped() {
+                    return;
+                }
+                super::$scenario(Backend::Postgres).await;
+            }
+        }
+    };
+}

@@ -104,14 +104,14 @@ mod tests {
         let (token, jti) = keys.issue(7, "sid1", TokenType::Access, Utc::now() + Duration::minutes(5));
         let claims = keys.verify(&token, TokenType::Access).expect("valid");
         assert_eq!((claims.sub.as_str(), claims.sid.as_str(), claims.jti), ("7", "sid1", jti));
-        assert_eq!(keys.verify(&token, TokenType::Refresh).unwrap_err(), TokenError::WrongType);
+        assert_eq!(keys.verify(&token, TokenType::Refresh).expect_err("wrong type"), TokenError::WrongType);
     }
 
     #[test]
     fn expired_forged_and_unsigned_tokens_are_refused() {
         let keys = JwtKeys::new(SECRET);
         let (old, _) = keys.issue(7, "s", TokenType::Access, Utc::now() - Duration::minutes(1));
-        assert_eq!(keys.verify(&old, TokenType::Access).unwrap_err(), TokenError::Expired);
+        assert_eq!(keys.verify(&old, TokenType::Access).expect_err("expired"), TokenError::Expired);
 
         let other = JwtKeys::new(b"another secret of thirty-two bytes!!");
         let (forged, _) = other.issue(7, "s", TokenType::Access, Utc::now() + Duration::minutes(5));

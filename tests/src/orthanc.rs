@@ -1,0 +1,135 @@
+//! A real Orthanc (`/usr/sbin/Orthanc`, Debian's package) on free ports with a
+//! temporary storage directory, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ORTHANC_BIN: &str = "/usr/sbin/Orthanc";
+
+#[derive(Debug)]
+pub struct Orthanc {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub dicom_port: u16,
+    pub aet: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// What to put in Orthanc's configuration besides the defaults of the harness.
+#[derive(Debug, Default, Clone)]
+pub struct OrthancOptions {
+    /// Shared libraries to load as plugins.
+    pub plugins: Vec<PathBuf>,
+    /// Extra top-level configuration keys (e.g. the `"Cohort"` section).
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl Orthanc {
+    pub async fn start(options: OrthancOptions) -> Orthanc {
+        assert!(Path::new(ORTHANC_BIN).exists(), "{ORTHANC_BIN} is missing: install Debian's orthanc package");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http_port = crate::free_port();
+        let dicom_port = crate::free_port();
+        let aet = "COHORTTEST".to_string();
+        let mut config = json!({
+            "Name": "cohort-test",
+            "StorageDirectory": dir.path().join("storage"),
+            "IndexDirectory": dir.path().join("storage"),
+            "HttpPort": http_port,
+            "DicomPort": dicom_port,
+            "DicomAet": aet,
+            "DicomServerEnabled": true,
+            "DicomAlwaysAllowStore": true,
+            "DicomCheckCalledAet": false,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "HttpCompressionEnabled": false,
+            "StableAge": 1,
+            "Plugins": options.plugins,
+            "HttpTimeout": 30,
+        });
+        if let Some(obj) = config.as_object_mut() {
+            obj.extend(options.extra);
+        }
+        let config_path = dir.path().join("orthanc.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("json")).expect("write config");
+        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log file");
+        let child = Command::new(ORTHANC_BIN)
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start Orthanc");
+        let orthanc = Orthanc { child: Some(child), http_port, dicom_port, aet, dir };
+        orthanc.wait_until_up().await;
+        orthanc
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+    }
+
+    /// Waits until Orthanc's HTTP server answers (with any status: a plugin may guard
+    /// `/system`).
+    async fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let http = reqwest::Client::new();
+        loop {
+            if http.get(format!("{}/system", self.url())).send().await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "Orthanc did not start within 60 s; its log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks Orthanc to stop (SIGTERM) and waits for it; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("Orthanc is running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("Orthanc did not stop within 30 s of SIGTERM; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- Orthanc log (last 60 lines) ----\n{}", tail(&self.log(), 60));
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

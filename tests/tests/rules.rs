@@ -1,0 +1,328 @@
+//! Account rules checked on the core router served in-process over real HTTP, on
+//! SQLite and PostgreSQL: throttling, inactive users, the last admin, deletions and the
+//! audit trail they leave, validation, pagination, search, groups, CORS, the OpenAPI
+//! document, and a database that goes down.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use cohort_core::{App, ClientAddr, Config, SharedApp};
+use cohort_e2e::{per_backend, Backend, Client, TestDatabase};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "root@rules.test";
+const ADMIN_PW: &str = "root-password-1";
+
+struct Served {
+    url: String,
+    app: SharedApp,
+    _db: TestDatabase,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Served {
+    fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    async fn admin(&self) -> Client {
+        let c = self.client();
+        c.login(ADMIN, ADMIN_PW).await.expect_status(200);
+        c
+    }
+
+    /// Creates a user and returns their id.
+    async fn user(&self, admin: &Client, email: &str, body: Value) -> i64 {
+        let mut b = json!({"email": email, "password": "user-password-1", "role": "user"});
+        if let (Some(b), Some(extra)) = (b.as_object_mut(), body.as_object()) {
+            b.extend(extra.clone());
+        }
+        admin.post("/api/users", &b).await.expect_status(201)["id"].as_i64().expect("id")
+    }
+}
+
+/// The core router on a local port, configured like a deployment plus `tweak`.
+async fn serve(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Served {
+    let db = TestDatabase::create(backend).await;
+    let mut config = Config { database_url: db.url.clone(), cookie_secure: false, bcrypt_cost: 10, ..Config::default() };
+    config.bootstrap_admin_email = Some(ADMIN.into());
+    config.bootstrap_admin_password = Some(ADMIN_PW.into());
+    tweak(&mut config);
+    let app = App::start(config, None).await.expect("app starts");
+    let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(
+        |ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(ClientAddr(peer.ip()));
+            next.run(req).await
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    Served { url, app, _db: db, server }
+}
+
+async fn login_throttling(backend: Backend) {
+    let s = serve(backend, |c| {
+        c.login_max_failures_per_account = 3;
+        c.login_max_failures_per_ip = 5;
+    })
+    .await;
+    let admin = s.admin().await;
+    s.user(&admin, "victim@rules.test", json!({})).await;
+    let c = s.client();
+    for _ in 0..3 {
+        c.login("victim@rules.test", "wrong-password-1").await.expect_error(401, "invalid_credentials");
+    }
+    // Locked now, even with the right password; Retry-After says for how long.
+    let r = c.login("victim@rules.test", "user-password-1").await;
+    r.expect_error(429, "too_many_attempts");
+    let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+    assert!((1..=15 * 60).contains(&retry), "{retry}");
+    // Unknown accounts are throttled the same way, so a 429 reveals nothing.
+    for _ in 0..2 {
+        c.login("ghost@rules.test", "wrong-password-1").await.expect_error(401, "invalid_credentials");
+    }
+    // That made five failures from this IP: everyone from it waits, even the admin.
+    c.login(ADMIN, ADMIN_PW).await.expect_error(429, "too_many_attempts");
+    let audit = admin.get("/api/audit?action=LOGIN_FAILED&page_size=50").await.expect_status(200);
+    let denied = audit["items"].as_array().expect("items").iter().filter(|e| e["outcome"] == "denied").count();
+    assert_eq!(denied, 2, "each throttled attempt is audited: {audit}");
+    // Successful logins never count: the admin's session (opened before) still works.
+    admin.get("/api/auth/me").await.expect_status(200);
+}
+per_backend!(login_throttling);
+
+async fn inactive_users_are_locked_out(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let id = s.user(&admin, "leaver@rules.test", json!({})).await;
+    let user = s.client();
+    user.login("leaver@rules.test", "user-password-1").await.expect_status(200);
+    user.get("/api/auth/me").await.expect_status(200);
+
+    let updated = admin.put(&format!("/api/users/{id}"), &json!({"status": "inactive"})).await.expect_status(200);
+    assert_eq!(updated["status"], "inactive");
+    user.get("/api/auth/me").await.expect_error(401, "session_revoked");
+    user.login("leaver@rules.test", "user-password-1").await.expect_error(403, "account_inactive");
+    // A wrong password still says nothing about the account.
+    user.login("leaver@rules.test", "wrong-password-1").await.expect_error(401, "invalid_credentials");
+
+    admin.put(&format!("/api/users/{id}"), &json!({"status": "active"})).await.expect_status(200);
+    user.login("leaver@rules.test", "user-password-1").await.expect_status(200);
+}
+per_backend!(inactive_users_are_locked_out);
+
+async fn the_last_admin_stays(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let me = admin.get("/api/auth/me").await.expect_status(200);
+    let my_id = me["id"].as_i64().expect("id");
+    admin.put(&format!("/api/users/{my_id}"), &json!({"role": "user"})).await.expect_error(409, "last_admin");
+    admin.put(&format!("/api/users/{my_id}"), &json!({"status": "inactive"})).await.expect_error(409, "last_admin");
+    admin.delete(&format!("/api/users/{my_id}")).await.expect_error(409, "last_admin");
+
+    // With a second admin, the first may step down.
+    let second = s.user(&admin, "second@rules.test", json!({"role": "admin"})).await;
+    admin.put(&format!("/api/users/{my_id}"), &json!({"role": "user"})).await.expect_status(200);
+    // Now the second admin is the last one.
+    let other = s.client();
+    other.login("second@rules.test", "user-password-1").await.expect_status(200);
+    other.delete(&format!("/api/users/{second}")).await.expect_error(409, "last_admin");
+    // And the demoted admin lost admin rights at once (no stale cached role).
+    admin.get("/api/users").await.expect_error(403, "forbidden");
+}
+per_backend!(the_last_admin_stays);
+
+async fn deleting_a_user_keeps_their_audit_trail(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let id = s.user(&admin, "gone@rules.test", json!({})).await;
+    let user = s.client();
+    user.login("gone@rules.test", "user-password-1").await.expect_status(200);
+    admin.delete(&format!("/api/users/{id}")).await.expect_status(204);
+    admin.get(&format!("/api/users/{id}")).await.expect_error(404, "not_found");
+    user.get("/api/auth/me").await.expect_error(401, "session_revoked");
+    let audit = admin.get("/api/audit?page_size=200").await.expect_status(200);
+    let items = audit["items"].as_array().expect("items");
+    let login = items.iter().find(|e| e["action"] == "LOGIN" && e["actor_email"] == "gone@rules.test").expect("login row kept");
+    assert_eq!(login["user_id"], Value::Null, "user_id cleared, email kept");
+    assert!(items.iter().any(|e| e["action"] == "DELETE" && e["resource_type"] == "user" && e["resource_id"].as_str() == Some(id.to_string().as_str())));
+    user.login("gone@rules.test", "user-password-1").await.expect_error(401, "invalid_credentials");
+}
+per_backend!(deleting_a_user_keeps_their_audit_trail);
+
+async fn validation_pagination_and_search(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let bad = [
+        (json!({"email": "not-an-email", "password": "user-password-1", "role": "user"}), "email"),
+        (json!({"email": "a@rules.test", "password": "short", "role": "user"}), "password"),
+        (json!({"email": "a@rules.test", "password": "p".repeat(73), "role": "user"}), "password"),
+        (json!({"email": "a@rules.test", "password": "user-password-1", "role": "superuser"}), "role"),
+        (json!({"email": "a@rules.test", "password": "user-password-1", "role": "user", "group_id": 999}), "group_id"),
+        (json!({"password": "user-password-1", "role": "user"}), "email"),
+    ];
+    for (body, field) in bad {
+        let err = admin.post("/api/users", &body).await.expect_error(422, "validation_error");
+        let msg = err["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.starts_with(field), "{body}: {msg}");
+    }
+    s.user(&admin, "eloise@rules.test", json!({"first_name": "Éloïse", "last_name": "Dupré"})).await;
+    admin
+        .post("/api/users", &json!({"email": "ELOISE@rules.test", "password": "user-password-1", "role": "user"}))
+        .await
+        .expect_error(409, "email_taken");
+    for i in 0..25 {
+        s.user(&admin, &format!("user{i:02}@rules.test"), json!({})).await;
+    }
+    let page = admin.get("/api/users?page=2&page_size=10").await.expect_status(200);
+    assert_eq!((page["total"].as_i64(), page["page"].as_i64(), page["page_size"].as_i64()), (Some(27), Some(2), Some(10)));
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(10));
+    let last = admin.get("/api/users?page=3&page_size=10").await.expect_status(200);
+    assert_eq!(last["items"].as_array().map(Vec::len), Some(7));
+    let default = admin.get("/api/users").await.expect_status(200);
+    assert_eq!(default["page_size"], 20);
+    admin.get("/api/users?page_size=201").await.expect_error(422, "validation_error");
+    admin.get("/api/users?page=0").await.expect_error(422, "validation_error");
+    admin.get("/api/users?page=abc").await.expect_error(422, "validation_error");
+    for q in ["eloise", "DUPRE", "Éloïse", "loï"] {
+        let found = admin.get(&format!("/api/users?q={}", urlencode(q))).await.expect_status(200);
+        assert_eq!(found["total"], 1, "q={q}: {found}");
+        assert_eq!(found["items"][0]["email"], "eloise@rules.test");
+    }
+    let none = admin.get("/api/users?q=%25").await.expect_status(200);
+    assert_eq!(none["total"], 0, "LIKE wildcards in q are literal");
+    admin.get("/api/users/424242").await.expect_error(404, "not_found");
+    admin.get("/api/users/not-a-number").await.expect_error(404, "not_found");
+}
+per_backend!(validation_pagination_and_search);
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+async fn groups_and_permissions(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let g = admin.post("/api/groups", &json!({"name": "Cardio"})).await.expect_status(201);
+    let gid = g["id"].as_i64().expect("id");
+    admin.post("/api/groups", &json!({"name": "Cardio"})).await.expect_error(409, "group_exists");
+    admin.post("/api/groups", &json!({"name": "   "})).await.expect_error(422, "validation_error");
+    let renamed = admin.put(&format!("/api/groups/{gid}"), &json!({"name": "Cardiology"})).await.expect_status(200);
+    assert_eq!(renamed["name"], "Cardiology");
+    let uid = s.user(&admin, "member@rules.test", json!({"group_id": gid})).await;
+    admin.delete(&format!("/api/groups/{gid}")).await.expect_error(409, "group_not_empty");
+
+    // A plain user cannot manage anything, and each refusal is audited.
+    let member = s.client();
+    member.login("member@rules.test", "user-password-1").await.expect_status(200);
+    member.get("/api/users").await.expect_error(403, "forbidden");
+    member.post("/api/groups", &json!({"name": "Mine"})).await.expect_error(403, "forbidden");
+    member.put(&format!("/api/users/{uid}"), &json!({"role": "admin"})).await.expect_error(403, "forbidden");
+    member.get("/api/audit").await.expect_error(403, "forbidden");
+    let denied = admin.get(&format!("/api/audit?action=ACCESS_DENIED&user_id={uid}")).await.expect_status(200);
+    assert_eq!(denied["total"], 4, "{denied}");
+    assert_eq!(denied["items"][0]["details"]["route"], "/api/audit");
+
+    // Taking the user out of the group (explicit null) empties it.
+    let out = admin.put(&format!("/api/users/{uid}"), &json!({"group_id": null})).await.expect_status(200);
+    assert_eq!(out["group_id"], Value::Null);
+    // Leaving group_id out leaves it alone.
+    let same = admin.put(&format!("/api/users/{uid}"), &json!({"first_name": "M"})).await.expect_status(200);
+    assert_eq!(same["group_id"], Value::Null);
+    admin.delete(&format!("/api/groups/{gid}")).await.expect_status(204);
+    assert_eq!(admin.get("/api/groups").await.expect_status(200)["total"], 0);
+}
+per_backend!(groups_and_permissions);
+
+async fn cors_for_allowed_origins_only(backend: Backend) {
+    let s = serve(backend, |c| c.allowed_origins = vec!["https://app.example.org".into()]).await;
+    let c = s.client();
+    let ok = c.req(Method::GET, "/api/health").header("origin", "https://app.example.org").send().await;
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://app.example.org"));
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    let other = c.req(Method::GET, "/api/health").header("origin", "https://evil.example").send().await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    let pre = c
+        .req(Method::OPTIONS, "/api/groups")
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await;
+    assert_eq!(pre.status.as_u16(), 204);
+    assert!(pre.header("access-control-allow-headers").is_some_and(|h| h.contains("X-CSRF-Token")));
+    assert!(pre.header("access-control-allow-methods").is_some_and(|h| h.contains("PUT") && !h.contains("PATCH")));
+    // A cross-origin front end listed in AllowedOrigins can log in and write.
+    let front = s.client();
+    front.req(Method::POST, "/api/auth/login").json(&json!({"email": ADMIN, "password": ADMIN_PW})).header("origin", "https://app.example.org").send().await.expect_status(200);
+    front.req(Method::POST, "/api/groups").json(&json!({"name": "X"})).header("origin", "https://app.example.org").send().await.expect_status(201);
+    front.req(Method::POST, "/api/auth/login").json(&json!({"email": ADMIN, "password": ADMIN_PW})).header("origin", "https://evil.example").send().await.expect_error(403, "origin_not_allowed");
+}
+per_backend!(cors_for_allowed_origins_only);
+
+/// Every route of DESIGN.md section 3 that exists so far, with its methods.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/api/health", &["get"]),
+    ("/api/openapi.json", &["get"]),
+    ("/api/auth/login", &["post"]),
+    ("/api/auth/refresh", &["post"]),
+    ("/api/auth/logout", &["post"]),
+    ("/api/auth/me", &["get"]),
+    ("/api/auth/sessions", &["get"]),
+    ("/api/auth/sessions/{id}", &["delete"]),
+    ("/api/users", &["get", "post"]),
+    ("/api/users/{id}", &["get", "put", "delete"]),
+    ("/api/users/me/profile", &["put"]),
+    ("/api/groups", &["get", "post"]),
+    ("/api/groups/{id}", &["put", "delete"]),
+    ("/api/audit", &["get"]),
+];
+
+async fn openapi_lists_every_route(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let doc = s.client().get("/api/openapi.json").await.expect_status(200);
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, methods) in ROUTES {
+        let item = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        for m in *methods {
+            assert!(item.get(*m).is_some(), "{m} {path} missing from the OpenAPI document");
+        }
+    }
+    // And each documented operation is really served (no 404/405 from the router).
+    let admin = s.admin().await;
+    for (path, item) in paths {
+        for method in item.as_object().expect("operations").keys() {
+            let concrete = path.replace("{id}", "1").replace("{instance_id}", "1");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let r = admin.req(m, &concrete).json(&json!({})).send().await;
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let unrouted = r.status == 405 || (r.status == 404 && body["error"]["message"] == "no such route");
+            assert!(!unrouted, "{method} {path} is documented but not routed");
+        }
+    }
+}
+per_backend!(openapi_lists_every_route);
+
+async fn a_database_that_goes_down(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    s.app.store.close().await;
+    admin.get("/api/users").await.expect_error(503, "database_unavailable");
+    s.client().login(ADMIN, ADMIN_PW).await.expect_error(503, "database_unavailable");
+    let health = s.client().get("/api/health").await;
+    assert_eq!(health.status.as_u16(), 503);
+    assert_eq!(health.json()["database"], "unavailable");
+    assert_eq!(health.json()["status"], "degraded");
+    assert!(!String::from_utf8_lossy(&health.body).contains("pool"), "5xx bodies do not leak internals");
+}
+per_backend!(a_database_that_goes_down);
