@@ -24,6 +24,16 @@ pub struct App {
     pub sessions: SessionCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
+    /// Whether answers may be streamed (the sidecar) or must be built in memory first
+    /// (the plugin: Orthanc 1.10.1 cannot stream a plugin's answer).
+    pub streaming_answers: bool,
+}
+
+/// Which program hosts the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Sidecar,
+    Plugin,
 }
 
 impl std::fmt::Debug for App {
@@ -42,20 +52,25 @@ pub struct StartError(pub String);
 impl App {
     /// Connects and migrates the database, settles the JWT secret and creates the
     /// bootstrap admin when configured and no admin exists yet.
-    pub async fn start(config: Config, pacs: Option<Arc<dyn Pacs>>) -> Result<SharedApp, StartError> {
+    pub async fn start(config: Config, pacs: Option<Arc<dyn Pacs>>, host: Host) -> Result<SharedApp, StartError> {
         let store = Store::connect(&config.database_url)
             .await
             .map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
         store.migrate().await.map_err(|e| StartError(format!("cannot migrate the database: {e}")))?;
-        let app = App::with_store(config, store, pacs).await?;
+        let app = App::with_store(config, store, pacs, host).await?;
         crate::services::bootstrap::bootstrap_admin(&app)
             .await
             .map_err(|e| StartError(format!("cannot create the bootstrap admin (BootstrapAdminEmail): {e}")))?;
         Ok(app)
     }
 
+    /// The DICOM store, or 503 `orthanc_unavailable` when none is configured.
+    pub fn pacs(&self) -> Result<&Arc<dyn Pacs>, crate::error::ApiError> {
+        self.pacs.as_ref().ok_or_else(|| crate::error::ApiError::unavailable("orthanc_unavailable", "no DICOM store configured"))
+    }
+
     /// Builds the state on an already migrated store.
-    pub async fn with_store(config: Config, store: Store, pacs: Option<Arc<dyn Pacs>>) -> Result<SharedApp, StartError> {
+    pub async fn with_store(config: Config, store: Store, pacs: Option<Arc<dyn Pacs>>, host: Host) -> Result<SharedApp, StartError> {
         let secret = match &config.jwt_secret {
             Some(s) => s.clone(),
             None => crate::services::bootstrap::shared_jwt_secret(&store)
@@ -71,6 +86,7 @@ impl App {
             store,
             config,
             pacs,
+            streaming_answers: host == Host::Sidecar,
         }))
     }
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod pacs;
 pub mod services;
 pub mod store;
+pub mod zipstream;
 
-pub use app::{App, ClientAddr, SharedApp, StartError};
+pub use app::{App, ClientAddr, Host, SharedApp, StartError};
 pub use config::{Config, ConfigError};

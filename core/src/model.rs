@@ -1,13 +1,14 @@
 //! The JSON shapes of the API (DESIGN.md section 3). Services return these; storage rows
 //! never reach the client directly, so a hash cannot leak by accident.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::{Id, Role, UserStatus};
+use crate::domain::{Id, PatientStatus, Role, UserStatus};
 use crate::store::audit::AuditRow;
 use crate::store::groups::GroupRow;
+use crate::store::patients::{InstanceWithStudy, PatientRow, StudyRow};
 use crate::store::sessions::{SessionAuth, SessionRow};
 use crate::store::users::UserRow;
 
@@ -190,4 +191,107 @@ mod tests {
         assert_eq!(describe_device(Some("curl/8.1")), "curl");
         assert_eq!(describe_device(None), "Unknown device");
     }
+}
+
+/// A patient record (DESIGN.md section 2).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Patient {
+    pub id: Id,
+    /// IPP: the DICOM PatientID.
+    pub external_id: String,
+    pub orthanc_patient_id: Option<String>,
+    /// StudyInstanceUID of the latest study.
+    pub dicom_study_uid: Option<String>,
+    pub status: PatientStatus,
+    /// The status in French, as the front end shows it.
+    pub status_label: &'static str,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    pub group_id: Option<Id>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PatientRow> for Patient {
+    fn from(r: PatientRow) -> Self {
+        Patient {
+            id: r.id,
+            external_id: r.external_id,
+            orthanc_patient_id: r.orthanc_patient_id,
+            dicom_study_uid: r.dicom_study_uid,
+            status_label: r.status.label(),
+            status: r.status,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            date_of_birth: r.date_of_birth,
+            group_id: r.group_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Study {
+    pub id: Id,
+    pub study_instance_uid: String,
+    pub orthanc_study_id: String,
+    pub study_date: Option<NaiveDate>,
+    pub description: Option<String>,
+    pub modalities: Vec<String>,
+    pub instances_count: i64,
+}
+
+impl From<StudyRow> for Study {
+    fn from(r: StudyRow) -> Self {
+        Study {
+            id: r.id,
+            study_instance_uid: r.study_instance_uid,
+            orthanc_study_id: r.orthanc_study_id,
+            study_date: r.study_date,
+            description: r.description,
+            modalities: r.modalities.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
+            instances_count: r.instances_count,
+        }
+    }
+}
+
+/// A patient with their studies.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PatientDetail {
+    #[serde(flatten)]
+    pub patient: Patient,
+    pub studies: Vec<Study>,
+}
+
+/// One DICOM instance of a patient; `id` is what `/api/patients/images/{id}` takes.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PatientInstance {
+    pub id: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+    pub instance_number: Option<i64>,
+    pub modality: Option<String>,
+}
+
+impl From<InstanceWithStudy> for PatientInstance {
+    fn from(r: InstanceWithStudy) -> Self {
+        PatientInstance {
+            id: r.orthanc_instance_id,
+            sop_instance_uid: r.sop_instance_uid,
+            series_instance_uid: r.series_instance_uid,
+            study_instance_uid: r.study_instance_uid,
+            instance_number: r.instance_number,
+            modality: r.modality,
+        }
+    }
+}
+
+/// A patient status and its label.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct StatusLabel {
+    pub code: PatientStatus,
+    pub label: &'static str,
 }

@@ -1,6 +1,7 @@
 //! `cohort`: the sidecar server beside a stock Orthanc, and admin commands. This file
 //! only wires configuration, logging and the core; the work is in `cohort-core`.
 
+mod import;
 mod orthanc;
 
 use std::io::BufRead;
@@ -14,10 +15,12 @@ use axum::response::Response;
 use clap::{Parser, Subcommand, ValueEnum};
 use cohort_core::config::LogFormat;
 use cohort_core::domain::Role;
-use cohort_core::pacs::Pacs;
+use cohort_core::pacs::{OrthancPacs, Pacs};
+use cohort_core::services::registry;
 use cohort_core::services::users::NewUserInput;
 use cohort_core::services::Actor;
-use cohort_core::{App, ClientAddr, Config};
+use cohort_core::{App, ClientAddr, Config, Host};
+use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -37,6 +40,15 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Import DICOM from a folder (recursively), a ZIP archive or a single file, through
+    /// the same service as the API, with a progress bar and a summary.
+    Import {
+        path: std::path::PathBuf,
+        /// Research group of the patients this import creates (default: none, for
+        /// admins to triage).
+        #[arg(long)]
+        group: Option<String>,
     },
 }
 
@@ -88,6 +100,7 @@ fn main() -> ExitCode {
             Command::User { command: UserCommand::Add { email, role, group, first_name, last_name } } => {
                 add_user(config, email, role, group, first_name, last_name).await
             }
+            Command::Import { path, group } => import::run(config, path, group).await,
         }
     });
     match result {
@@ -110,8 +123,9 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let pacs: Arc<dyn Pacs> = Arc::new(orthanc::OrthancHttp::new(&config)?);
-    let app = App::start(config, Some(pacs)).await?;
+    let app = App::start(config.clone(), Some(orthanc_pacs(&config)?), Host::Sidecar).await?;
+    // DICOM that reaches Orthanc without Cohort is registered from Orthanc's change log.
+    tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
     let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(client_addr));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -123,6 +137,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     app.store.close().await;
     Ok(())
+}
+
+/// The Orthanc this sidecar serves, over HTTP.
+pub fn orthanc_pacs(config: &Config) -> anyhow::Result<Arc<dyn Pacs>> {
+    Ok(OrthancPacs::shared(orthanc::OrthancHttp::new(config)?))
 }
 
 /// Hands the TCP peer address to the core as a [`ClientAddr`].
@@ -170,7 +189,7 @@ async fn add_user(
     let mut password = String::new();
     std::io::stdin().lock().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']).to_string();
-    let app = App::start(config, None).await?;
+    let app = App::start(config, None, Host::Sidecar).await?;
     let group_id = match group {
         Some(name) => {
             let mut db = app.store.conn().await?;

@@ -1,10 +1,13 @@
-//! The sidecar's [`Pacs`]: a stock Orthanc reached over its REST API.
+//! The sidecar's way to Orthanc: its REST API over HTTP. The REST knowledge itself is in
+//! `cohort_core::pacs::OrthancPacs`; this is only the transport.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cohort_core::pacs::{Pacs, PacsError};
+use bytes::Bytes;
+use cohort_core::pacs::{DicomFile, PacsError, PacsResult, Transport};
 use cohort_core::Config;
+use futures_util::TryStreamExt;
 
 /// Orthanc's REST API at a base URL, with optional Basic credentials.
 #[derive(Clone, Debug)]
@@ -14,11 +17,15 @@ pub struct OrthancHttp {
     credentials: Option<(String, String)>,
 }
 
+/// Requests other than file transfers must answer within this delay.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl OrthancHttp {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
             .build()?;
         let credentials = config.orthanc_username.clone().zip(config.orthanc_password.clone());
         Ok(OrthancHttp { base: config.orthanc_url.trim_end_matches('/').to_string(), client, credentials })
@@ -33,7 +40,7 @@ impl OrthancHttp {
     }
 
     /// Sends a request and sorts failures into the [`PacsError`] kinds.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, PacsError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> PacsResult<reqwest::Response> {
         let resp = req.send().await.map_err(|e| PacsError::Unavailable(e.to_string()))?;
         let status = resp.status();
         if status.is_success() {
@@ -47,17 +54,31 @@ impl OrthancHttp {
             s => PacsError::Rejected { status: s, message },
         })
     }
+
+    async fn body(resp: reqwest::Response) -> PacsResult<Bytes> {
+        resp.bytes().await.map_err(|e| PacsError::Unavailable(e.to_string()))
+    }
 }
 
 #[async_trait]
-impl Pacs for OrthancHttp {
-    async fn ping(&self) -> Result<(), PacsError> {
-        let resp = self.send(self.request(reqwest::Method::GET, "/system").timeout(Duration::from_secs(3))).await?;
-        let system: serde_json::Value = resp.json().await.map_err(|e| PacsError::Protocol(e.to_string()))?;
-        if system.get("Version").is_some() {
-            Ok(())
-        } else {
-            Err(PacsError::Protocol("/system has no Version".into()))
-        }
+impl Transport for OrthancHttp {
+    async fn get(&self, path: &str) -> PacsResult<Bytes> {
+        Self::body(self.send(self.request(reqwest::Method::GET, path).timeout(REQUEST_TIMEOUT)).await?).await
+    }
+
+    async fn post(&self, path: &str, body: Bytes) -> PacsResult<Bytes> {
+        let req = self.request(reqwest::Method::POST, path).header("content-type", "application/dicom").body(body);
+        Self::body(self.send(req).await?).await
+    }
+
+    async fn delete(&self, path: &str) -> PacsResult<()> {
+        self.send(self.request(reqwest::Method::DELETE, path).timeout(REQUEST_TIMEOUT)).await.map(|_| ())
+    }
+
+    async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let size = resp.content_length();
+        let body = resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string()));
+        Ok(DicomFile { size, body: Box::pin(body) })
     }
 }

@@ -56,7 +56,7 @@ async fn serve(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Served {
     config.bootstrap_admin_email = Some(ADMIN.into());
     config.bootstrap_admin_password = Some(ADMIN_PW.into());
     tweak(&mut config);
-    let app = App::start(config, None).await.expect("app starts");
+    let app = App::start(config, None, cohort_core::Host::Sidecar).await.expect("app starts");
     let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(
         |ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next| async move {
             req.extensions_mut().insert(ClientAddr(peer.ip()));

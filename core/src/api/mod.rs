@@ -6,6 +6,7 @@ pub mod auth;
 pub mod extract;
 pub mod groups;
 pub mod health;
+pub mod patients;
 pub mod users;
 
 use std::sync::OnceLock;
@@ -38,6 +39,7 @@ use crate::store::{Page, PageRequest};
         (name = "users", description = "Accounts and profiles"),
         (name = "groups", description = "Research groups"),
         (name = "audit", description = "Audit trail"),
+        (name = "patients", description = "Patient registry, DICOM import/export, images, statistics"),
         (name = "health", description = "Service health"),
     )
 )]
@@ -61,7 +63,8 @@ fn documented_routes() -> OpenApiRouter<SharedApp> {
         .nest("/api/users", users::router())
         .nest("/api/groups", groups::router())
         .nest("/api/audit", audit::router())
-        .nest("/api", health::router())
+        .nest("/api/patients", patients::router())
+        .nest("/api", health::router().merge(patients::stats_router()))
         .routes(routes!(openapi_json))
 }
 

@@ -57,7 +57,7 @@ pub async fn delete(app: &App, who: &Principal, id: Id) -> ApiResult<()> {
     let mut tx = app.store.begin().await?;
     let group = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
     let not_empty = || ApiError::conflict("group_not_empty", "the group still has users or patients; move them first");
-    if group.members > 0 {
+    if group.members > 0 || tx.count_group_patients(id).await? > 0 {
         return Err(not_empty());
     }
     tx.insert_audit(&who.actor().audit(action::DELETE, Outcome::Success).on("group", id).details(json!({"name": group.name}))).await?;

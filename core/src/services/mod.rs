@@ -5,7 +5,12 @@
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod export;
+pub mod import;
 pub mod groups;
+pub mod patients;
+pub mod registry;
+pub mod stats;
 pub mod users;
 
 use crate::domain::{Id, Role};

@@ -39,6 +39,7 @@ macro_rules! on_db {
 
 pub mod audit;
 pub mod groups;
+pub mod patients;
 pub mod sessions;
 pub mod settings;
 pub mod throttle;

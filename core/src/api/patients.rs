@@ -1,0 +1,438 @@
+//! `/api/patients`: the registry, DICOM import and export, the image proxy; and
+//! `/api/stats`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::NaiveDate;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Deserializer};
+use tokio::io::AsyncWriteExt;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::paginated;
+use crate::app::SharedApp;
+use crate::domain::{Id, PatientStatus};
+use crate::error::{ApiError, ErrorBody};
+use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
+use crate::services::export::{self, Export, ExportBody};
+use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource};
+use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
+use crate::services::stats::{self, Stats};
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new()
+        .routes(routes!(list_patients, create_patient))
+        .routes(routes!(statuses))
+        .routes(routes!(import))
+        .routes(routes!(export_many))
+        .routes(routes!(image))
+        .routes(routes!(get_patient, update_patient, delete_patient))
+        .routes(routes!(patient_instances))
+        .routes(routes!(export_one))
+}
+
+pub fn stats_router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new().routes(routes!(get_stats))
+}
+
+fn explicit_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PatientListQuery {
+    pub page: Option<u32>,
+    pub page_size: Option<u32>,
+    /// Case- and accent-insensitive substring of the external id or names.
+    pub q: Option<String>,
+    pub status: Option<PatientStatus>,
+    /// `created_at`, `updated_at` (default, newest first), `last_name`, `external_id` or
+    /// `status`; prefix `-` for descending.
+    pub sort: Option<String>,
+}
+
+/// List the patients the caller may see.
+#[utoipa::path(get, path = "/", tag = "patients", params(PatientListQuery), responses(
+    (status = 200, body = Paginated<Patient>),
+    (status = 401, body = ErrorBody),
+))]
+async fn list_patients(State(app): State<SharedApp>, Caller(who): Caller, ApiQuery(q): ApiQuery<PatientListQuery>) -> Result<Json<Paginated<Patient>>, ApiError> {
+    let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
+    let sort = service::parse_sort(q.sort.as_deref())?;
+    Ok(Json(paginated(service::list(&app, &who, q.q.as_deref(), q.status, sort, page).await?, page)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreatePatientBody {
+    /// IPP: the DICOM PatientID, 1 to 64 characters.
+    pub external_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub date_of_birth: Option<NaiveDate>,
+    /// Defaults to `to_interpret`.
+    pub status: Option<PatientStatus>,
+    /// Admins only; users create in their own group.
+    pub group_id: Option<Id>,
+}
+
+/// Create a patient record by hand.
+#[utoipa::path(post, path = "/", tag = "patients", request_body = CreatePatientBody, responses(
+    (status = 201, body = Patient),
+    (status = 403, description = "No group, or another group", body = ErrorBody),
+    (status = 409, description = "external_id taken", body = ErrorBody),
+))]
+async fn create_patient(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(b): ApiJson<CreatePatientBody>) -> Result<(StatusCode, Json<Patient>), ApiError> {
+    let input = PatientInput {
+        external_id: b.external_id,
+        first_name: b.first_name,
+        last_name: b.last_name,
+        date_of_birth: b.date_of_birth,
+        status: b.status,
+        group_id: b.group_id,
+    };
+    Ok((StatusCode::CREATED, Json(service::create(&app, &who, input).await?)))
+}
+
+/// The patient statuses and their labels.
+#[utoipa::path(get, path = "/statuses", tag = "patients", responses((status = 200, body = Vec<StatusLabel>)))]
+async fn statuses(_: Caller) -> Json<Vec<StatusLabel>> {
+    Json(service::statuses())
+}
+
+/// A patient with their studies.
+#[utoipa::path(get, path = "/{id}", tag = "patients", params(("id" = Id, Path)), responses(
+    (status = 200, body = PatientDetail),
+    (status = 404, description = "Unknown, or not visible to the caller", body = ErrorBody),
+))]
+async fn get_patient(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<Id>) -> Result<Json<PatientDetail>, ApiError> {
+    Ok(Json(service::get(&app, &who, id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdatePatientBody {
+    pub status: Option<PatientStatus>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    /// `YYYY-MM-DD`, or `null` to clear.
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub date_of_birth: Option<Option<NaiveDate>>,
+    /// Admins only; `null` makes the patient ungrouped.
+    #[serde(default, deserialize_with = "explicit_null")]
+    #[schema(value_type = Option<Id>)]
+    pub group_id: Option<Option<Id>>,
+}
+
+/// Update a patient's status, names, birth date or group; every change is audited.
+#[utoipa::path(put, path = "/{id}", tag = "patients", params(("id" = Id, Path)), request_body = UpdatePatientBody, responses(
+    (status = 200, body = Patient),
+    (status = 404, body = ErrorBody),
+))]
+async fn update_patient(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<Id>,
+    ApiJson(b): ApiJson<UpdatePatientBody>,
+) -> Result<Json<Patient>, ApiError> {
+    let changes = PatientChanges { status: b.status, first_name: b.first_name, last_name: b.last_name, date_of_birth: b.date_of_birth, group_id: b.group_id };
+    Ok(Json(service::update(&app, &who, id, changes).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Also delete the patient's DICOM data from Orthanc.
+    pub purge_dicom: Option<bool>,
+}
+
+/// Delete a patient record (admins).
+#[utoipa::path(delete, path = "/{id}", tag = "patients", params(("id" = Id, Path), DeleteQuery), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, body = ErrorBody),
+    (status = 503, description = "Orthanc unavailable (purge_dicom)", body = ErrorBody),
+))]
+async fn delete_patient(State(app): State<SharedApp>, Admin(who): Admin, ApiPath(id): ApiPath<Id>, ApiQuery(q): ApiQuery<DeleteQuery>) -> Result<StatusCode, ApiError> {
+    service::delete(&app, &who, id, q.purge_dicom.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The patient's DICOM instances; each `id` is what `/images/{instance_id}` takes.
+#[utoipa::path(get, path = "/{id}/instances", tag = "patients", params(("id" = Id, Path)), responses(
+    (status = 200, body = Vec<PatientInstance>),
+    (status = 404, body = ErrorBody),
+))]
+async fn patient_instances(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<Id>) -> Result<Json<Vec<PatientInstance>>, ApiError> {
+    Ok(Json(service::instances(&app, &who, id).await?))
+}
+
+fn attachment(filename: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+fn zip_response(export: Export) -> Response {
+    let disposition = attachment(&export.filename);
+    let mut resp = match export.body {
+        ExportBody::Stream(stream) => Body::from_stream(stream).into_response(),
+        ExportBody::Buffered(bytes) => Body::from(bytes).into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    h.insert(header::CONTENT_DISPOSITION, disposition);
+    resp
+}
+
+/// One patient as a ZIP: `patient.json` and `DICOM/{StudyUID}/{SeriesUID}/{SOPUID}.dcm`.
+#[utoipa::path(get, path = "/{id}/export", tag = "patients", params(("id" = Id, Path)), responses(
+    (status = 200, description = "ZIP archive", content_type = "application/zip"),
+    (status = 404, body = ErrorBody),
+    (status = 413, description = "Larger than MaxExportBytes (plugin)", body = ErrorBody),
+    (status = 503, description = "Orthanc unavailable", body = ErrorBody),
+))]
+async fn export_one(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<Id>) -> Result<Response, ApiError> {
+    Ok(zip_response(export::export_one(&app, &who, id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExportBodyIds {
+    pub ids: Vec<Id>,
+}
+
+/// Several patients in one ZIP, a folder `{external_id}/` each; any unknown or hidden id
+/// is a 404 and no archive.
+#[utoipa::path(post, path = "/export", tag = "patients", request_body = ExportBodyIds, responses(
+    (status = 200, description = "ZIP archive", content_type = "application/zip"),
+    (status = 404, body = ErrorBody),
+    (status = 413, description = "Larger than MaxExportBytes (plugin)", body = ErrorBody),
+))]
+async fn export_many(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(b): ApiJson<ExportBodyIds>) -> Result<Response, ApiError> {
+    Ok(zip_response(export::export_many(&app, &who, &b.ids).await?))
+}
+
+/// The raw DICOM file of an instance (streamed).
+#[utoipa::path(get, path = "/images/{instance_id}", tag = "patients", params(("instance_id" = String, Path, description = "Orthanc instance id")), responses(
+    (status = 200, description = "DICOM file", content_type = "application/dicom"),
+    (status = 404, body = ErrorBody),
+))]
+async fn image(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(instance_id): ApiPath<String>) -> Result<Response, ApiError> {
+    let file = stats::image(&app, &who, &instance_id).await?;
+    let mut resp = Body::from_stream(file.body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
+    if let Some(size) = file.size {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    Ok(resp)
+}
+
+/// Figures for the dashboard.
+#[utoipa::path(get, path = "/stats", tag = "patients", responses(
+    (status = 200, body = Stats),
+    (status = 401, body = ErrorBody),
+))]
+async fn get_stats(State(app): State<SharedApp>, Caller(who): Caller) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(stats::stats(&app, &who).await?))
+}
+
+/// Bodies up to this size are kept in memory; larger ones go to a temporary file.
+const IN_MEMORY_BODY: u64 = 64 << 20;
+
+/// A request body read within the upload limit.
+enum Spooled {
+    Memory(Bytes),
+    File(std::fs::File),
+}
+
+impl Spooled {
+    /// The first bytes, to sniff the format.
+    fn head(&mut self) -> Result<Vec<u8>, ApiError> {
+        match self {
+            Spooled::Memory(b) => Ok(b[..b.len().min(132)].to_vec()),
+            Spooled::File(f) => {
+                use std::io::{Read, Seek};
+                let mut head = Vec::with_capacity(132);
+                (&mut *f).take(132).read_to_end(&mut head).map_err(ApiError::internal)?;
+                f.rewind().map_err(ApiError::internal)?;
+                Ok(head)
+            }
+        }
+    }
+
+    fn into_zip(self) -> ZipSource {
+        match self {
+            Spooled::Memory(b) => ZipSource::Memory(b),
+            Spooled::File(f) => ZipSource::File(f),
+        }
+    }
+
+    /// The whole body in memory (one DICOM instance).
+    fn into_bytes(self) -> Result<Bytes, ApiError> {
+        match self {
+            Spooled::Memory(b) => Ok(b),
+            Spooled::File(mut f) => {
+                use std::io::Read;
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).map_err(ApiError::internal)?;
+                Ok(Bytes::from(v))
+            }
+        }
+    }
+}
+
+fn upload_too_large(limit: u64) -> ApiError {
+    ApiError::too_large(format!("uploads are limited to {limit} bytes (MaxUploadBytes)"))
+}
+
+/// Reads a body stream, stopping as soon as `budget` bytes are exceeded.
+async fn spool<S, E>(mut stream: S, budget: &mut u64, limit: u64, expected: Option<u64>) -> Result<Spooled, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let read_error = |e: E| ApiError::bad_request("upload_interrupted", format!("the upload could not be read: {e}"));
+    if expected.is_some_and(|n| n <= IN_MEMORY_BODY) {
+        let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(read_error)?;
+            *budget = budget.checked_sub(chunk.len() as u64).ok_or_else(|| upload_too_large(limit))?;
+            buf.extend_from_slice(&chunk);
+            if buf.len() as u64 > IN_MEMORY_BODY {
+                // The client sent more than it announced: continue on disk.
+                let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(ApiError::internal)?);
+                file.write_all(&buf).await.map_err(ApiError::internal)?;
+                return spool_rest(stream, file, budget, limit).await;
+            }
+        }
+        return Ok(Spooled::Memory(buf.freeze()));
+    }
+    let file = tokio::fs::File::from_std(tempfile::tempfile().map_err(ApiError::internal)?);
+    spool_rest(stream, file, budget, limit).await
+}
+
+async fn spool_rest<S, E>(mut stream: S, mut file: tokio::fs::File, budget: &mut u64, limit: u64) -> Result<Spooled, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("upload_interrupted", format!("the upload could not be read: {e}")))?;
+        *budget = budget.checked_sub(chunk.len() as u64).ok_or_else(|| upload_too_large(limit))?;
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    let mut std_file = file.into_std().await;
+    std::io::Seek::rewind(&mut std_file).map_err(ApiError::internal)?;
+    Ok(Spooled::File(std_file))
+}
+
+/// What an upload declares itself to be.
+enum Declared {
+    Zip,
+    Dicom,
+    Sniff,
+    Multipart(String),
+}
+
+fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let mime = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/zip" | "application/x-zip-compressed" | "application/x-zip" => Ok(Declared::Zip),
+        "application/dicom" => Ok(Declared::Dicom),
+        "application/octet-stream" => Ok(Declared::Sniff),
+        "multipart/form-data" => multer::parse_boundary(raw)
+            .map(Declared::Multipart)
+            .map_err(|_| ApiError::bad_request("invalid_multipart", "multipart/form-data without a valid boundary")),
+        _ => Err(ApiError::unsupported_media_type(
+            "send the file itself as application/zip, application/dicom or application/octet-stream (or multipart/form-data with `files` parts)",
+        )),
+    }
+}
+
+/// Import DICOM: the body is a ZIP or a DICOM file (`application/zip`,
+/// `application/dicom`, `application/octet-stream` sniffed), or `multipart/form-data`
+/// with `files` parts (sidecar only: Orthanc 1.10.1 swallows multipart bodies).
+#[utoipa::path(post, path = "/import", tag = "patients",
+    request_body(content = Vec<u8>, description = "A ZIP archive or a DICOM file", content_type = "application/zip"),
+    responses(
+        (status = 200, body = ImportReport),
+        (status = 400, description = "Empty body, or nothing DICOM in it (`no_dicom`)", body = ErrorBody),
+        (status = 403, description = "The caller has no group (`no_group`)", body = ErrorBody),
+        (status = 413, description = "Upload, entry count or inflated size over a limit", body = ErrorBody),
+        (status = 415, description = "Unsupported content type", body = ErrorBody),
+        (status = 422, description = "Truncated or corrupt ZIP (`invalid_zip`), zip bomb (`zip_bomb`)", body = ErrorBody),
+        (status = 503, description = "Orthanc unavailable", body = ErrorBody),
+    ))]
+async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: HeaderMap, body: Body) -> Result<Json<ImportReport>, ApiError> {
+    let target = ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? };
+    let declared = declared_type(&headers)?;
+    let limit = app.config.max_upload_bytes;
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > limit) {
+        return Err(upload_too_large(limit));
+    }
+    if length == Some(0) {
+        return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
+    }
+    let mut importer = Importer::new(&app, target)?;
+    let mut budget = limit;
+    let stream = body.into_data_stream();
+    match declared {
+        Declared::Multipart(boundary) => {
+            let mut form = multer::Multipart::new(stream, boundary);
+            let mut parts = 0;
+            while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))? {
+                if field.file_name().is_none() {
+                    continue;
+                }
+                parts += 1;
+                let name = field.file_name().unwrap_or("file").to_string();
+                let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &mut budget, limit, None).await?;
+                let head = part.head()?;
+                if sniff(&head) == Some("zip") {
+                    importer.add_zip(&name, part.into_zip()).await?;
+                } else {
+                    importer.add_file(&name, part.into_bytes()?).await?;
+                }
+            }
+            if parts == 0 {
+                return Err(ApiError::bad_request("empty_body", "the form has no file parts; send them as `files`"));
+            }
+        }
+        declared => {
+            let mut body = spool(stream, &mut budget, limit, length).await?;
+            let head = body.head()?;
+            if head.is_empty() {
+                return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
+            }
+            let is_zip = match declared {
+                Declared::Zip => true,
+                Declared::Dicom => false,
+                _ => sniff(&head) == Some("zip"),
+            };
+            if is_zip {
+                importer.add_zip("", body.into_zip()).await?;
+            } else {
+                importer.add_file("upload", body.into_bytes()?).await?;
+            }
+        }
+    }
+    let report = importer.finish().await?;
+    if report.instances.received == 0 {
+        let detail = report.errors.iter().take(5).map(|e| format!("{}: {}", e.file, e.error)).collect::<Vec<_>>().join("; ");
+        return Err(ApiError::bad_request("no_dicom", format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped)));
+    }
+    Ok(Json(report))
+}

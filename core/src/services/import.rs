@@ -1,0 +1,675 @@
+//! DICOM import: single files, ZIP archives (one level of nesting), or many files, into
+//! Orthanc and the registry.
+//!
+//! A ZIP is read twice. The first pass checks the whole archive before anything is
+//! stored: structure, CRCs, entry count, total inflated size, per-entry compression
+//! ratio and nesting, each limit enforced while inflating (a breach stops at once; no
+//! entry is ever inflated first and measured after). The second pass sends the DICOM
+//! entries to Orthanc one at a time. Entry names are only reported, never used as paths.
+//! Memory holds a few instances at most; archives are read from a spooled file or, for
+//! small bodies, from memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use zip::result::ZipError;
+use zip::ZipArchive;
+
+use super::{action, registry, Actor, Outcome};
+use crate::app::App;
+use crate::domain::Id;
+use crate::error::{ApiError, ApiResult};
+use crate::pacs::{Pacs, PacsError, StoreStatus};
+use crate::store::patients::Scope;
+
+/// Counts of DICOM instances in an import.
+#[derive(Clone, Debug, Default, Serialize, ToSchema, PartialEq, Eq)]
+pub struct InstanceCounts {
+    /// Files that look like DICOM (`stored + already_stored + failed`).
+    pub received: u64,
+    pub stored: u64,
+    pub already_stored: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct ImportedPatient {
+    pub id: Id,
+    pub external_id: String,
+    /// True when this import created the patient record.
+    pub created: bool,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct FileError {
+    pub file: String,
+    pub error: String,
+}
+
+/// The answer of `POST /api/patients/import`.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct ImportReport {
+    pub instances: InstanceCounts,
+    /// Entries that are not DICOM (macOS metadata, DICOMDIR, PDFs...), each named in `errors`.
+    pub skipped: u64,
+    pub patients: Vec<ImportedPatient>,
+    pub errors: Vec<FileError>,
+}
+
+/// The archive limits, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ZipLimits {
+    pub max_entries: u64,
+    pub max_uncompressed: u64,
+    pub max_ratio: u64,
+}
+
+impl ZipLimits {
+    pub fn from_app(app: &App) -> Self {
+        ZipLimits {
+            max_entries: app.config.max_zip_entries,
+            max_uncompressed: app.config.max_uncompressed_bytes,
+            max_ratio: app.config.max_compression_ratio,
+        }
+    }
+}
+
+/// Below this many inflated bytes an entry is never called a bomb: a small blank image
+/// compresses far beyond any sane ratio.
+const RATIO_FLOOR: u64 = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
+/// Where an archive is read from.
+pub enum ZipSource {
+    File(std::fs::File),
+    Memory(Bytes),
+}
+
+/// Progress of an import, for the command line's progress bar.
+pub trait Progress: Send + Sync {
+    /// An entry was handled (stored, refused or skipped).
+    fn entry(&self, name: &str, outcome: &str);
+}
+
+/// What a caller may import into.
+#[derive(Clone, Debug)]
+pub struct ImportTarget {
+    pub actor: Actor,
+    /// Which existing patients the importer may add to.
+    pub scope: Scope,
+    /// The group new patients get.
+    pub new_patient_group: Option<Id>,
+}
+
+/// Per study: may this import add to it?
+#[derive(Clone, Copy, Debug)]
+struct StudyState {
+    allowed: bool,
+}
+
+/// One import in progress.
+pub struct Importer<'a> {
+    app: &'a App,
+    pacs: Arc<dyn Pacs>,
+    target: ImportTarget,
+    limits: ZipLimits,
+    report: ImportReport,
+    studies: HashMap<String, StudyState>,
+    patients: BTreeMap<Id, ImportedPatient>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+impl<'a> Importer<'a> {
+    pub fn new(app: &'a App, target: ImportTarget) -> ApiResult<Self> {
+        Ok(Importer {
+            pacs: app.pacs()?.clone(),
+            limits: ZipLimits::from_app(app),
+            app,
+            target,
+            report: ImportReport::default(),
+            studies: HashMap::new(),
+            patients: BTreeMap::new(),
+            progress: None,
+        })
+    }
+
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn note(&self, name: &str, outcome: &str) {
+        if let Some(p) = &self.progress {
+            p.entry(name, outcome);
+        }
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        self.report.skipped += 1;
+        self.report.errors.push(FileError { file: name.to_string(), error: why.to_string() });
+        self.note(name, "skipped");
+    }
+
+    fn fail(&mut self, name: &str, why: String) {
+        self.report.instances.failed += 1;
+        self.report.errors.push(FileError { file: name.to_string(), error: why });
+        self.note(name, "failed");
+    }
+
+    /// Adds one file: stored when it looks like DICOM, skipped and reported otherwise.
+    pub async fn add_file(&mut self, name: &str, bytes: Bytes) -> ApiResult<()> {
+        match classify(name, &bytes) {
+            Kind::Dicom => self.store(name, bytes).await,
+            Kind::Junk(why) | Kind::Other(why) => {
+                self.skip(name, why);
+                Ok(())
+            }
+            Kind::Zip => {
+                // A ZIP given as a file (command line, multipart part) is an archive.
+                self.add_zip(name, ZipSource::Memory(bytes)).await
+            }
+        }
+    }
+
+    /// Sends one DICOM instance to Orthanc and claims its study for the registry.
+    async fn store(&mut self, name: &str, bytes: Bytes) -> ApiResult<()> {
+        self.report.instances.received += 1;
+        let stored = match self.pacs.store_instance(bytes).await {
+            Ok(s) => s,
+            Err(PacsError::Rejected { message, .. }) => {
+                self.fail(name, format!("Orthanc refused the file: {}", orthanc_message(&message)));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state = match self.studies.get(&stored.study_id) {
+            Some(s) => *s,
+            None => {
+                let s = self.claim_study(&stored.study_id).await?;
+                self.studies.insert(stored.study_id.clone(), s);
+                s
+            }
+        };
+        if !state.allowed {
+            // The patient exists and belongs to another group: take back what we added.
+            if stored.status == StoreStatus::Stored {
+                if let Err(e) = self.pacs.delete_instance(&stored.instance_id).await {
+                    tracing::warn!(instance = %stored.instance_id, error = %e, "could not remove a refused instance");
+                }
+            }
+            self.fail(name, "this patient is not accessible to you".into());
+            return Ok(());
+        }
+        match stored.status {
+            StoreStatus::Stored => self.report.instances.stored += 1,
+            StoreStatus::AlreadyStored => self.report.instances.already_stored += 1,
+        }
+        self.note(name, "stored");
+        Ok(())
+    }
+
+    /// First instance of a study in this import: registers the study now (so the
+    /// patient is created in the importer's group before Orthanc's change log could
+    /// register it for nobody), unless its patient belongs to someone else.
+    async fn claim_study(&mut self, orthanc_study_id: &str) -> ApiResult<StudyState> {
+        let info = self.pacs.study(orthanc_study_id).await?;
+        let mut tx = self.app.store.begin().await?;
+        if let Some(existing) = registry::find_patient(&mut tx, &info).await? {
+            if !super::patients::can_see(self.target.scope, &existing) {
+                return Ok(StudyState { allowed: false });
+            }
+        }
+        let synced = registry::apply_study(&mut tx, &info, self.target.new_patient_group).await?;
+        tx.commit().await?;
+        let p = &synced.patient;
+        let entry = self.patients.entry(p.id).or_insert(ImportedPatient { id: p.id, external_id: p.external_id.clone(), created: false });
+        entry.created |= synced.patient_created;
+        Ok(StudyState { allowed: true })
+    }
+
+    /// Adds a ZIP archive: checked whole first, then its DICOM entries stored.
+    pub async fn add_zip(&mut self, name: &str, source: ZipSource) -> ApiResult<()> {
+        let limits = self.limits;
+        let plan = tokio::task::spawn_blocking(move || plan_archive(source, limits))
+            .await
+            .map_err(ApiError::internal)??;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
+        let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
+        let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
+        let mut result = Ok(());
+        while let Some(entry) = rx.recv().await {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let path = format!("{prefix}{}", entry.name);
+            let step = match entry.content {
+                EntryContent::Dicom(bytes) => self.store(&path, bytes).await,
+                EntryContent::Skipped(why) => {
+                    self.skip(&path, &why);
+                    Ok(())
+                }
+            };
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        reader.await.map_err(ApiError::internal)?;
+        result
+    }
+
+    /// Refreshes every study this import touched (complete instance lists and counts),
+    /// records the `IMPORT` audit row with them, and returns the report.
+    pub async fn finish(mut self) -> ApiResult<ImportReport> {
+        let mut infos = Vec::new();
+        for (study_id, state) in &self.studies {
+            if state.allowed {
+                match self.pacs.study(study_id).await {
+                    Ok(info) => infos.push(info),
+                    Err(PacsError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut tx = self.app.store.begin().await?;
+        for info in &infos {
+            registry::apply_study(&mut tx, info, self.target.new_patient_group).await?;
+        }
+        self.report.patients = self.patients.into_values().collect();
+        let r = &self.report;
+        if r.instances.received > 0 {
+            let row = self.target.actor.audit(action::IMPORT, if r.instances.failed == 0 { Outcome::Success } else { Outcome::Failure });
+            let row = match r.patients.as_slice() {
+                [only] => row.on("patient", only.id),
+                _ => row,
+            };
+            tx.insert_audit(&row.details(json!({
+                "instances": r.instances, "skipped": r.skipped,
+                "patients": r.patients.iter().map(|p| json!({"id": p.id, "external_id": p.external_id, "created": p.created})).collect::<Vec<_>>(),
+                "studies": infos.iter().map(|i| i.study_instance_uid.clone()).collect::<Vec<_>>(),
+            })))
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(self.report)
+    }
+}
+
+/// Orthanc's JSON error answers carry a `Message`; show that rather than the whole JSON.
+fn orthanc_message(raw: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("Message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| raw.chars().take(200).collect())
+}
+
+/// What an entry is, from its name and first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Dicom,
+    Zip,
+    /// Files that are never DICOM and are expected in archives.
+    Junk(&'static str),
+    Other(&'static str),
+}
+
+fn classify(name: &str, head: &[u8]) -> Kind {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    if name.starts_with("__MACOSX/") || name.contains("/__MACOSX/") || base.starts_with("._") {
+        return Kind::Junk("skipped: macOS metadata");
+    }
+    if base == ".DS_Store" || base.eq_ignore_ascii_case("thumbs.db") || base.eq_ignore_ascii_case("desktop.ini") {
+        return Kind::Junk("skipped: system file");
+    }
+    if base.eq_ignore_ascii_case("DICOMDIR") {
+        return Kind::Junk("skipped: DICOMDIR index (the images are imported on their own)");
+    }
+    if head.len() >= 132 && &head[128..132] == b"DICM" {
+        return Kind::Dicom;
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return Kind::Zip;
+    }
+    if head.starts_with(b"%PDF") {
+        return Kind::Other("skipped: PDF document, not DICOM");
+    }
+    Kind::Other("skipped: not a DICOM file (no DICM marker at offset 128)")
+}
+
+/// Whether a body is a ZIP or a DICOM file, from its first bytes.
+pub fn sniff(head: &[u8]) -> Option<&'static str> {
+    match classify("", head) {
+        Kind::Dicom => Some("dicom"),
+        Kind::Zip => Some("zip"),
+        _ => None,
+    }
+}
+
+fn invalid_zip(why: impl std::fmt::Display) -> ApiError {
+    ApiError::unprocessable("invalid_zip", format!("the ZIP archive is truncated or corrupt: {why}"))
+}
+
+fn zip_error(e: ZipError) -> ApiError {
+    match e {
+        ZipError::UnsupportedArchive(why) => ApiError::unprocessable("invalid_zip", format!("unsupported ZIP archive: {why}")),
+        other => invalid_zip(other),
+    }
+}
+
+/// Running totals shared by an archive and the archive nested in it.
+#[derive(Default)]
+struct Budget {
+    entries: u64,
+    inflated: u64,
+}
+
+enum Planned {
+    Dicom(usize),
+    Skip(String),
+    Nested(Box<Plan>),
+}
+
+struct PlannedEntry {
+    name: String,
+    what: Planned,
+}
+
+/// An archive checked whole, and what to do with each entry.
+struct Plan {
+    archive: ZipArchive<Reader>,
+    entries: Vec<PlannedEntry>,
+}
+
+/// Reads archives from a file or memory alike.
+enum Reader {
+    File(std::fs::File),
+    Memory(std::io::Cursor<Bytes>),
+}
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Reader::File(f) => f.read(buf),
+            Reader::Memory(c) => c.read(buf),
+        }
+    }
+}
+
+impl Seek for Reader {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Reader::File(f) => f.seek(pos),
+            Reader::Memory(c) => c.seek(pos),
+        }
+    }
+}
+
+/// One entry for the async side.
+struct Entry {
+    name: String,
+    content: EntryContent,
+}
+
+enum EntryContent {
+    Dicom(Bytes),
+    Skipped(String),
+}
+
+fn plan_archive(source: ZipSource, limits: ZipLimits) -> ApiResult<Plan> {
+    let reader = match source {
+        ZipSource::File(f) => Reader::File(f),
+        ZipSource::Memory(b) => Reader::Memory(std::io::Cursor::new(b)),
+    };
+    let mut budget = Budget::default();
+    plan(reader, limits, &mut budget, 0)
+}
+
+/// First pass over an archive (blocking): inflates every entry once, within the limits,
+/// verifying CRCs; spools a nested archive to a temporary file and checks it too.
+fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> ApiResult<Plan> {
+    let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
+    let mut entries = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let mut file = archive.by_index(index).map_err(zip_error)?;
+        if file.is_dir() {
+            continue;
+        }
+        budget.entries += 1;
+        if budget.entries > limits.max_entries {
+            return Err(ApiError::too_large(format!("the archive has more than {} entries", limits.max_entries)));
+        }
+        let name = file.name().to_string();
+        if file.encrypted() {
+            entries.push(PlannedEntry { name, what: Planned::Skip("skipped: encrypted entry".into()) });
+            continue;
+        }
+        let declared = file.size();
+        let compressed = file.compressed_size().max(1);
+        let ratio_cap = compressed.saturating_mul(limits.max_ratio).max(RATIO_FLOOR);
+        if declared > ratio_cap {
+            return Err(bomb(&name, limits));
+        }
+        if budget.inflated.saturating_add(declared) > limits.max_uncompressed {
+            return Err(ApiError::too_large(format!("the archive inflates to more than {} bytes", limits.max_uncompressed)));
+        }
+        // Inflate, keeping only the head (to classify) or, for a nested archive, the
+        // whole entry in a temporary file.
+        let mut head: Vec<u8> = Vec::with_capacity(132);
+        let mut spool: Option<std::fs::File> = None;
+        let mut seen: u64 = 0;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| invalid_zip(format!("{name}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            seen += n as u64;
+            budget.inflated += n as u64;
+            if seen > declared {
+                return Err(invalid_zip(format!("{name} inflates to more than its declared size")));
+            }
+            if seen > ratio_cap {
+                return Err(bomb(&name, limits));
+            }
+            if budget.inflated > limits.max_uncompressed {
+                return Err(ApiError::too_large(format!("the archive inflates to more than {} bytes", limits.max_uncompressed)));
+            }
+            let chunk = &buf[..n];
+            if head.len() < 132 {
+                let take = (132 - head.len()).min(n);
+                head.extend_from_slice(&chunk[..take]);
+                if head.len() >= 4 && head.starts_with(b"PK\x03\x04") && depth == 0 && spool.is_none() {
+                    spool = Some(tempfile::tempfile().map_err(ApiError::internal)?);
+                    if let Some(f) = spool.as_mut() {
+                        std::io::Write::write_all(f, &head).map_err(ApiError::internal)?;
+                        std::io::Write::write_all(f, &chunk[take..]).map_err(ApiError::internal)?;
+                    }
+                    continue;
+                }
+            }
+            if let Some(f) = spool.as_mut() {
+                std::io::Write::write_all(f, chunk).map_err(ApiError::internal)?;
+            }
+        }
+        if seen != declared {
+            return Err(invalid_zip(format!("{name} is shorter than its declared size")));
+        }
+        let what = match classify(&name, &head) {
+            Kind::Dicom => Planned::Dicom(index),
+            Kind::Junk(why) | Kind::Other(why) => Planned::Skip(why.to_string()),
+            Kind::Zip if depth > 0 => Planned::Skip("skipped: ZIP nested more than one level deep".into()),
+            Kind::Zip => {
+                let mut f = spool.take().ok_or_else(|| ApiError::internal("nested archive was not spooled"))?;
+                f.rewind().map_err(ApiError::internal)?;
+                let inner = plan(Reader::File(f), limits, budget, depth + 1)
+                    .map_err(|e| if e.code == "invalid_zip" { invalid_zip(format!("nested archive {name}: {}", e.message)) } else { e })?;
+                Planned::Nested(Box::new(inner))
+            }
+        };
+        entries.push(PlannedEntry { name, what });
+    }
+    Ok(Plan { archive, entries })
+}
+
+fn bomb(name: &str, limits: ZipLimits) -> ApiError {
+    ApiError::unprocessable(
+        "zip_bomb",
+        format!("{name} inflates more than {} times its compressed size; refused", limits.max_ratio),
+    )
+}
+
+impl Plan {
+    /// Second pass (blocking): sends each entry, the DICOM ones read whole, to the
+    /// importer; stops when the importer hangs up.
+    fn send_entries(mut self, tx: &tokio::sync::mpsc::Sender<ApiResult<Entry>>) {
+        self.send_with_prefix("", tx);
+    }
+
+    fn send_with_prefix(&mut self, prefix: &str, tx: &tokio::sync::mpsc::Sender<ApiResult<Entry>>) -> bool {
+        let entries = std::mem::take(&mut self.entries);
+        for entry in entries {
+            let name = format!("{prefix}{}", entry.name);
+            let item = match entry.what {
+                Planned::Skip(why) => Ok(Entry { name, content: EntryContent::Skipped(why) }),
+                Planned::Dicom(index) => read_entry(&mut self.archive, index).map(|b| Entry { name, content: EntryContent::Dicom(b) }),
+                Planned::Nested(mut inner) => {
+                    if !inner.send_with_prefix(&format!("{name}/"), tx) {
+                        return false;
+                    }
+                    continue;
+                }
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn read_entry(archive: &mut ZipArchive<Reader>, index: usize) -> ApiResult<Bytes> {
+    let mut file = archive.by_index(index).map_err(zip_error)?;
+    let declared = file.size();
+    let mut out = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(1 << 30));
+    // The first pass proved the size; the limit guards against the file changing under us.
+    (&mut file).take(declared).read_to_end(&mut out).map_err(|e| invalid_zip(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn dicom_like(body: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 128];
+        v.extend_from_slice(b"DICM");
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn zip_of(entries: &[(&str, Vec<u8>)], method: zip::CompressionMethod) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default().compression_method(method)).expect("start");
+            w.write_all(data).expect("write");
+        }
+        w.finish().expect("finish").into_inner()
+    }
+
+    const LIMITS: ZipLimits = ZipLimits { max_entries: 10, max_uncompressed: 1 << 30, max_ratio: 100 };
+
+    fn planned(bytes: Vec<u8>, limits: ZipLimits) -> ApiResult<Vec<(String, &'static str)>> {
+        let plan = plan_archive(ZipSource::Memory(Bytes::from(bytes)), limits)?;
+        fn walk(p: &Plan, prefix: &str, out: &mut Vec<(String, &'static str)>) {
+            for e in &p.entries {
+                let name = format!("{prefix}{}", e.name);
+                match &e.what {
+                    Planned::Dicom(_) => out.push((name, "dicom")),
+                    Planned::Skip(_) => out.push((name, "skip")),
+                    Planned::Nested(inner) => walk(inner, &format!("{name}/"), out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&plan, "", &mut out);
+        Ok(out)
+    }
+
+    #[test]
+    fn entries_are_classified_and_nesting_stops_at_one_level() {
+        let deep = zip_of(&[("deep.dcm", dicom_like(b"x"))], zip::CompressionMethod::Stored);
+        let inner = zip_of(&[("a.dcm", dicom_like(b"a")), ("deeper.zip", deep)], zip::CompressionMethod::Deflated);
+        let outer = zip_of(
+            &[
+                ("one.dcm", dicom_like(b"1")),
+                ("__MACOSX/._one.dcm", b"junk".to_vec()),
+                ("DICOMDIR", dicom_like(b"dir")),
+                ("report.pdf", b"%PDF-1.4".to_vec()),
+                ("inner.zip", inner),
+                ("../../evil.dcm", dicom_like(b"e")),
+            ],
+            zip::CompressionMethod::Deflated,
+        );
+        let got = planned(outer, LIMITS).expect("valid archive");
+        let expect: Vec<(String, &str)> = [
+            ("one.dcm", "dicom"),
+            ("__MACOSX/._one.dcm", "skip"),
+            ("DICOMDIR", "skip"),
+            ("report.pdf", "skip"),
+            ("inner.zip/a.dcm", "dicom"),
+            ("inner.zip/deeper.zip", "skip"),
+            ("../../evil.dcm", "dicom"),
+        ]
+        .iter()
+        .map(|(n, k)| (n.to_string(), *k))
+        .collect();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_archives_are_refused_whole() {
+        let good = zip_of(&[("a.dcm", dicom_like(&[7u8; 5000])), ("b.dcm", dicom_like(&[9u8; 5000]))], zip::CompressionMethod::Deflated);
+        let truncated = good[..good.len() / 2].to_vec();
+        assert_eq!(planned(truncated, LIMITS).expect_err("truncated").code, "invalid_zip");
+        let stored = zip_of(&[("a.dcm", dicom_like(&[7u8; 5000]))], zip::CompressionMethod::Stored);
+        let mut corrupt = stored.clone();
+        corrupt[30 + "a.dcm".len() + 2000] ^= 0xff;
+        assert_eq!(planned(corrupt, LIMITS).expect_err("crc").code, "invalid_zip");
+    }
+
+    #[test]
+    fn limits_stop_reading_at_once() {
+        let many: Vec<(String, Vec<u8>)> = (0..11).map(|i| (format!("{i}.dcm"), dicom_like(b"x"))).collect();
+        let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let e = planned(zip_of(&many, zip::CompressionMethod::Stored), LIMITS).expect_err("too many entries");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+
+        let zeros = vec![0u8; 4 << 20];
+        let e = planned(zip_of(&[("zeros.dcm", zeros.clone())], zip::CompressionMethod::Deflated), LIMITS).expect_err("ratio");
+        assert_eq!((e.status.as_u16(), e.code), (422, "zip_bomb"));
+
+        let small = ZipLimits { max_uncompressed: 1 << 20, max_ratio: 100_000, ..LIMITS };
+        let e = planned(zip_of(&[("zeros.dcm", zeros)], zip::CompressionMethod::Deflated), small).expect_err("total size");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+    }
+
+    #[test]
+    fn bodies_are_sniffed() {
+        assert_eq!(sniff(&dicom_like(b"")), Some("dicom"));
+        assert_eq!(sniff(b"PK\x03\x04rest"), Some("zip"));
+        assert_eq!(sniff(b"%PDF-1.7"), None);
+        assert_eq!(sniff(b""), None);
+    }
+}

@@ -1,0 +1,275 @@
+//! The patient registry: visibility, listing, manual records, status workflow and
+//! deletion. Every route that touches a patient goes through [`visible_patient`].
+
+use chrono::NaiveDate;
+use serde_json::json;
+
+use super::{action, Outcome, Principal};
+use crate::app::App;
+use crate::domain::{self, fold_for_search, like_contains, Id, PatientStatus};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{Patient, PatientDetail, PatientInstance, StatusLabel, Study};
+use crate::store::patients::{NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
+use crate::store::{Db, Page, PageRequest};
+
+/// Which patients a caller may see: admins all; users their group's; a user without a
+/// group none. Ungrouped patients are for admins to triage.
+pub fn scope_of(who: &Principal) -> Scope {
+    if who.is_admin() {
+        Scope::All
+    } else {
+        match who.user.group_id {
+            Some(g) => Scope::Group(g),
+            None => Scope::Nothing,
+        }
+    }
+}
+
+pub fn can_see(scope: Scope, patient: &PatientRow) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Group(g) => patient.group_id == Some(g),
+        Scope::Nothing => false,
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found("patient")
+}
+
+/// Loads a patient the caller may see; another group's patient is a 404, as if it did
+/// not exist, and the attempt is audited.
+pub async fn visible_patient(app: &App, db: &mut Db, who: &Principal, id: Id) -> ApiResult<PatientRow> {
+    let row = db.patient_by_id(id).await?.ok_or_else(not_found)?;
+    if can_see(scope_of(who), &row) {
+        return Ok(row);
+    }
+    audit_hidden(app, who, id).await;
+    Err(not_found())
+}
+
+/// Records that a caller asked for a patient they may not see.
+pub async fn audit_hidden(app: &App, who: &Principal, patient_id: Id) {
+    let row = who.actor().audit(action::ACCESS_DENIED, Outcome::Denied).on("patient", patient_id).details(json!({
+        "reason": "patient_not_visible"
+    }));
+    if let Err(e) = async { app.store.conn().await?.insert_audit(&row).await }.await {
+        tracing::warn!(error = %e, "could not audit a hidden-patient access");
+    }
+}
+
+pub fn statuses() -> Vec<StatusLabel> {
+    PatientStatus::ALL.iter().map(|s| StatusLabel { code: *s, label: s.label() }).collect()
+}
+
+/// `?sort=` values: a field, `-` in front for descending.
+pub fn parse_sort(raw: Option<&str>) -> ApiResult<PatientSort> {
+    let raw = raw.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("-updated_at");
+    let (desc, field) = match raw.strip_prefix('-') {
+        Some(f) => (true, f),
+        None => (false, raw),
+    };
+    Ok(match field {
+        "created_at" => PatientSort::CreatedAt { desc },
+        "updated_at" => PatientSort::UpdatedAt { desc },
+        "last_name" => PatientSort::LastName { desc },
+        "external_id" => PatientSort::ExternalId { desc },
+        "status" => PatientSort::Status { desc },
+        _ => {
+            return Err(ApiError::validation(
+                "sort",
+                "must be one of created_at, updated_at, last_name, external_id, status (prefix - for descending)",
+            ))
+        }
+    })
+}
+
+pub async fn list(
+    app: &App,
+    who: &Principal,
+    q: Option<&str>,
+    status: Option<PatientStatus>,
+    sort: PatientSort,
+    page: PageRequest,
+) -> ApiResult<Page<Patient>> {
+    let like = q.map(str::trim).filter(|q| !q.is_empty()).map(|q| like_contains(&fold_for_search(q)));
+    let filter = PatientFilter { scope: scope_of(who), like, status, sort };
+    let mut db = app.store.conn().await?;
+    let rows = db.list_patients(&filter, page).await?;
+    Ok(Page { items: rows.items.into_iter().map(Patient::from).collect(), total: rows.total })
+}
+
+pub async fn get(app: &App, who: &Principal, id: Id) -> ApiResult<PatientDetail> {
+    let mut db = app.store.conn().await?;
+    let row = visible_patient(app, &mut db, who, id).await?;
+    let studies = db.studies_of_patient(row.id).await?.into_iter().map(Study::from).collect();
+    Ok(PatientDetail { patient: row.into(), studies })
+}
+
+pub async fn instances(app: &App, who: &Principal, id: Id) -> ApiResult<Vec<PatientInstance>> {
+    let mut db = app.store.conn().await?;
+    let row = visible_patient(app, &mut db, who, id).await?;
+    Ok(db.patient_instances(row.id).await?.into_iter().map(PatientInstance::from).collect())
+}
+
+/// Fields of a manual patient record.
+#[derive(Clone, Debug, Default)]
+pub struct PatientInput {
+    pub external_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    pub status: Option<PatientStatus>,
+    pub group_id: Option<Id>,
+}
+
+/// Changes to a patient; `Some(None)` clears a nullable field.
+#[derive(Clone, Debug, Default)]
+pub struct PatientChanges {
+    pub status: Option<PatientStatus>,
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub date_of_birth: Option<Option<NaiveDate>>,
+    pub group_id: Option<Option<Id>>,
+}
+
+/// A DICOM LO value: 1 to 64 characters, no backslash or control characters.
+pub fn check_external_id(raw: &str) -> ApiResult<String> {
+    let s = raw.trim();
+    if s.is_empty() || s.chars().count() > 64 || s.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(ApiError::validation("external_id", "must be 1 to 64 characters, without backslashes"));
+    }
+    Ok(s.to_string())
+}
+
+fn name(field: &str, raw: Option<&str>) -> ApiResult<Option<String>> {
+    raw.map(domain::clean_name).transpose().map_err(|e| ApiError::validation(field, e)).map(Option::flatten)
+}
+
+fn check_birth_date(d: Option<NaiveDate>) -> ApiResult<()> {
+    match d {
+        Some(d) if d > chrono::Utc::now().date_naive() => Err(ApiError::validation("date_of_birth", "is in the future")),
+        _ => Ok(()),
+    }
+}
+
+/// The group a non-admin acts in; `no_group` when they have none.
+pub fn own_group(who: &Principal) -> ApiResult<Option<Id>> {
+    match (who.is_admin(), who.user.group_id) {
+        (true, g) => Ok(g),
+        (false, Some(g)) => Ok(Some(g)),
+        (false, None) => Err(ApiError::forbidden("no_group", "you belong to no research group; ask an admin")),
+    }
+}
+
+async fn check_group_exists(db: &mut Db, group_id: Option<Id>) -> ApiResult<()> {
+    if let Some(id) = group_id {
+        if db.group_by_id(id).await?.is_none() {
+            return Err(ApiError::validation("group_id", format!("group {id} does not exist")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(app: &App, who: &Principal, input: PatientInput) -> ApiResult<Patient> {
+    let external_id = check_external_id(&input.external_id)?;
+    let first_name = name("first_name", input.first_name.as_deref())?;
+    let last_name = name("last_name", input.last_name.as_deref())?;
+    check_birth_date(input.date_of_birth)?;
+    let group_id = if who.is_admin() {
+        input.group_id.or(who.user.group_id)
+    } else {
+        let own = own_group(who)?;
+        if input.group_id.is_some() && input.group_id != own {
+            return Err(ApiError::forbidden("forbidden", "you can only create patients in your own group"));
+        }
+        own
+    };
+    let taken = || ApiError::conflict("external_id_taken", "a patient with this external_id already exists");
+    let mut tx = app.store.begin().await?;
+    check_group_exists(&mut tx, group_id).await?;
+    if tx.patient_by_external_id(&external_id).await?.is_some() {
+        return Err(taken());
+    }
+    let new = NewPatient {
+        external_id,
+        orthanc_patient_id: None,
+        status: input.status.unwrap_or(PatientStatus::ToInterpret),
+        first_name,
+        last_name,
+        date_of_birth: input.date_of_birth,
+        group_id,
+    };
+    let row = tx.insert_patient(&new).await.map_err(|e| if e.is_unique_violation() { taken() } else { e.into() })?;
+    tx.insert_audit(&who.actor().audit(action::CREATE, Outcome::Success).on("patient", row.id).details(json!({
+        "external_id": row.external_id, "group_id": row.group_id, "status": row.status
+    })))
+    .await?;
+    tx.commit().await?;
+    Ok(row.into())
+}
+
+pub async fn update(app: &App, who: &Principal, id: Id, changes: PatientChanges) -> ApiResult<Patient> {
+    let first_name = changes.first_name.map(|n| name("first_name", n.as_deref())).transpose()?;
+    let last_name = changes.last_name.map(|n| name("last_name", n.as_deref())).transpose()?;
+    check_birth_date(changes.date_of_birth.flatten())?;
+    let mut tx = app.store.begin().await?;
+    let mut row = visible_patient(app, &mut tx, who, id).await?;
+    if let Some(group_id) = changes.group_id {
+        if group_id != row.group_id && !who.is_admin() {
+            return Err(ApiError::forbidden("forbidden", "only admins move patients between groups"));
+        }
+        check_group_exists(&mut tx, group_id).await?;
+    }
+    let before = Patient::from(row.clone());
+    if let Some(status) = changes.status {
+        row.status = status;
+    }
+    if let Some(first_name) = first_name {
+        row.first_name = first_name;
+    }
+    if let Some(last_name) = last_name {
+        row.last_name = last_name;
+    }
+    if let Some(dob) = changes.date_of_birth {
+        row.date_of_birth = dob;
+    }
+    if let Some(group_id) = changes.group_id {
+        row.group_id = group_id;
+    }
+    tx.save_patient(&mut row).await?;
+    let after = Patient::from(row);
+    let mut changed = serde_json::Map::new();
+    let (b, a) = (json!(before), json!(after));
+    for key in ["status", "first_name", "last_name", "date_of_birth", "group_id"] {
+        if b[key] != a[key] {
+            changed.insert(key.to_string(), json!([b[key], a[key]]));
+        }
+    }
+    tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("patient", id).details(json!({"changes": changed}))).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Deletes a patient record (admins); with `purge_dicom`, their DICOM data in Orthanc
+/// too. Orthanc is asked first, inside the transaction: if it fails, nothing changes.
+pub async fn delete(app: &App, who: &Principal, id: Id, purge_dicom: bool) -> ApiResult<()> {
+    let mut tx = app.store.begin().await?;
+    let row = tx.patient_by_id(id).await?.ok_or_else(not_found)?;
+    tx.insert_audit(&who.actor().audit(action::DELETE, Outcome::Success).on("patient", id).details(json!({
+        "external_id": row.external_id, "purge_dicom": purge_dicom
+    })))
+    .await?;
+    tx.delete_patient(id).await?;
+    if purge_dicom {
+        if let Some(orthanc_id) = &row.orthanc_patient_id {
+            let pacs = app.pacs()?;
+            match pacs.delete_patient(orthanc_id).await {
+                Ok(()) | Err(crate::pacs::PacsError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

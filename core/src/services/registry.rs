@@ -1,0 +1,287 @@
+//! Keeping the registry in step with Orthanc: registering a study from what Orthanc
+//! knows of it, and following Orthanc's change log so that DICOM arriving without
+//! Cohort (C-STORE, Orthanc's own upload) is registered too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::{action, Actor, Outcome};
+use crate::app::App;
+use crate::domain::{Id, PatientStatus};
+use crate::error::{ApiError, ApiResult};
+use crate::pacs::{Change, PacsError, StudyInfo};
+use crate::store::patients::{NewPatient, PatientRow, StudyFields};
+use crate::store::{Db, StoreResult};
+
+/// What registering a study did.
+#[derive(Clone, Debug)]
+pub struct Synced {
+    pub patient: PatientRow,
+    pub patient_created: bool,
+    pub study_created: bool,
+}
+
+/// `Family^Given^Middle^Prefix^Suffix` (first component group) → (first, last).
+pub fn split_person_name(pn: &str) -> (Option<String>, Option<String>) {
+    let alphabetic = pn.split('=').next().unwrap_or_default();
+    let mut parts = alphabetic.split('^').map(str::trim);
+    let family = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
+    let given: Vec<&str> = parts.take(2).filter(|s| !s.is_empty()).collect();
+    let given = (!given.is_empty()).then(|| given.join(" "));
+    (given, family)
+}
+
+/// DICOM DA (`YYYYMMDD`, or the old `YYYY.MM.DD`) → date.
+pub fn parse_dicom_date(da: Option<&str>) -> Option<NaiveDate> {
+    let digits: String = da?.chars().filter(char::is_ascii_digit).collect();
+    NaiveDate::parse_from_str(&digits, "%Y%m%d").ok()
+}
+
+/// The registry's external id of a study's patient: the DICOM PatientID, or Orthanc's
+/// patient id when the PatientID is empty.
+pub fn external_id_of(info: &StudyInfo) -> String {
+    let id = info.patient.patient_id.trim();
+    if id.is_empty() {
+        info.orthanc_patient_id.clone()
+    } else {
+        id.chars().take(64).collect()
+    }
+}
+
+/// The registry's patient for a study, if any: by Orthanc id, else by external id.
+pub async fn find_patient(db: &mut Db, info: &StudyInfo) -> StoreResult<Option<PatientRow>> {
+    if let Some(p) = db.patient_by_orthanc_id(&info.orthanc_patient_id).await? {
+        return Ok(Some(p));
+    }
+    db.patient_by_external_id(&external_id_of(info)).await
+}
+
+/// Registers (or refreshes) a study on `db`: creates the patient when unknown, in
+/// `new_patient_group` with status `to_interpret`; fills names and birth date only where
+/// the registry has none (a person may have corrected them); records the study and its
+/// instances; points the patient at their latest study.
+pub async fn apply_study(db: &mut Db, info: &StudyInfo, new_patient_group: Option<Id>) -> StoreResult<Synced> {
+    let (first, last) = info.patient.patient_name.as_deref().map(split_person_name).unwrap_or((None, None));
+    let dob = parse_dicom_date(info.patient.birth_date.as_deref());
+    let (mut patient, patient_created) = match find_patient(db, info).await? {
+        Some(p) => (p, false),
+        None => {
+            let new = NewPatient {
+                external_id: external_id_of(info),
+                orthanc_patient_id: Some(info.orthanc_patient_id.clone()),
+                status: PatientStatus::ToInterpret,
+                first_name: first.clone(),
+                last_name: last.clone(),
+                date_of_birth: dob,
+                group_id: new_patient_group,
+            };
+            (db.insert_patient(&new).await?, true)
+        }
+    };
+    let fields = StudyFields {
+        study_instance_uid: info.study_instance_uid.clone(),
+        orthanc_study_id: info.orthanc_id.clone(),
+        study_date: parse_dicom_date(info.study_date.as_deref()),
+        description: info.description.clone(),
+        modalities: info.modalities().join(","),
+        instances_count: info.instances.len() as i64,
+    };
+    let (study, study_created) = db.upsert_study(patient.id, &fields).await?;
+    db.replace_study_instances(study.id, patient.id, &info.instances).await?;
+
+    patient.orthanc_patient_id.get_or_insert_with(|| info.orthanc_patient_id.clone());
+    if patient.first_name.is_none() {
+        patient.first_name = first;
+    }
+    if patient.last_name.is_none() {
+        patient.last_name = last;
+    }
+    if patient.date_of_birth.is_none() {
+        patient.date_of_birth = dob;
+    }
+    patient.dicom_study_uid = db.studies_of_patient(patient.id).await?.first().map(|s| s.study_instance_uid.clone());
+    db.save_patient(&mut patient).await?;
+    Ok(Synced { patient, patient_created, study_created })
+}
+
+/// Removes a study Orthanc no longer has, and re-points its patient.
+async fn forget_study(db: &mut Db, study_id: Id) -> StoreResult<()> {
+    let Some(study) = db.study_by_id(study_id).await? else { return Ok(()) };
+    db.delete_study(study.id).await?;
+    if let Some(mut patient) = db.patient_by_id(study.patient_id).await? {
+        patient.dicom_study_uid = db.studies_of_patient(patient.id).await?.first().map(|s| s.study_instance_uid.clone());
+        db.save_patient(&mut patient).await?;
+    }
+    Ok(())
+}
+
+/// The group of automatically registered patients (`AutoRegisterGroup`), created when
+/// missing.
+pub async fn auto_register_group(app: &App) -> ApiResult<Option<Id>> {
+    let Some(name) = &app.config.auto_register_group else { return Ok(None) };
+    let mut db = app.store.conn().await?;
+    if let Some(g) = db.group_by_name(name).await? {
+        return Ok(Some(g.id));
+    }
+    match db.insert_group(name).await {
+        Ok(g) => Ok(Some(g.id)),
+        // Another node created it at the same moment.
+        Err(e) if e.is_unique_violation() => Ok(db.group_by_name(name).await?.map(|g| g.id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+const CURSOR_KEY: &str = "orthanc_changes_seq";
+const PAGE: u32 = 200;
+const IDLE_POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Follows Orthanc's change log for ever, from a cursor kept in the database (so a
+/// restart neither misses nor repeats work; repeats are harmless anyway, registration is
+/// idempotent). `wake` lets a host signal new changes before the next poll.
+pub async fn follow_changes(app: Arc<App>, wake: Arc<Notify>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match follow_once(&app).await {
+            Ok(true) => continue,
+            Ok(false) => {
+                backoff = Duration::from_millis(500);
+                let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "following Orthanc's changes failed; will retry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Processes one page of changes; true when more are waiting.
+pub async fn follow_once(app: &App) -> ApiResult<bool> {
+    let pacs = app.pacs()?.clone();
+    let cursor: i64 = {
+        let mut db = app.store.conn().await?;
+        db.setting(CURSOR_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let page = pacs.changes(cursor, PAGE).await?;
+    let Some(last) = page.changes.last().map(|c| c.seq) else { return Ok(false) };
+    let group = auto_register_group(app).await?;
+    for change in &page.changes {
+        handle_change(app, change, group).await?;
+    }
+    app.store.conn().await?.set_setting(CURSOR_KEY, &last.max(cursor).to_string()).await?;
+    Ok(!page.done)
+}
+
+async fn handle_change(app: &App, change: &Change, group: Option<Id>) -> ApiResult<()> {
+    match (change.change_type.as_str(), change.resource_type.as_str()) {
+        // A new study of a known patient shows at once; a new patient waits until the
+        // study is stable, so an import running through Cohort claims it first.
+        ("NewStudy", "Study") => register(app, &change.resource_id, group, false).await,
+        ("StableStudy", "Study") => register(app, &change.resource_id, group, true).await,
+        ("Deleted", "Study") => {
+            let mut tx = app.store.begin().await?;
+            if let Some(study) = tx.study_by_orthanc_id(&change.resource_id).await? {
+                forget_study(&mut tx, study.id).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        ("Deleted", "Patient") => {
+            let mut tx = app.store.begin().await?;
+            if let Some(patient) = tx.patient_by_orthanc_id(&change.resource_id).await? {
+                for study in tx.studies_of_patient(patient.id).await? {
+                    forget_study(&mut tx, study.id).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        ("Deleted", "Series") => {
+            let studies = app.store.conn().await?.studies_of_series(&change.resource_id).await?;
+            for study_id in studies {
+                resync(app, study_id).await?;
+            }
+            Ok(())
+        }
+        ("Deleted", "Instance") => {
+            let instance = app.store.conn().await?.instance_by_orthanc_id(&change.resource_id).await?;
+            if let Some(i) = instance {
+                resync(app, i.study_id).await?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Registers a study that reached Orthanc; audited as an `IMPORT` by the system when the
+/// study is new to the registry.
+async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>, create_patients: bool) -> ApiResult<()> {
+    let info = match app.pacs()?.study(orthanc_study_id).await {
+        Ok(info) => info,
+        Err(PacsError::NotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut tx = app.store.begin().await?;
+    if !create_patients && find_patient(&mut tx, &info).await?.is_none() {
+        return Ok(());
+    }
+    let synced = apply_study(&mut tx, &info, group).await?;
+    if synced.study_created {
+        tx.insert_audit(&Actor::system().audit(action::IMPORT, Outcome::Success).on("patient", synced.patient.id).details(json!({
+            "source": "orthanc",
+            "external_id": synced.patient.external_id,
+            "patient_created": synced.patient_created,
+            "orthanc_study_id": info.orthanc_id,
+            "study_instance_uid": info.study_instance_uid,
+            "instances": info.instances.len(),
+        })))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Refreshes a registered study from Orthanc, or forgets it when Orthanc lost it.
+async fn resync(app: &App, study_id: Id) -> ApiResult<()> {
+    let Some(study) = app.store.conn().await?.study_by_id(study_id).await? else { return Ok(()) };
+    let fetched = app.pacs()?.study(&study.orthanc_study_id).await;
+    let mut tx = app.store.begin().await?;
+    match fetched {
+        Ok(info) => {
+            apply_study(&mut tx, &info, None).await?;
+        }
+        Err(PacsError::NotFound) => forget_study(&mut tx, study_id).await?,
+        Err(e) => return Err(ApiError::from(e)),
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn person_names_split_into_first_and_last() {
+        assert_eq!(split_person_name("Dupré^Éloïse"), (Some("Éloïse".into()), Some("Dupré".into())));
+        assert_eq!(split_person_name("DOE^JOHN^PAUL^DR"), (Some("JOHN PAUL".into()), Some("DOE".into())));
+        assert_eq!(split_person_name("Anonymous"), (None, Some("Anonymous".into())));
+        assert_eq!(split_person_name("Yamada^Tarou=山田^太郎"), (Some("Tarou".into()), Some("Yamada".into())));
+        assert_eq!(split_person_name("^"), (None, None));
+    }
+
+    #[test]
+    fn dicom_dates_parse() {
+        assert_eq!(parse_dicom_date(Some("19800131")), NaiveDate::from_ymd_opt(1980, 1, 31));
+        assert_eq!(parse_dicom_date(Some("1980.01.31")), NaiveDate::from_ymd_opt(1980, 1, 31));
+        assert_eq!(parse_dicom_date(Some("19801341")), None);
+        assert_eq!(parse_dicom_date(None), None);
+    }
+}

@@ -1,0 +1,107 @@
+//! `GET /api/stats` and the image proxy's access check.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::patients::{audit_hidden, can_see, scope_of};
+use super::Principal;
+use crate::app::App;
+use crate::domain::PatientStatus;
+use crate::error::{ApiError, ApiResult};
+use crate::pacs::{DicomFile, PacsError};
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PatientStats {
+    pub total: i64,
+    /// Every status code, with 0 for the empty ones.
+    pub by_status: BTreeMap<String, i64>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct UserStats {
+    pub total: i64,
+    pub active: i64,
+    pub admins: i64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ActivityStats {
+    pub logins_30d: i64,
+    pub imports_30d: i64,
+    pub exports_30d: i64,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct StorageStats {
+    pub instances: i64,
+    pub studies: i64,
+    pub disk_size_mb: f64,
+}
+
+/// Patient figures count what the caller may see; the rest is for admins only.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub patients: PatientStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<UserStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStats>,
+}
+
+pub async fn stats(app: &App, who: &Principal) -> ApiResult<Stats> {
+    let mut db = app.store.conn().await?;
+    let counts = db.patient_status_counts(scope_of(who)).await?;
+    let mut by_status: BTreeMap<String, i64> = PatientStatus::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    for (status, n) in counts.0 {
+        by_status.insert(status, n);
+    }
+    let patients = PatientStats { total: by_status.values().sum(), by_status };
+    if !who.is_admin() {
+        return Ok(Stats { patients, users: None, activity: None, storage: None });
+    }
+    let u = db.user_counts().await?;
+    let a = db.activity_since(crate::store::now() - Duration::days(30)).await?;
+    drop(db);
+    let s = app.pacs()?.statistics().await?;
+    Ok(Stats {
+        patients,
+        users: Some(UserStats { total: u.total, active: u.active, admins: u.admins }),
+        activity: Some(ActivityStats { logins_30d: a.logins, imports_30d: a.imports, exports_30d: a.exports }),
+        storage: Some(StorageStats { instances: s.instances, studies: s.studies, disk_size_mb: s.disk_size_mb }),
+    })
+}
+
+/// The raw DICOM file of an instance whose patient the caller may see; anything else
+/// answers 404.
+pub async fn image(app: &App, who: &Principal, instance_id: &str) -> ApiResult<DicomFile> {
+    let pacs = app.pacs()?.clone();
+    let mut db = app.store.conn().await?;
+    let study_id = match db.instance_by_orthanc_id(instance_id).await? {
+        Some(i) => i.study_id,
+        None => {
+            // Not registered (yet): ask Orthanc which study it belongs to.
+            let orthanc_study = match pacs.instance_study(instance_id).await {
+                Ok(s) => s,
+                Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
+                Err(e) => return Err(e.into()),
+            };
+            db.study_by_orthanc_id(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?.id
+        }
+    };
+    let study = db.study_by_id(study_id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+    let patient = db.patient_by_id(study.patient_id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+    drop(db);
+    if !can_see(scope_of(who), &patient) {
+        audit_hidden(app, who, patient.id).await;
+        return Err(ApiError::not_found("instance"));
+    }
+    pacs.instance_file(instance_id).await.map_err(|e| match e {
+        PacsError::NotFound => ApiError::not_found("instance"),
+        other => other.into(),
+    })
+}

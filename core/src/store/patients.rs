@@ -1,0 +1,437 @@
+//! The patient registry: patients, their studies, and the instances of those studies.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::{Db, Page, PageRequest, StoreResult};
+use crate::domain::{fold_for_search, Id, PatientStatus};
+use crate::pacs::InstanceInfo;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PatientRow {
+    pub id: Id,
+    pub external_id: String,
+    pub orthanc_patient_id: Option<String>,
+    pub dicom_study_uid: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: PatientStatus,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    pub group_id: Option<Id>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PatientRow {
+    fn search_text(&self) -> String {
+        let parts = [Some(self.external_id.as_str()), self.first_name.as_deref(), self.last_name.as_deref()];
+        fold_for_search(&parts.iter().flatten().copied().collect::<Vec<_>>().join(" "))
+    }
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct StudyRow {
+    pub id: Id,
+    pub patient_id: Id,
+    pub study_instance_uid: String,
+    pub orthanc_study_id: String,
+    pub study_date: Option<NaiveDate>,
+    pub description: Option<String>,
+    pub modalities: String,
+    pub instances_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InstanceRow {
+    pub orthanc_instance_id: String,
+    pub study_id: Id,
+    pub patient_id: Id,
+    pub orthanc_series_id: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub instance_number: Option<i64>,
+    pub modality: Option<String>,
+}
+
+/// An instance with the study UID it belongs to, for listings and exports.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InstanceWithStudy {
+    pub orthanc_instance_id: String,
+    pub sop_instance_uid: String,
+    pub series_instance_uid: String,
+    pub study_instance_uid: String,
+    pub instance_number: Option<i64>,
+    pub modality: Option<String>,
+}
+
+/// Which patients a caller may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Group(Id),
+    /// A user without a group sees nothing.
+    Nothing,
+}
+
+/// How lists are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatientSort {
+    CreatedAt { desc: bool },
+    UpdatedAt { desc: bool },
+    LastName { desc: bool },
+    ExternalId { desc: bool },
+    Status { desc: bool },
+}
+
+impl PatientSort {
+    fn order_by(self) -> &'static str {
+        match self {
+            PatientSort::CreatedAt { desc: false } => "created_at ASC, id ASC",
+            PatientSort::CreatedAt { desc: true } => "created_at DESC, id DESC",
+            PatientSort::UpdatedAt { desc: false } => "updated_at ASC, id ASC",
+            PatientSort::UpdatedAt { desc: true } => "updated_at DESC, id DESC",
+            PatientSort::LastName { desc: false } => "last_name IS NULL, last_name ASC, first_name ASC, id ASC",
+            PatientSort::LastName { desc: true } => "last_name IS NULL, last_name DESC, first_name DESC, id DESC",
+            PatientSort::ExternalId { desc: false } => "external_id ASC",
+            PatientSort::ExternalId { desc: true } => "external_id DESC",
+            PatientSort::Status { desc: false } => "status ASC, id ASC",
+            PatientSort::Status { desc: true } => "status DESC, id DESC",
+        }
+    }
+}
+
+/// Filters of a patient list.
+#[derive(Clone, Debug)]
+pub struct PatientFilter {
+    pub scope: Scope,
+    /// `LIKE` pattern over the folded search text.
+    pub like: Option<String>,
+    pub status: Option<PatientStatus>,
+    pub sort: PatientSort,
+}
+
+/// `group_id` and visibility as SQL: `$1` is the scope kind, `$2` the group.
+const SCOPE_SQL: &str = "($1 = 'all' OR ($1 = 'group' AND group_id = $2))";
+
+fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
+    match scope {
+        Scope::All => ("all", None),
+        Scope::Group(g) => ("group", Some(g)),
+        Scope::Nothing => ("nothing", None),
+    }
+}
+
+macro_rules! patient_columns {
+    () => {
+        "id, external_id, orthanc_patient_id, dicom_study_uid, status, first_name, last_name, date_of_birth, group_id, \
+         created_at, updated_at"
+    };
+}
+
+macro_rules! study_columns {
+    () => {
+        "id, patient_id, study_instance_uid, orthanc_study_id, study_date, description, modalities, instances_count, \
+         created_at, updated_at"
+    };
+}
+
+/// What creating a patient needs.
+#[derive(Clone, Debug)]
+pub struct NewPatient {
+    pub external_id: String,
+    pub orthanc_patient_id: Option<String>,
+    pub status: PatientStatus,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    pub group_id: Option<Id>,
+}
+
+/// What the registry records of a study.
+#[derive(Clone, Debug)]
+pub struct StudyFields {
+    pub study_instance_uid: String,
+    pub orthanc_study_id: String,
+    pub study_date: Option<NaiveDate>,
+    pub description: Option<String>,
+    pub modalities: String,
+    pub instances_count: i64,
+}
+
+/// Counts per status, for the stats page.
+#[derive(Clone, Debug, Default)]
+pub struct StatusCounts(pub Vec<(String, i64)>);
+
+impl Db {
+    pub async fn insert_patient(&mut self, new: &NewPatient) -> StoreResult<PatientRow> {
+        let now = super::now();
+        let mut row = PatientRow {
+            id: 0,
+            external_id: new.external_id.clone(),
+            orthanc_patient_id: new.orthanc_patient_id.clone(),
+            dicom_study_uid: None,
+            status: new.status,
+            first_name: new.first_name.clone(),
+            last_name: new.last_name.clone(),
+            date_of_birth: new.date_of_birth,
+            group_id: new.group_id,
+            created_at: now,
+            updated_at: now,
+        };
+        let search = row.search_text();
+        row.id = on_db!(self, |c| sqlx::query_scalar(
+            "INSERT INTO patients (external_id, orthanc_patient_id, status, first_name, last_name, date_of_birth, group_id, \
+             search_text, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING id"
+        )
+        .bind(&row.external_id)
+        .bind(&row.orthanc_patient_id)
+        .bind(row.status.as_str())
+        .bind(&row.first_name)
+        .bind(&row.last_name)
+        .bind(row.date_of_birth)
+        .bind(row.group_id)
+        .bind(search)
+        .bind(now)
+        .fetch_one(c)
+        .await)?;
+        Ok(row)
+    }
+
+    /// Writes every mutable field of `row` back and stamps `updated_at`.
+    pub async fn save_patient(&mut self, row: &mut PatientRow) -> StoreResult<()> {
+        row.updated_at = super::now();
+        let search = row.search_text();
+        on_db!(self, |c| sqlx::query(
+            "UPDATE patients SET orthanc_patient_id = $2, dicom_study_uid = $3, status = $4, first_name = $5, last_name = $6, \
+             date_of_birth = $7, group_id = $8, search_text = $9, updated_at = $10 WHERE id = $1"
+        )
+        .bind(row.id)
+        .bind(&row.orthanc_patient_id)
+        .bind(&row.dicom_study_uid)
+        .bind(row.status.as_str())
+        .bind(&row.first_name)
+        .bind(&row.last_name)
+        .bind(row.date_of_birth)
+        .bind(row.group_id)
+        .bind(search)
+        .bind(row.updated_at)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn patient_by_id(&mut self, id: Id) -> StoreResult<Option<PatientRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", patient_columns!(), " FROM patients WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    pub async fn patient_by_external_id(&mut self, external_id: &str) -> StoreResult<Option<PatientRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", patient_columns!(), " FROM patients WHERE external_id = $1"))
+            .bind(external_id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    pub async fn patient_by_orthanc_id(&mut self, orthanc_patient_id: &str) -> StoreResult<Option<PatientRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", patient_columns!(), " FROM patients WHERE orthanc_patient_id = $1"))
+            .bind(orthanc_patient_id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    pub async fn list_patients(&mut self, f: &PatientFilter, page: PageRequest) -> StoreResult<Page<PatientRow>> {
+        let (kind, group) = scope_args(f.scope);
+        let status = f.status.map(PatientStatus::as_str);
+        let filter = format!("WHERE {SCOPE_SQL} AND ($3 IS NULL OR search_text LIKE $3 ESCAPE '\\') AND ($4 IS NULL OR status = $4)");
+        let list = format!(
+            concat!("SELECT ", patient_columns!(), " FROM patients {} ORDER BY {} LIMIT $5 OFFSET $6"),
+            filter,
+            f.sort.order_by()
+        );
+        let count = format!("SELECT COUNT(*) FROM patients {filter}");
+        let items = on_db!(self, |c| sqlx::query_as(&list)
+            .bind(kind)
+            .bind(group)
+            .bind(&f.like)
+            .bind(status)
+            .bind(page.limit())
+            .bind(page.offset())
+            .fetch_all(c)
+            .await)?;
+        let total = on_db!(self, |c| sqlx::query_scalar(&count).bind(kind).bind(group).bind(&f.like).bind(status).fetch_one(c).await)?;
+        Ok(Page { items, total })
+    }
+
+    pub async fn delete_patient(&mut self, id: Id) -> StoreResult<bool> {
+        let n = on_db!(self, |c| sqlx::query("DELETE FROM patients WHERE id = $1").bind(id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(n == 1)
+    }
+
+    /// Patients per status within a scope.
+    pub async fn patient_status_counts(&mut self, scope: Scope) -> StoreResult<StatusCounts> {
+        let (kind, group) = scope_args(scope);
+        let sql = format!("SELECT status, COUNT(*) FROM patients WHERE {SCOPE_SQL} GROUP BY status");
+        let rows: Vec<(String, i64)> = on_db!(self, |c| sqlx::query_as(&sql).bind(kind).bind(group).fetch_all(c).await)?;
+        Ok(StatusCounts(rows))
+    }
+
+    /// Patients still in a group (group deletion refuses while there are some).
+    pub async fn count_group_patients(&mut self, group_id: Id) -> StoreResult<i64> {
+        Ok(on_db!(self, |c| sqlx::query_scalar("SELECT COUNT(*) FROM patients WHERE group_id = $1").bind(group_id).fetch_one(c).await)?)
+    }
+
+    pub async fn studies_of_patient(&mut self, patient_id: Id) -> StoreResult<Vec<StudyRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!(
+            "SELECT ",
+            study_columns!(),
+            " FROM studies WHERE patient_id = $1 ORDER BY study_date IS NULL, study_date DESC, id DESC"
+        ))
+        .bind(patient_id)
+        .fetch_all(c)
+        .await)?)
+    }
+
+    pub async fn study_by_orthanc_id(&mut self, orthanc_study_id: &str) -> StoreResult<Option<StudyRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", study_columns!(), " FROM studies WHERE orthanc_study_id = $1"))
+            .bind(orthanc_study_id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    /// Inserts or updates a study by its Orthanc id; returns it and whether it is new.
+    pub async fn upsert_study(&mut self, patient_id: Id, s: &StudyFields) -> StoreResult<(StudyRow, bool)> {
+        let now = super::now();
+        if let Some(existing) = self.study_by_orthanc_id(&s.orthanc_study_id).await? {
+            on_db!(self, |c| sqlx::query(
+                "UPDATE studies SET patient_id = $2, study_instance_uid = $3, study_date = $4, description = $5, \
+                 modalities = $6, instances_count = $7, updated_at = $8 WHERE id = $1"
+            )
+            .bind(existing.id)
+            .bind(patient_id)
+            .bind(&s.study_instance_uid)
+            .bind(s.study_date)
+            .bind(&s.description)
+            .bind(&s.modalities)
+            .bind(s.instances_count)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+            let row = StudyRow {
+                patient_id,
+                study_instance_uid: s.study_instance_uid.clone(),
+                study_date: s.study_date,
+                description: s.description.clone(),
+                modalities: s.modalities.clone(),
+                instances_count: s.instances_count,
+                updated_at: now,
+                ..existing
+            };
+            return Ok((row, false));
+        }
+        let id: Id = on_db!(self, |c| sqlx::query_scalar(
+            "INSERT INTO studies (patient_id, study_instance_uid, orthanc_study_id, study_date, description, modalities, \
+             instances_count, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id"
+        )
+        .bind(patient_id)
+        .bind(&s.study_instance_uid)
+        .bind(&s.orthanc_study_id)
+        .bind(s.study_date)
+        .bind(&s.description)
+        .bind(&s.modalities)
+        .bind(s.instances_count)
+        .bind(now)
+        .fetch_one(c)
+        .await)?;
+        let row = StudyRow {
+            id,
+            patient_id,
+            study_instance_uid: s.study_instance_uid.clone(),
+            orthanc_study_id: s.orthanc_study_id.clone(),
+            study_date: s.study_date,
+            description: s.description.clone(),
+            modalities: s.modalities.clone(),
+            instances_count: s.instances_count,
+            created_at: now,
+            updated_at: now,
+        };
+        Ok((row, true))
+    }
+
+    pub async fn delete_study(&mut self, study_id: Id) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query("DELETE FROM studies WHERE id = $1").bind(study_id).execute(c).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Makes the registered instances of a study exactly `instances`.
+    pub async fn replace_study_instances(&mut self, study_id: Id, patient_id: Id, instances: &[InstanceInfo]) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query("DELETE FROM instances WHERE study_id = $1").bind(study_id).execute(c).await.map(|r| r.rows_affected()))?;
+        for chunk in instances.chunks(200) {
+            on_db!(self, |c| {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO instances (orthanc_instance_id, study_id, patient_id, orthanc_series_id, sop_instance_uid, \
+                     series_instance_uid, instance_number, modality) ",
+                );
+                q.push_values(chunk, |mut b, i| {
+                    b.push_bind(&i.orthanc_id)
+                        .push_bind(study_id)
+                        .push_bind(patient_id)
+                        .push_bind(&i.orthanc_series_id)
+                        .push_bind(&i.sop_instance_uid)
+                        .push_bind(&i.series_instance_uid)
+                        .push_bind(i.instance_number)
+                        .push_bind(&i.modality);
+                });
+                // An instance moved between studies (rare re-keying) takes its new place.
+                q.push(
+                    " ON CONFLICT (orthanc_instance_id) DO UPDATE SET study_id = excluded.study_id, \
+                     patient_id = excluded.patient_id, orthanc_series_id = excluded.orthanc_series_id",
+                );
+                q.build().execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn instance_by_orthanc_id(&mut self, orthanc_instance_id: &str) -> StoreResult<Option<InstanceRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT orthanc_instance_id, study_id, patient_id, orthanc_series_id, sop_instance_uid, series_instance_uid, \
+             instance_number, modality FROM instances WHERE orthanc_instance_id = $1"
+        )
+        .bind(orthanc_instance_id)
+        .fetch_optional(c)
+        .await)?)
+    }
+
+    /// The studies holding instances of an Orthanc series.
+    pub async fn studies_of_series(&mut self, orthanc_series_id: &str) -> StoreResult<Vec<Id>> {
+        Ok(on_db!(self, |c| sqlx::query_scalar("SELECT DISTINCT study_id FROM instances WHERE orthanc_series_id = $1")
+            .bind(orthanc_series_id)
+            .fetch_all(c)
+            .await)?)
+    }
+
+    pub async fn study_by_id(&mut self, id: Id) -> StoreResult<Option<StudyRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", study_columns!(), " FROM studies WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(c)
+            .await)?)
+    }
+
+    /// A patient's instances in study, series and instance-number order.
+    pub async fn patient_instances(&mut self, patient_id: Id) -> StoreResult<Vec<InstanceWithStudy>> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT i.orthanc_instance_id, i.sop_instance_uid, i.series_instance_uid, s.study_instance_uid, i.instance_number, \
+             i.modality FROM instances i JOIN studies s ON s.id = i.study_id WHERE i.patient_id = $1 \
+             ORDER BY s.study_instance_uid, i.series_instance_uid, i.instance_number, i.sop_instance_uid"
+        )
+        .bind(patient_id)
+        .fetch_all(c)
+        .await)?)
+    }
+}
