@@ -235,19 +235,29 @@ struct StoreAnswer {
     status: String,
 }
 
+/// The main DICOM tags Orthanc reports (names as Orthanc spells them).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(default)]
 struct Tags {
+    #[serde(rename = "PatientID")]
     patient_id: Option<String>,
+    #[serde(rename = "PatientName")]
     patient_name: Option<String>,
+    #[serde(rename = "PatientBirthDate")]
     patient_birth_date: Option<String>,
+    #[serde(rename = "StudyInstanceUID")]
     study_instance_uid: Option<String>,
+    #[serde(rename = "StudyDate")]
     study_date: Option<String>,
+    #[serde(rename = "StudyDescription")]
     study_description: Option<String>,
+    #[serde(rename = "SeriesInstanceUID")]
     series_instance_uid: Option<String>,
+    #[serde(rename = "Modality")]
     modality: Option<String>,
     #[serde(rename = "SOPInstanceUID")]
     sop_instance_uid: Option<String>,
+    #[serde(rename = "InstanceNumber")]
     instance_number: Option<String>,
 }
 
