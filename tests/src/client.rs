@@ -14,6 +14,8 @@ pub struct Client {
     pub base: String,
     http: reqwest::Client,
     jar: Arc<Jar>,
+    /// Sent as `Authorization: Bearer` on every request when set.
+    bearer: Option<String>,
 }
 
 /// A whole answer, read.
@@ -121,7 +123,13 @@ impl Client {
             .user_agent(user_agent)
             .build()
             .expect("HTTP client");
-        Client { base: base.trim_end_matches('/').to_string(), http, jar }
+        Client { base: base.trim_end_matches('/').to_string(), http, jar, bearer: None }
+    }
+
+    /// The same client, authenticating every request with a Bearer token.
+    pub fn with_bearer(mut self, token: &str) -> Client {
+        self.bearer = Some(token.to_string());
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -130,7 +138,11 @@ impl Client {
 
     pub fn req(&self, method: Method, path: &str) -> Req<'_> {
         let csrf = !matches!(method, Method::GET | Method::HEAD);
-        Req { client: self, builder: self.http.request(method, self.url(path)), csrf }
+        let mut builder = self.http.request(method, self.url(path));
+        if let Some(token) = &self.bearer {
+            builder = builder.bearer_auth(token);
+        }
+        Req { client: self, builder, csrf }
     }
 
     pub async fn get(&self, path: &str) -> Resp {

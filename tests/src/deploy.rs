@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 use crate::client::Client;
 use crate::db::{Backend, TestDatabase};
 use crate::orthanc::{tail, Orthanc, OrthancOptions};
@@ -16,7 +18,37 @@ pub const JWT_SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e-secret";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
+    /// `cohort serve` beside a stock, loopback-only Orthanc.
     Sidecar,
+    /// `libcohort_orthanc.so` inside Orthanc.
+    Plugin,
+}
+
+/// The environment variable of a configuration key (`MaxUploadBytes` →
+/// `COHORT_MAX_UPLOAD_BYTES`), as the sidecar reads it.
+pub fn env_name(json_name: &str) -> String {
+    match json_name {
+        "BootstrapAdminEmail" => "COHORT_ADMIN_EMAIL".into(),
+        "BootstrapAdminPassword" => "COHORT_ADMIN_PASSWORD".into(),
+        _ => {
+            let mut out = String::from("COHORT");
+            for c in json_name.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        }
+    }
+}
+
+fn env_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(env_value).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
 }
 
 /// The `cohort serve` process.
@@ -25,6 +57,10 @@ pub struct Sidecar {
     child: Option<Child>,
     pub url: String,
     log: tempfile::NamedTempFile,
+    /// How it was started, to start it again.
+    db_url: String,
+    orthanc_url: String,
+    env: BTreeMap<String, String>,
 }
 
 impl Sidecar {
@@ -33,12 +69,33 @@ impl Sidecar {
     pub async fn start(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Sidecar {
         let port = crate::free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut cmd = sidecar_command(db_url, orthanc_url, env);
-        cmd.arg("serve").env("COHORT_LISTEN", format!("127.0.0.1:{port}"));
-        let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("start cohort serve");
-        let sidecar = Sidecar { child: Some(child), url: format!("http://127.0.0.1:{port}"), log };
-        sidecar.wait_until_up().await;
+        let mut sidecar = Sidecar {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            db_url: db_url.to_string(),
+            orthanc_url: orthanc_url.to_string(),
+            env: env.clone(),
+        };
+        sidecar.spawn().await;
         sidecar
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = sidecar_command(&self.db_url, &self.orthanc_url, &self.env);
+        cmd.arg("serve").env("COHORT_LISTEN", self.url.trim_start_matches("http://"));
+        let log = std::fs::OpenOptions::new().append(true).open(self.log.path()).expect("log");
+        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start cohort serve"));
+        self.wait_until_up().await;
+    }
+
+    /// Kills the sidecar and starts it again on the same port and database.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
     }
 
     pub fn log(&self) -> String {
@@ -104,17 +161,61 @@ impl Deployment {
         Self::start_with(host, backend, BTreeMap::new()).await
     }
 
-    /// Starts a deployment with extra settings, given as `COHORT_*` names.
-    pub async fn start_with(host: Host, backend: Backend, settings: BTreeMap<String, String>) -> Deployment {
+    /// Starts a deployment with extra settings, given by their JSON names (the plugin's
+    /// `"Cohort"` section; the sidecar gets the matching `COHORT_*` variables).
+    pub async fn start_with(host: Host, backend: Backend, settings: BTreeMap<String, Value>) -> Deployment {
         let db = TestDatabase::create(backend).await;
         match host {
             Host::Sidecar => {
                 let orthanc = Orthanc::start(OrthancOptions::default()).await;
-                let sidecar = Sidecar::start(&db.url, &orthanc.url(), &settings).await;
+                let env = settings.iter().map(|(k, v)| (env_name(k), env_value(v))).collect();
+                let sidecar = Sidecar::start(&db.url, &orthanc.url(), &env).await;
                 let url = sidecar.url.clone();
                 Deployment { host, db, orthanc, sidecar: Some(sidecar), url }
             }
+            Host::Plugin => {
+                let mut section = json!({
+                    "DatabaseUrl": db.url,
+                    "CookieSecure": false,
+                    "BcryptCost": 10,
+                    "JwtSecret": JWT_SECRET,
+                    "BootstrapAdminEmail": ADMIN_EMAIL,
+                    "BootstrapAdminPassword": ADMIN_PASSWORD,
+                });
+                if let Some(obj) = section.as_object_mut() {
+                    obj.extend(settings);
+                }
+                let mut extra = serde_json::Map::new();
+                extra.insert("Cohort".into(), section);
+                let options = OrthancOptions {
+                    plugins: vec![crate::built("libcohort_orthanc.so")],
+                    extra,
+                    env: vec![("COHORT_TEST_PANIC_ROUTE".into(), "1".into())],
+                };
+                let orthanc = Orthanc::start(options).await;
+                let url = orthanc.url();
+                Deployment { host, db, orthanc, sidecar: None, url }
+            }
         }
+    }
+
+    /// A client of Orthanc's own REST API: as is beside the sidecar, with an admin
+    /// session where the plugin guards it.
+    pub async fn orthanc_client(&self) -> Client {
+        let c = Client::new(&self.orthanc.url());
+        if self.host == Host::Plugin {
+            let cohort = Client::new(&self.url);
+            cohort.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+            let token = cohort.cookie("access_token").expect("access token");
+            return c.with_bearer(&token);
+        }
+        c
+    }
+
+    /// Orthanc's instance count, read from its own REST API.
+    pub async fn orthanc_instances(&self) -> i64 {
+        let stats = self.orthanc_client().await.get("/statistics").await.expect_status(200);
+        stats["CountInstances"].as_i64().expect("CountInstances")
     }
 
     /// A fresh browser-like client of this deployment.
@@ -127,6 +228,17 @@ impl Deployment {
         let c = self.client();
         c.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
         c
+    }
+
+    /// Restarts the Cohort side (the sidecar process; for the plugin, Orthanc itself).
+    pub async fn restart_cohort(&mut self) {
+        match &mut self.sidecar {
+            Some(s) => s.restart().await,
+            None => {
+                self.orthanc.stop();
+                self.orthanc.start_again().await;
+            }
+        }
     }
 
     /// Where Orthanc's own REST API is reached.

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod db;
+pub mod dicom;
 pub mod deploy;
 pub mod orthanc;
 
@@ -73,6 +74,19 @@ macro_rules! per_deployment {
                     return;
                 }
                 super::$scenario(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plugin_sqlite() {
+                super::$scenario(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn plugin_postgres() {
+                if $crate::postgres_skipped() {
+                    return;
+                }
+                super::$scenario(Deployment::start(Host::Plugin, Backend::Postgres).await).await;
             }
         }
     };

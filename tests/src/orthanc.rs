@@ -12,6 +12,8 @@ pub const ORTHANC_BIN: &str = "/usr/sbin/Orthanc";
 #[derive(Debug)]
 pub struct Orthanc {
     child: Option<Child>,
+    config_path: PathBuf,
+    env: Vec<(String, String)>,
     pub http_port: u16,
     pub dicom_port: u16,
     pub aet: String,
@@ -25,6 +27,8 @@ pub struct OrthancOptions {
     pub plugins: Vec<PathBuf>,
     /// Extra top-level configuration keys (e.g. the `"Cohort"` section).
     pub extra: serde_json::Map<String, Value>,
+    /// Extra environment variables of the Orthanc process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Orthanc {
@@ -44,10 +48,10 @@ impl Orthanc {
             "DicomServerEnabled": true,
             "DicomAlwaysAllowStore": true,
             "DicomCheckCalledAet": false,
-            "RemoteAccessAllowed": false,
             "AuthenticationEnabled": false,
             "HttpCompressionEnabled": false,
             "StableAge": 1,
+            "RemoteAccessAllowed": !options.plugins.is_empty(),
             "Plugins": options.plugins,
             "HttpTimeout": 30,
         });
@@ -56,16 +60,37 @@ impl Orthanc {
         }
         let config_path = dir.path().join("orthanc.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("json")).expect("write config");
-        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log file");
+        let mut orthanc = Orthanc { child: None, config_path, env: options.env, http_port, dicom_port, aet, dir };
+        orthanc.spawn().await;
+        orthanc
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("orthanc.log")).expect("log file");
         let child = Command::new(ORTHANC_BIN)
-            .arg(&config_path)
+            .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start Orthanc");
-        let orthanc = Orthanc { child: Some(child), http_port, dicom_port, aet, dir };
-        orthanc.wait_until_up().await;
-        orthanc
+        self.child = Some(child);
+        self.wait_until_up().await;
+    }
+
+    /// Kills Orthanc at once (a crash, as far as its clients can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Orthanc again on the same ports and storage after [`Orthanc::kill`] or
+    /// [`Orthanc::stop`].
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "Orthanc is still running");
+        self.spawn().await;
     }
 
     pub fn url(&self) -> String {

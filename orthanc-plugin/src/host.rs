@@ -1,0 +1,213 @@
+//! Cohort inside Orthanc: the bridge between Orthanc's callbacks and the core.
+//!
+//! - `/api/...` requests become `http::Request`s for the core router, driven with
+//!   `oneshot` on the Orthanc HTTP thread (`block_on`: those threads are not tokio's);
+//!   the answer goes back through the SDK.
+//! - Every other route (Orthanc's REST API, Orthanc Explorer, DICOMweb...) passes the
+//!   HTTP filter only with a Cohort admin session, unless `ProtectOrthancApi` is false.
+//! - Change events only wake the change follower, which does its work on the runtime:
+//!   Orthanc's single change thread is never blocked.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use bytes::Bytes;
+use cohort_core::api::extract::{access_token, origin_allowed};
+use cohort_core::pacs::OrthancPacs;
+use cohort_core::services::{auth, registry, ClientInfo, Via};
+use cohort_core::{App, ClientAddr, Config, Host, SharedApp};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+use crate::sdk::{self, ChangeEvent, ChangeType, FilterDecision, FilterRequest, Registrar, RestRequest, SdkError};
+use crate::transport::InProcess;
+
+/// The plugin's state, built once in `OrthancPluginInitialize`.
+struct Cohort {
+    handle: Handle,
+    app: SharedApp,
+    router: Router,
+    wake: Arc<Notify>,
+}
+
+static COHORT: OnceLock<Cohort> = OnceLock::new();
+/// The runtime itself, taken out and shut down by [`shutdown`].
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+
+thread_local! {
+    /// The client address of the request this HTTP thread is serving: the filter sees
+    /// it, the REST callback (same thread, right after) does not.
+    static CLIENT_IP: Cell<Option<IpAddr>> = const { Cell::new(None) };
+}
+
+/// Set by the test harness only: adds a route that panics, to prove a panic in a
+/// handler becomes a 500 and leaves Orthanc serving.
+const TEST_PANIC_ROUTE_ENV: &str = "COHORT_TEST_PANIC_ROUTE";
+/// Stack of the runtime's threads. Request futures run there, never on Orthanc's HTTP
+/// threads, whose stacks are too small for deeply nested futures (debug builds crash).
+const RUNTIME_STACK: usize = 8 << 20;
+/// Answers larger than this cannot go through the SDK (a `uint32_t` size).
+const MAX_ANSWER: usize = u32::MAX as usize;
+
+/// Reads the configuration, opens the database and registers the callbacks.
+pub fn setup(plugin: &Registrar) -> Result<(), SdkError> {
+    let orthanc_config = sdk::get_configuration()?;
+    let config = Config::from_orthanc_configuration(&orthanc_config).map_err(|e| SdkError::Setup(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cohort")
+        .thread_stack_size(RUNTIME_STACK)
+        .enable_all()
+        .build()
+        .map_err(|e| SdkError::Setup(format!("cannot start the async runtime: {e}")))?;
+    let pacs = OrthancPacs::shared(InProcess);
+    let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
+    let mut router = cohort_core::api::router(app.clone());
+    if std::env::var(TEST_PANIC_ROUTE_ENV).is_ok_and(|v| v == "1") {
+        router = router.route(
+            "/api/__test__/panic",
+            axum::routing::get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("deliberate panic in the test route");
+                }
+                StatusCode::NO_CONTENT
+            }),
+        );
+    }
+    let protect = app.config.protect_orthanc_api;
+    let cohort = Cohort { handle: runtime.handle().clone(), app, router, wake: Arc::new(Notify::new()) };
+    if COHORT.set(cohort).is_err() {
+        return Err(SdkError::Setup("the plugin was initialised twice".into()));
+    }
+    *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+
+    plugin.register_rest_route("/api(/.*)?", handle_api)?;
+    plugin.register_http_filter(filter)?;
+    plugin.register_on_change(on_change)?;
+    tracing::info!(protect_orthanc_api = protect, "cohort serves /api inside Orthanc");
+    Ok(())
+}
+
+/// Stops background work and closes the database; called before `sdk::finalize`.
+pub fn shutdown() {
+    let runtime = RUNTIME.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (Some(runtime), Some(cohort)) = (runtime, COHORT.get()) {
+        runtime.block_on(cohort.app.store.close());
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut resp = Response::new(Bytes::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// One `/api` request, start to finish, on the Orthanc HTTP thread that received it.
+fn handle_api(request: RestRequest) -> Response<Bytes> {
+    let Some(cohort) = COHORT.get() else {
+        return sdk::internal_error_response();
+    };
+    let mut req = match request.into_http_request() {
+        Ok(r) => r.map(Body::from),
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read"),
+    };
+    if let Some(ip) = CLIENT_IP.with(Cell::take) {
+        req.extensions_mut().insert(ClientAddr(ip));
+    }
+    let router = cohort.router.clone();
+    let answer = run(cohort, async move {
+        let resp = match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, body) = resp.into_parts();
+        match Limited::new(body, MAX_ANSWER).collect().await {
+            Ok(collected) => Response::from_parts(parts, collected.to_bytes()),
+            Err(e) => {
+                tracing::warn!(error = %e, "an answer could not be produced");
+                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the answer is larger than Orthanc can send (4 GiB)")
+                } else {
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, "orthanc_unavailable", "the answer could not be produced")
+                }
+            }
+        }
+    });
+    answer.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an /api request failed");
+        sdk::internal_error_response()
+    })
+}
+
+/// Runs `work` on the runtime and waits for it on the calling (Orthanc) thread. A panic
+/// in `work` stays in its task and comes back as an error.
+fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, tokio::task::JoinError> {
+    cohort.handle.block_on(cohort.handle.spawn(work))
+}
+
+/// Guards every route that is not `/api/...`: Orthanc's REST API, Orthanc Explorer,
+/// DICOMweb... need a Cohort admin session (cookie or Bearer), unless
+/// `ProtectOrthancApi` is false. `/api` routes do their own checks.
+fn filter(request: FilterRequest) -> FilterDecision {
+    let ip = request.ip.parse::<IpAddr>().ok();
+    CLIENT_IP.with(|c| c.set(ip));
+    if request.uri == "/api" || request.uri.starts_with("/api/") {
+        return FilterDecision::Allow;
+    }
+    let Some(cohort) = COHORT.get() else {
+        return FilterDecision::Deny;
+    };
+    if !cohort.app.config.protect_orthanc_api {
+        return FilterDecision::Allow;
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(n, v);
+        }
+    }
+    let Some((token, via)) = access_token(&headers) else {
+        return FilterDecision::Deny;
+    };
+    // No CSRF header on native routes (Orthanc Explorer cannot send one): the SameSite
+    // access cookie and the Origin check protect cookie-authenticated writes.
+    let writes = !matches!(request.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if via == Via::Cookie && writes && !origin_allowed(&cohort.app, &headers) {
+        return FilterDecision::Deny;
+    }
+    let client = ClientInfo {
+        ip: ip.map(|i| i.to_string()),
+        user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+    };
+    let (app, token) = (cohort.app.clone(), token.to_string());
+    let admin = run(cohort, async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin()) })
+        .unwrap_or(false);
+    if admin {
+        FilterDecision::Allow
+    } else {
+        FilterDecision::Deny
+    }
+}
+
+/// Change events: start the follower once Orthanc's REST API is up, and wake it on
+/// every change after that. Never blocks.
+fn on_change(event: ChangeEvent) {
+    let Some(cohort) = COHORT.get() else { return };
+    match event.change {
+        ChangeType::OrthancStarted => {
+            cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone()));
+        }
+        ChangeType::OrthancStopped => {}
+        _ => cohort.wake.notify_one(),
+    }
+}

@@ -1,0 +1,66 @@
+//! The plugin's way to Orthanc: its REST API and DICOM files in-process, through the
+//! SDK, with no HTTP round trip. The REST knowledge is in `cohort_core::pacs`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cohort_core::pacs::{DicomFile, PacsError, PacsResult, Transport};
+use http::Method;
+
+use crate::sdk::{self, SdkError};
+
+/// Orthanc's built-in REST API, called in-process. The SDK calls block, so they run on
+/// tokio's blocking pool, never on an async worker.
+#[derive(Debug, Default)]
+pub struct InProcess;
+
+fn sdk_error(e: SdkError, method: &Method) -> PacsError {
+    match e {
+        SdkError::NotFound { .. } => PacsError::NotFound,
+        SdkError::NoContext => PacsError::Unavailable("Orthanc is shutting down".into()),
+        // Orthanc refusing what we sent it (e.g. a file that is not DICOM).
+        SdkError::Orthanc { description, .. } if *method != Method::GET => PacsError::Rejected { status: 400, message: description },
+        other => PacsError::Protocol(other.to_string()),
+    }
+}
+
+async fn call(method: Method, uri: String, body: Bytes) -> PacsResult<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let answer = sdk::call_rest_api(method.clone(), &uri, &body, &[]).map_err(|e| sdk_error(e, &method))?;
+        match answer.status {
+            200..=299 => Ok(Bytes::from(answer.body)),
+            404 => Err(PacsError::NotFound),
+            s @ 400..=499 => Err(PacsError::Rejected { status: s, message: String::from_utf8_lossy(&answer.body).into_owned() }),
+            s => Err(PacsError::Unavailable(format!("Orthanc answered {s} to {method} {uri}"))),
+        }
+    })
+    .await
+    .map_err(|e| PacsError::Unavailable(e.to_string()))?
+}
+
+#[async_trait]
+impl Transport for InProcess {
+    async fn get(&self, path: &str) -> PacsResult<Bytes> {
+        call(Method::GET, path.to_string(), Bytes::new()).await
+    }
+
+    async fn post(&self, path: &str, body: Bytes) -> PacsResult<Bytes> {
+        call(Method::POST, path.to_string(), body).await
+    }
+
+    async fn delete(&self, path: &str) -> PacsResult<()> {
+        call(Method::DELETE, path.to_string(), Bytes::new()).await.map(|_| ())
+    }
+
+    /// Instance files come straight from the storage with `GetDicomForInstance`; the
+    /// buffer Orthanc allocated is handed on without a copy.
+    async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+        let instance = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string);
+        let bytes = match instance {
+            Some(id) => tokio::task::spawn_blocking(move || sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET)))
+                .await
+                .map_err(|e| PacsError::Unavailable(e.to_string()))??,
+            None => self.get(path).await?,
+        };
+        Ok(DicomFile::from_bytes(bytes))
+    }
+}
