@@ -125,15 +125,10 @@ pub struct StudyInfo {
 }
 
 impl StudyInfo {
-    /// Distinct modalities in series order.
+    /// Distinct modalities, sorted.
     pub fn modalities(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for m in self.instances.iter().filter_map(|i| i.modality.clone()) {
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
-        out
+        let set: std::collections::BTreeSet<String> = self.instances.iter().filter_map(|i| i.modality.clone()).collect();
+        set.into_iter().collect()
     }
 }
 

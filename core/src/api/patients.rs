@@ -154,18 +154,33 @@ async fn update_patient(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
-    /// Also delete the patient's DICOM data from Orthanc.
+    /// Also delete the patient's DICOM data from Orthanc. (In the plugin, Orthanc 1.10.1
+    /// drops the query string of DELETE requests: send `X-Purge-Dicom: true` instead.)
     pub purge_dicom: Option<bool>,
 }
 
+/// The header form of `?purge_dicom=true`, which survives where query strings do not.
+const PURGE_HEADER: &str = "x-purge-dicom";
+
 /// Delete a patient record (admins).
-#[utoipa::path(delete, path = "/{id}", tag = "patients", params(("id" = Id, Path), DeleteQuery), responses(
+#[utoipa::path(delete, path = "/{id}", tag = "patients", params(
+    ("id" = Id, Path),
+    DeleteQuery,
+    ("X-Purge-Dicom" = Option<bool>, Header, description = "Same as purge_dicom=true"),
+), responses(
     (status = 204, description = "Deleted"),
     (status = 404, body = ErrorBody),
     (status = 503, description = "Orthanc unavailable (purge_dicom)", body = ErrorBody),
 ))]
-async fn delete_patient(State(app): State<SharedApp>, Admin(who): Admin, ApiPath(id): ApiPath<Id>, ApiQuery(q): ApiQuery<DeleteQuery>) -> Result<StatusCode, ApiError> {
-    service::delete(&app, &who, id, q.purge_dicom.unwrap_or(false)).await?;
+async fn delete_patient(
+    State(app): State<SharedApp>,
+    Admin(who): Admin,
+    ApiPath(id): ApiPath<Id>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let by_header = headers.get(PURGE_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    service::delete(&app, &who, id, q.purge_dicom.unwrap_or(false) || by_header).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -180,10 +180,9 @@ pub async fn follow_once(app: &App) -> ApiResult<bool> {
 
 async fn handle_change(app: &App, change: &Change, group: Option<Id>) -> ApiResult<()> {
     match (change.change_type.as_str(), change.resource_type.as_str()) {
-        // A new study of a known patient shows at once; a new patient waits until the
-        // study is stable, so an import running through Cohort claims it first.
-        ("NewStudy", "Study") => register(app, &change.resource_id, group, false).await,
-        ("StableStudy", "Study") => register(app, &change.resource_id, group, true).await,
+        // Studies are registered once stable: an import running through Cohort has
+        // claimed its studies (and their patients' group) long before.
+        ("StableStudy", "Study") => register(app, &change.resource_id, group).await,
         ("Deleted", "Study") => {
             let mut tx = app.store.begin().await?;
             if let Some(study) = tx.study_by_orthanc_id(&change.resource_id).await? {
@@ -222,16 +221,13 @@ async fn handle_change(app: &App, change: &Change, group: Option<Id>) -> ApiResu
 
 /// Registers a study that reached Orthanc; audited as an `IMPORT` by the system when the
 /// study is new to the registry.
-async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>, create_patients: bool) -> ApiResult<()> {
+async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>) -> ApiResult<()> {
     let info = match app.pacs()?.study(orthanc_study_id).await {
         Ok(info) => info,
         Err(PacsError::NotFound) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
     let mut tx = app.store.begin().await?;
-    if !create_patients && find_patient(&mut tx, &info).await?.is_none() {
-        return Ok(());
-    }
     let synced = apply_study(&mut tx, &info, group).await?;
     if synced.study_created {
         tx.insert_audit(&Actor::system().audit(action::IMPORT, Outcome::Success).on("patient", synced.patient.id).details(json!({

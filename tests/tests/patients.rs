@@ -1,0 +1,533 @@
+//! The patient side against each deployment, with real DICOM (generated multi-series
+//! studies, pydicom's samples) and a real Orthanc: import, registry, group scoping on
+//! every route, images, export and re-import, statuses, deletion, stats, automatic
+//! registration, and hostile or broken uploads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cohort_e2e::dicom::{self, BadZip, Charset, Generated, GeneratedZip, StudySpec, ZipOptions};
+use cohort_e2e::{per_deployment, Client, Deployment, Host, Resp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A patient with a Latin-1 accented name: 2 studies × 2 series (CT, MR) × 3 instances.
+fn eloise() -> &'static Generated {
+    static G: OnceLock<Generated> = OnceLock::new();
+    G.get_or_init(|| {
+        dicom::study(
+            &StudySpec::new("IPP-ELOISE")
+                .name("Dupré^Éloïse")
+                .birth_date("19780412")
+                .charset(Charset::Latin1)
+                .studies(2)
+                .series(2)
+                .instances(3)
+                .modalities(&["CT", "MR"])
+                .seed(11),
+        )
+    })
+}
+
+/// A second patient: 1 study × 1 series × 2 instances.
+fn marc() -> &'static Generated {
+    static G: OnceLock<Generated> = OnceLock::new();
+    G.get_or_init(|| dicom::study(&StudySpec::new("IPP-MARC").name("Martin^Marc").studies(1).series(1).instances(2).seed(12)))
+}
+
+/// Éloïse's files in a ZIP with macOS junk, a DICOMDIR, a PDF and a text file.
+fn eloise_zip() -> &'static GeneratedZip {
+    static Z: OnceLock<GeneratedZip> = OnceLock::new();
+    Z.get_or_init(|| dicom::zip(&eloise().paths(), ZipOptions { junk: true, ..ZipOptions::default() }))
+}
+
+async fn import(c: &Client, content_type: &str, body: Vec<u8>) -> Resp {
+    c.req(Method::POST, "/api/patients/import").body(content_type, body).send().await
+}
+
+async fn import_file(c: &Client, path: &PathBuf) -> Resp {
+    import(c, "application/dicom", std::fs::read(path).expect("read DICOM")).await
+}
+
+/// Waits until `check` holds (the change log is followed asynchronously).
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn patient_id(report: &Value, external_id: &str) -> i64 {
+    report["patients"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["external_id"] == external_id))
+        .and_then(|p| p["id"].as_i64())
+        .unwrap_or_else(|| panic!("{external_id} not in {report}"))
+}
+
+async fn import_registry_and_images(d: Deployment) {
+    let admin = d.admin().await;
+    let z = eloise_zip();
+    let report = import(&admin, "application/zip", z.bytes()).await.expect_status(200);
+    let junk = z.entries.iter().filter(|e| !e.is_dicom()).count() as u64;
+    assert_eq!(report["instances"], json!({"received": 12, "stored": 12, "already_stored": 0, "failed": 0}), "{report}");
+    assert_eq!(report["skipped"], junk);
+    let named: Vec<&str> = report["errors"].as_array().expect("errors").iter().filter_map(|e| e["file"].as_str()).collect();
+    for e in z.entries.iter().filter(|e| !e.is_dicom()) {
+        assert!(named.contains(&e.name.as_str()), "{} is not named in the errors: {named:?}", e.name);
+    }
+    assert_eq!(report["patients"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["patients"][0]["created"], true);
+    let id = patient_id(&report, "IPP-ELOISE");
+    assert_eq!(d.orthanc_instances().await, 12);
+
+    // The registry took the patient from the tags, the Latin-1 name decoded.
+    let p = admin.get(&format!("/api/patients/{id}")).await.expect_status(200);
+    assert_eq!((p["first_name"].as_str(), p["last_name"].as_str()), (Some("Éloïse"), Some("Dupré")));
+    assert_eq!(p["date_of_birth"], "1978-04-12");
+    assert_eq!((p["status"].as_str(), p["status_label"].as_str()), (Some("to_interpret"), Some("À interpréter")));
+    assert_eq!(p["group_id"], Value::Null, "an admin without a group imports ungrouped patients");
+    let studies = p["studies"].as_array().expect("studies");
+    assert_eq!(studies.len(), 2);
+    let want_uids = eloise().study_uids();
+    for s in studies {
+        assert!(want_uids.contains(s["study_instance_uid"].as_str().unwrap_or_default()));
+        assert_eq!(s["instances_count"], 6);
+        assert_eq!(s["modalities"], json!(["CT", "MR"]));
+    }
+    assert!(want_uids.contains(p["dicom_study_uid"].as_str().unwrap_or_default()));
+
+    // Search is case- and accent-insensitive, and filters by status.
+    for q in ["eloise", "DUPRE", "Éloï", "ipp-elo"] {
+        let found = admin.get(&format!("/api/patients?q={}", urlencoding(q))).await.expect_status(200);
+        assert_eq!(found["total"], 1, "q={q}");
+    }
+    assert_eq!(admin.get("/api/patients?status=validated").await.expect_status(200)["total"], 0);
+    assert_eq!(admin.get("/api/patients?status=to_interpret").await.expect_status(200)["total"], 1);
+    admin.get("/api/patients?status=done").await.expect_error(422, "validation_error");
+    admin.get("/api/patients?sort=password").await.expect_error(422, "validation_error");
+
+    // Instances and the image proxy.
+    let instances = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200);
+    let instances = instances.as_array().expect("instances").clone();
+    assert_eq!(instances.len(), 12);
+    let sops: std::collections::BTreeSet<String> = instances.iter().filter_map(|i| i["sop_instance_uid"].as_str().map(str::to_string)).collect();
+    assert_eq!(sops, eloise().sop_uids());
+    let first = &instances[0];
+    let image = admin.get(&format!("/api/patients/images/{}", first["id"].as_str().expect("id"))).await;
+    assert_eq!(image.status.as_u16(), 200);
+    assert_eq!(image.header("content-type"), Some("application/dicom"));
+    let original = eloise().files.iter().find(|f| f.sop_instance_uid.as_deref() == first["sop_instance_uid"].as_str()).expect("file");
+    assert_eq!(image.body.as_ref(), std::fs::read(&original.path).expect("read").as_slice(), "the proxy returns the stored file byte for byte");
+    admin.get("/api/patients/images/0000-not-an-instance").await.expect_error(404, "not_found");
+
+    // The same archive again: everything already stored, no new patient.
+    let again = import(&admin, "application/zip", z.bytes()).await.expect_status(200);
+    assert_eq!(again["instances"], json!({"received": 12, "stored": 0, "already_stored": 12, "failed": 0}));
+    assert_eq!(again["patients"][0]["created"], false);
+    assert_eq!(admin.get("/api/patients").await.expect_status(200)["total"], 1);
+
+    // A single file as application/dicom, and as application/octet-stream (sniffed).
+    let m = marc();
+    let one = import_file(&admin, &m.files[0].path).await.expect_status(200);
+    assert_eq!(one["instances"]["stored"], 1);
+    assert_eq!(one["patients"][0]["external_id"], "IPP-MARC");
+    let two = import(&admin, "application/octet-stream", std::fs::read(&m.files[1].path).expect("read")).await.expect_status(200);
+    assert_eq!(two["instances"]["stored"], 1);
+    assert_eq!(two["patients"][0]["created"], false);
+    let marc_id = patient_id(&two, "IPP-MARC");
+    let detail = admin.get(&format!("/api/patients/{marc_id}")).await.expect_status(200);
+    assert_eq!(detail["studies"][0]["instances_count"], 2);
+
+    // pydicom's own test files, several transfer syntaxes and SOP classes, in one ZIP.
+    let samples = dicom::pydicom_samples();
+    let sz = dicom::zip(&samples.paths(), ZipOptions::default());
+    let r = import(&admin, "application/octet-stream", sz.bytes()).await.expect_status(200);
+    assert_eq!(r["instances"]["received"].as_u64(), Some(samples.files.len() as u64));
+    assert_eq!(r["instances"]["failed"], 0, "{r}");
+    assert_eq!(d.orthanc_instances().await, 14 + samples.files.len() as i64);
+
+    // The audit trail has the imports.
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    assert!(audit["total"].as_i64().is_some_and(|n| n >= 4), "{audit}");
+}
+per_deployment!(import_registry_and_images);
+
+fn urlencoding(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+async fn groups_scope_every_route(d: Deployment) {
+    let admin = d.admin().await;
+    let g1 = admin.post("/api/groups", &json!({"name": "Neuro"})).await.expect_status(201)["id"].clone();
+    let g2 = admin.post("/api/groups", &json!({"name": "Cardio"})).await.expect_status(201)["id"].clone();
+    for (email, group) in [("neuro@e2e.test", g1.clone()), ("cardio@e2e.test", g2.clone()), ("nogroup@e2e.test", Value::Null)] {
+        admin.post("/api/users", &json!({"email": email, "password": "user-password-1", "role": "user", "group_id": group})).await.expect_status(201);
+    }
+    let login = |email: &'static str| {
+        let c = d.client();
+        async move {
+            c.login(email, "user-password-1").await.expect_status(200);
+            c
+        }
+    };
+    let (neuro, cardio, nogroup) = (login("neuro@e2e.test").await, login("cardio@e2e.test").await, login("nogroup@e2e.test").await);
+
+    // A user imports into their group.
+    let report = import(&neuro, "application/zip", dicom::zip(&marc().paths(), ZipOptions::default()).bytes()).await.expect_status(200);
+    let pid = patient_id(&report, "IPP-MARC");
+    assert_eq!(report["patients"][0]["created"], true);
+    let p = neuro.get(&format!("/api/patients/{pid}")).await.expect_status(200);
+    assert_eq!(p["group_id"], g1);
+    let instance = neuro.get(&format!("/api/patients/{pid}/instances")).await.expect_status(200)[0]["id"].as_str().expect("id").to_string();
+    neuro.get(&format!("/api/patients/images/{instance}")).await.expect_status(200);
+
+    // Another group sees nothing of it, on every route, as if it did not exist.
+    assert_eq!(cardio.get("/api/patients").await.expect_status(200)["total"], 0);
+    cardio.get(&format!("/api/patients/{pid}")).await.expect_error(404, "not_found");
+    cardio.get(&format!("/api/patients/{pid}/instances")).await.expect_error(404, "not_found");
+    cardio.get(&format!("/api/patients/{pid}/export")).await.expect_error(404, "not_found");
+    cardio.get(&format!("/api/patients/images/{instance}")).await.expect_error(404, "not_found");
+    cardio.put(&format!("/api/patients/{pid}"), &json!({"status": "validated"})).await.expect_error(404, "not_found");
+    cardio.post("/api/patients/export", &json!({"ids": [pid]})).await.expect_error(404, "not_found");
+    assert_eq!(cardio.get("/api/stats").await.expect_status(200)["patients"]["total"], 0);
+    // Mixed with a visible one, a bulk export is refused whole.
+    let own = cardio.post("/api/patients", &json!({"external_id": "IPP-CARDIO-1"})).await.expect_status(201);
+    assert_eq!(own["group_id"], g2);
+    cardio.post("/api/patients/export", &json!({"ids": [own["id"], pid]})).await.expect_error(404, "not_found");
+    // Adding images to a patient of another group is refused, and nothing is left behind.
+    let before = d.orthanc_instances().await;
+    let extra = dicom::study(&StudySpec::new("IPP-MARC").name("Martin^Marc").studies(1).series(1).instances(1).seed(99));
+    let r = import_file(&cardio, &extra.files[0].path).await.expect_status(200);
+    assert_eq!(r["instances"]["failed"], 1, "{r}");
+    assert_eq!(r["patients"], json!([]));
+    assert_eq!(d.orthanc_instances().await, before, "the refused instance was removed from Orthanc");
+    assert_eq!(neuro.get(&format!("/api/patients/{pid}")).await.expect_status(200)["studies"].as_array().map(Vec::len), Some(1));
+    // A user cannot move a patient to another group or create one there.
+    neuro.put(&format!("/api/patients/{pid}"), &json!({"group_id": g2})).await.expect_error(403, "forbidden");
+    neuro.post("/api/patients", &json!({"external_id": "X-1", "group_id": g2})).await.expect_error(403, "forbidden");
+
+    // Without a group: no patients, no import.
+    assert_eq!(nogroup.get("/api/patients").await.expect_status(200)["total"], 0);
+    import_file(&nogroup, &marc().files[0].path).await.expect_error(403, "no_group");
+    nogroup.post("/api/patients", &json!({"external_id": "X-2"})).await.expect_error(403, "no_group");
+
+    // Ungrouped patients (admin imports) are for admins only.
+    let r = import_file(&admin, &eloise().files[0].path).await.expect_status(200);
+    let ungrouped = patient_id(&r, "IPP-ELOISE");
+    neuro.get(&format!("/api/patients/{ungrouped}")).await.expect_error(404, "not_found");
+    assert_eq!(admin.get("/api/patients").await.expect_status(200)["total"], 3);
+    // The admin moves it into Neuro; now Neuro sees it.
+    admin.put(&format!("/api/patients/{ungrouped}"), &json!({"group_id": g1})).await.expect_status(200);
+    neuro.get(&format!("/api/patients/{ungrouped}")).await.expect_status(200);
+    assert_eq!(neuro.get("/api/stats").await.expect_status(200)["patients"]["total"], 2);
+
+    // Each hidden access was audited.
+    let denied = admin.get("/api/audit?action=ACCESS_DENIED&page_size=100").await.expect_status(200);
+    let hidden = denied["items"].as_array().expect("items").iter().filter(|e| e["details"]["reason"] == "patient_not_visible").count();
+    assert!(hidden >= 6, "{denied}");
+}
+per_deployment!(groups_scope_every_route);
+
+async fn status_workflow_and_deletion(d: Deployment) {
+    let admin = d.admin().await;
+    let statuses = admin.get("/api/patients/statuses").await.expect_status(200);
+    assert_eq!(
+        statuses,
+        json!([
+            {"code": "to_interpret", "label": "À interpréter"},
+            {"code": "in_progress", "label": "En cours"},
+            {"code": "validated", "label": "Validé"},
+            {"code": "archived", "label": "Archivé"}
+        ])
+    );
+    let p = admin
+        .post("/api/patients", &json!({"external_id": "IPP-MANUAL", "first_name": "Ana", "last_name": "Lopes", "date_of_birth": "1990-02-28"}))
+        .await
+        .expect_status(201);
+    let id = p["id"].as_i64().expect("id");
+    assert_eq!(p["status"], "to_interpret");
+    admin.post("/api/patients", &json!({"external_id": "IPP-MANUAL"})).await.expect_error(409, "external_id_taken");
+    admin.post("/api/patients", &json!({"external_id": "X", "date_of_birth": "28/02/1990"})).await.expect_error(422, "validation_error");
+    admin.post("/api/patients", &json!({"external_id": ""})).await.expect_error(422, "validation_error");
+    for status in ["in_progress", "validated", "archived", "to_interpret"] {
+        let u = admin.put(&format!("/api/patients/{id}"), &json!({"status": status})).await.expect_status(200);
+        assert_eq!(u["status"], status);
+    }
+    admin.put(&format!("/api/patients/{id}"), &json!({"status": "finished"})).await.expect_error(422, "validation_error");
+    let u = admin.put(&format!("/api/patients/{id}"), &json!({"first_name": "Anna", "date_of_birth": null})).await.expect_status(200);
+    assert_eq!((u["first_name"].as_str(), u["date_of_birth"].clone()), (Some("Anna"), Value::Null));
+    let audit = admin.get(&format!("/api/audit?action=UPDATE&page_size=50")).await.expect_status(200);
+    let changes: Vec<&Value> = audit["items"].as_array().expect("items").iter().filter(|e| e["resource_type"] == "patient").map(|e| &e["details"]["changes"]).collect();
+    assert_eq!(changes.len(), 5, "every change is audited");
+    assert!(changes.iter().any(|c| c["status"] == json!(["in_progress", "validated"])));
+    assert!(changes.iter().any(|c| c["first_name"] == json!(["Ana", "Anna"])));
+
+    // Deletion: admins only; with purge_dicom, Orthanc forgets the images too.
+    let user = d.client();
+    let g = admin.post("/api/groups", &json!({"name": "G"})).await.expect_status(201)["id"].clone();
+    admin.post("/api/users", &json!({"email": "u@e2e.test", "password": "user-password-1", "role": "user", "group_id": g})).await.expect_status(201);
+    user.login("u@e2e.test", "user-password-1").await.expect_status(200);
+    let r = import(&user, "application/zip", dicom::zip(&marc().paths(), ZipOptions::default()).bytes()).await.expect_status(200);
+    let marc_id = patient_id(&r, "IPP-MARC");
+    user.delete(&format!("/api/patients/{marc_id}")).await.expect_error(403, "forbidden");
+    admin.delete(&format!("/api/patients/{id}")).await.expect_status(204);
+    admin.get(&format!("/api/patients/{id}")).await.expect_error(404, "not_found");
+    assert_eq!(d.orthanc_instances().await, 2);
+    admin.req(Method::DELETE, &format!("/api/patients/{marc_id}?purge_dicom=true")).header("x-purge-dicom", "true").send().await.expect_status(204);
+    assert_eq!(d.orthanc_instances().await, 0, "purge_dicom deleted the images from Orthanc");
+    let deletions = admin.get("/api/audit?action=DELETE").await.expect_status(200);
+    assert_eq!(deletions["total"], 2);
+}
+per_deployment!(status_workflow_and_deletion);
+
+async fn export_then_reimport_elsewhere(d: Deployment) {
+    let admin = d.admin().await;
+    let r1 = import(&admin, "application/zip", eloise_zip().bytes()).await.expect_status(200);
+    let r2 = import(&admin, "application/zip", dicom::zip(&marc().paths(), ZipOptions::default()).bytes()).await.expect_status(200);
+    let (e, m) = (patient_id(&r1, "IPP-ELOISE"), patient_id(&r2, "IPP-MARC"));
+
+    let one = admin.get(&format!("/api/patients/{e}/export")).await;
+    assert_eq!(one.status.as_u16(), 200);
+    assert_eq!(one.header("content-type"), Some("application/zip"));
+    assert!(one.header("content-disposition").is_some_and(|h| h.contains("IPP-ELOISE.zip")));
+    let names = zip_names(&one.body);
+    assert!(names.contains(&"patient.json".to_string()));
+    let dcm: Vec<&String> = names.iter().filter(|n| n.starts_with("DICOM/") && n.ends_with(".dcm")).collect();
+    assert_eq!(dcm.len(), 12);
+    for f in &eloise().files {
+        let want = format!(
+            "DICOM/{}/{}/{}.dcm",
+            f.study_instance_uid.as_deref().unwrap_or_default(),
+            f.series_instance_uid.as_deref().unwrap_or_default(),
+            f.sop_instance_uid.as_deref().unwrap_or_default()
+        );
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let doc: Value = serde_json::from_slice(&zip_entry(&one.body, "patient.json")).expect("patient.json");
+    assert_eq!(doc["patient"]["external_id"], "IPP-ELOISE");
+    assert_eq!(doc["studies"].as_array().map(Vec::len), Some(2));
+    assert_eq!(doc["export"]["instances"], 12);
+
+    let bulk = admin.post("/api/patients/export", &json!({"ids": [e, m]})).await;
+    assert_eq!(bulk.status.as_u16(), 200);
+    let names = zip_names(&bulk.body);
+    assert!(names.contains(&"IPP-ELOISE/patient.json".to_string()) && names.contains(&"IPP-MARC/patient.json".to_string()));
+    assert_eq!(names.iter().filter(|n| n.ends_with(".dcm")).count(), 14);
+    admin.post("/api/patients/export", &json!({"ids": [e, 999_999]})).await.expect_error(404, "not_found");
+    admin.post("/api/patients/export", &json!({"ids": []})).await.expect_error(422, "validation_error");
+    let exports = admin.get("/api/audit?action=EXPORT").await.expect_status(200);
+    assert_eq!(exports["total"], 3, "one EXPORT row per patient: {exports}");
+
+    // Re-import the bulk archive into an empty deployment of the same kind.
+    let fresh = Deployment::start(d.host, d.db.backend).await;
+    let fresh_admin = fresh.admin().await;
+    let r = import(&fresh_admin, "application/zip", bulk.body.to_vec()).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 14, "stored": 14, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 2, "the two patient.json files are reported, not imported");
+    let list = fresh_admin.get("/api/patients?sort=external_id").await.expect_status(200);
+    assert_eq!(list["total"], 2);
+    for (i, (ext, studies, instances)) in [("IPP-ELOISE", 2, 12), ("IPP-MARC", 1, 2)].into_iter().enumerate() {
+        assert_eq!(list["items"][i]["external_id"], ext);
+        let id = list["items"][i]["id"].as_i64().expect("id");
+        let p = fresh_admin.get(&format!("/api/patients/{id}")).await.expect_status(200);
+        assert_eq!(p["studies"].as_array().map(Vec::len), Some(studies));
+        let n: i64 = p["studies"].as_array().expect("studies").iter().filter_map(|s| s["instances_count"].as_i64()).sum();
+        assert_eq!(n, instances);
+    }
+    assert_eq!(fresh.orthanc_instances().await, 14);
+}
+per_deployment!(export_then_reimport_elsewhere);
+
+fn zip_names(bytes: &[u8]) -> Vec<String> {
+    let listing = python_zip(bytes, "print('\\n'.join(z.namelist())); z.testzip() is None or exit(3)");
+    listing.lines().map(str::to_string).collect()
+}
+
+fn zip_entry(bytes: &[u8], name: &str) -> Vec<u8> {
+    python_zip(bytes, &format!("import sys; sys.stdout.write(z.read({name:?}).decode())")).into_bytes()
+}
+
+/// Reads an archive with Python's zipfile (an independent ZIP reader), checking CRCs.
+fn python_zip(bytes: &[u8], code: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("a.zip");
+    std::fs::write(&path, bytes).expect("write");
+    let out = std::process::Command::new(dicom::python())
+        .arg("-c")
+        .arg(format!("import zipfile; z = zipfile.ZipFile({:?}); {code}", path.display().to_string()))
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "zipfile refused the archive: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+async fn hostile_and_broken_uploads(d: Deployment) {
+    let admin = d.admin().await;
+    let base = d.orthanc_instances().await;
+    let registry = || async { admin.get("/api/patients").await.expect_status(200)["total"].clone() };
+    let cases: Vec<(&str, GeneratedZip, u16, &str)> = vec![
+        ("truncated", dicom::bad_zip(BadZip::Truncated), 422, "invalid_zip"),
+        ("corrupt CRC", dicom::bad_zip(BadZip::CorruptCrc), 422, "invalid_zip"),
+        ("zip bomb", dicom::bad_zip(BadZip::Bomb), 422, "zip_bomb"),
+        ("lying size", dicom::bad_zip(BadZip::LyingSize), 422, "invalid_zip"),
+    ];
+    for (what, z, status, code) in &cases {
+        let started = Instant::now();
+        let r = import(&admin, "application/zip", z.bytes()).await;
+        assert_eq!(r.status.as_u16(), *status, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"]["code"], *code, "{what}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{what} took {:?}: limits must stop reading at once", started.elapsed());
+        assert_eq!(d.orthanc_instances().await, base, "{what}: nothing stored in Orthanc");
+        assert_eq!(registry().await, 0, "{what}: nothing in the registry");
+    }
+
+    // Entry names are reported, never used as paths.
+    let dotdot = dicom::zip(&marc().paths(), ZipOptions { dotdot: true, nested: true, junk: true, ..ZipOptions::default() });
+    let r = import(&admin, "application/zip", dotdot.bytes()).await.expect_status(200);
+    let depth2 = dotdot.dicom_uids_at(2);
+    let received = dotdot.entries.iter().filter(|e| e.is_dicom() && e.depth < 2).count() as u64;
+    assert_eq!(r["instances"]["received"], received, "{r}");
+    assert_eq!(r["instances"]["failed"], 0, "{r}");
+    assert!(r["errors"].as_array().expect("errors").iter().any(|e| e["error"].as_str().is_some_and(|m| m.contains("nested"))), "{r}");
+    let deep = admin.get("/api/patients").await.expect_status(200);
+    let mut stored_sops = std::collections::BTreeSet::new();
+    for p in deep["items"].as_array().expect("items") {
+        for i in admin.get(&format!("/api/patients/{}/instances", p["id"])).await.expect_status(200).as_array().expect("list") {
+            stored_sops.insert(i["sop_instance_uid"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert!(depth2.is_disjoint(&stored_sops), "a ZIP two levels down is not opened");
+    assert!(!std::path::Path::new("/abs/path.dcm").exists());
+
+    // Not DICOM at all, empty, the wrong type.
+    let pdf = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n".to_vec();
+    import(&admin, "application/octet-stream", pdf.clone()).await.expect_error(400, "no_dicom");
+    import(&admin, "application/dicom", b"just some text, certainly not DICOM".to_vec()).await.expect_error(400, "no_dicom");
+    let only_junk = zip_of(&[("notes.txt", b"notes".to_vec()), (".DS_Store", vec![0u8; 64]), ("report.pdf", pdf.clone())]);
+    import(&admin, "application/zip", only_junk).await.expect_error(400, "no_dicom");
+    import(&admin, "application/zip", Vec::new()).await.expect_error(400, "empty_body");
+    import(&admin, "text/plain", pdf).await.expect_error(415, "unsupported_media_type");
+    import(&admin, "application/zip", b"PK\x03\x04 but nothing after".to_vec()).await.expect_error(422, "invalid_zip");
+
+    // A file Orthanc refuses is a per-file failure with its name.
+    let mut broken = std::fs::read(&marc().files[0].path).expect("read");
+    broken.truncate(300);
+    let z = zip_of(&[("broken.dcm", broken)]);
+    let r = import(&admin, "application/zip", z).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 1, "stored": 0, "already_stored": 0, "failed": 1}), "{r}");
+    assert_eq!(r["errors"][0]["file"], "broken.dcm");
+}
+per_deployment!(hostile_and_broken_uploads);
+
+/// A small stored ZIP built in memory.
+fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (name, data) in entries {
+        std::fs::write(dir.path().join(name), data).expect("write");
+    }
+    let paths: Vec<PathBuf> = entries.iter().map(|(n, _)| dir.path().join(n)).collect();
+    dicom::zip(&paths, ZipOptions { store: true, ..ZipOptions::default() }).bytes()
+}
+
+async fn limits_are_configurable(host: Host, backend: cohort_e2e::Backend) {
+    let settings: BTreeMap<String, Value> =
+        [("MaxUploadBytes".to_string(), json!(50_000)), ("MaxZipEntries".to_string(), json!(5))].into_iter().collect();
+    let d = Deployment::start_with(host, backend, settings).await;
+    let admin = d.admin().await;
+    let big = dicom::zip(&eloise().paths(), ZipOptions { store: true, ..ZipOptions::default() });
+    assert!(big.size > 50_000, "the test archive must exceed the limit ({} bytes)", big.size);
+    import(&admin, "application/zip", big.bytes()).await.expect_error(413, "too_large");
+    let many = dicom::bad_zip(BadZip::ManyEntries(20));
+    import(&admin, "application/zip", many.bytes()).await.expect_error(413, "too_large");
+    assert_eq!(d.orthanc_instances().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_sidecar() {
+    limits_are_configurable(Host::Sidecar, cohort_e2e::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_plugin() {
+    limits_are_configurable(Host::Plugin, cohort_e2e::Backend::Sqlite).await;
+}
+
+async fn stats_for_admins_and_users(d: Deployment) {
+    let admin = d.admin().await;
+    let g = admin.post("/api/groups", &json!({"name": "Onco"})).await.expect_status(201)["id"].clone();
+    admin.post("/api/users", &json!({"email": "onco@e2e.test", "password": "user-password-1", "role": "user", "group_id": g})).await.expect_status(201);
+    import(&admin, "application/zip", eloise_zip().bytes()).await.expect_status(200);
+    let user = d.client();
+    user.login("onco@e2e.test", "user-password-1").await.expect_status(200);
+    let r = import_file(&user, &marc().files[0].path).await.expect_status(200);
+    let marc_id = patient_id(&r, "IPP-MARC");
+    user.put(&format!("/api/patients/{marc_id}"), &json!({"status": "in_progress"})).await.expect_status(200);
+    admin.get(&format!("/api/patients/{marc_id}/export")).await.expect_status(200);
+
+    let s = admin.get("/api/stats").await.expect_status(200);
+    assert_eq!(s["patients"]["total"], 2);
+    assert_eq!(s["patients"]["by_status"], json!({"to_interpret": 1, "in_progress": 1, "validated": 0, "archived": 0}));
+    assert_eq!(s["users"], json!({"total": 2, "active": 2, "admins": 1}));
+    assert_eq!(s["activity"]["logins_30d"], 2);
+    assert_eq!(s["activity"]["imports_30d"], 2);
+    assert_eq!(s["activity"]["exports_30d"], 1);
+    assert_eq!(s["storage"]["instances"], 13);
+    assert_eq!(s["storage"]["studies"], 3);
+    assert!(s["storage"]["disk_size_mb"].as_f64().is_some());
+
+    let mine = user.get("/api/stats").await.expect_status(200);
+    assert_eq!(mine["patients"]["total"], 1);
+    assert_eq!(mine["patients"]["by_status"]["in_progress"], 1);
+    assert!(mine.get("users").is_none() && mine.get("activity").is_none() && mine.get("storage").is_none(), "{mine}");
+    d.client().get("/api/stats").await.expect_error(401, "not_authenticated");
+}
+per_deployment!(stats_for_admins_and_users);
+
+async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
+    let admin = d.admin().await;
+    // A modality pushes a study with C-STORE.
+    let pushed = dicom::study(&StudySpec::new("IPP-CSTORE").name("Store^Scu").studies(1).series(2).instances(2).seed(21));
+    dicom::storescu(&pushed.paths(), "127.0.0.1", d.orthanc.dicom_port, &d.orthanc.aet).expect("C-STORE");
+    // Someone uploads through Orthanc's own REST API.
+    let orthanc = d.orthanc_client().await;
+    let uploaded = dicom::study(&StudySpec::new("IPP-ORTHANC").name("Rest^Upload").studies(1).series(1).instances(1).seed(22));
+    orthanc.req(Method::POST, "/instances").body("application/dicom", std::fs::read(&uploaded.files[0].path).expect("read")).without_csrf().send().await.expect_status(200);
+
+    let total = || async { admin.get("/api/patients").await.expect_status(200)["total"].as_i64().unwrap_or(0) };
+    eventually("both patients registered", Duration::from_secs(30), || async { total().await == 2 }).await;
+    let list = admin.get("/api/patients?sort=external_id").await.expect_status(200);
+    let cstore = &list["items"][0];
+    assert_eq!(cstore["external_id"], "IPP-CSTORE");
+    assert_eq!((cstore["status"].as_str(), cstore["group_id"].clone()), (Some("to_interpret"), Value::Null));
+    let id = cstore["id"].as_i64().expect("id");
+    eventually("the whole study registered", Duration::from_secs(30), || async {
+        admin.get(&format!("/api/patients/{id}")).await.expect_status(200)["studies"][0]["instances_count"] == 4
+    })
+    .await;
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    let system: Vec<&Value> = audit["items"].as_array().expect("items").iter().filter(|e| e["user_id"].is_null() && e["actor_email"].is_null()).collect();
+    assert_eq!(system.len(), 2, "audited as IMPORT by the system: {audit}");
+
+    // After a restart the cursor is where it was: no duplicates, nothing missed.
+    d.restart_cohort().await;
+    let admin = d.admin().await;
+    let more = dicom::study(&StudySpec::new("IPP-AFTER").studies(1).series(1).instances(1).seed(23));
+    dicom::storescu(&more.paths(), "127.0.0.1", d.orthanc.dicom_port, &d.orthanc.aet).expect("C-STORE");
+    eventually("the study pushed after the restart", Duration::from_secs(30), || async {
+        admin.get("/api/patients").await.expect_status(200)["total"] == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(admin.get("/api/patients").await.expect_status(200)["total"], 3);
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    assert_eq!(audit["total"], 3, "each study audited once: {audit}");
+}
+per_deployment!(dicom_arriving_without_cohort_is_registered);
