@@ -14,6 +14,8 @@ pub struct Orthanc {
     child: Option<Child>,
     config_path: PathBuf,
     env: Vec<(String, String)>,
+    /// Log at info level (set when plugins are loaded, to see their messages).
+    verbose: bool,
     pub http_port: u16,
     pub dicom_port: u16,
     pub aet: String,
@@ -32,19 +34,56 @@ pub struct OrthancOptions {
 }
 
 impl Orthanc {
+    /// Starts Orthanc with `options` and waits for it to exit on its own (a refused
+    /// configuration); kills it after 30 s. Returns its exit status and log.
+    pub async fn run_to_exit(options: OrthancOptions) -> (std::process::ExitStatus, String) {
+        let (dir, config_path) = Self::write_config(&options);
+        let log_path = dir.path().join("orthanc.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut child = Command::new(ORTHANC_BIN)
+            .arg(&config_path)
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start Orthanc");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        (status, std::fs::read_to_string(&log_path).unwrap_or_default())
+    }
+
     pub async fn start(options: OrthancOptions) -> Orthanc {
+        let (dir, config_path) = Self::write_config(&options);
+        let config: Value = serde_json::from_slice(&std::fs::read(&config_path).expect("config")).expect("json");
+        let port = |key: &str| config[key].as_u64().and_then(|p| u16::try_from(p).ok()).expect("port");
+        let (http_port, dicom_port) = (port("HttpPort"), port("DicomPort"));
+        let aet = config["DicomAet"].as_str().unwrap_or_default().to_string();
+        let verbose = !options.plugins.is_empty();
+        let mut orthanc = Orthanc { child: None, config_path, env: options.env, verbose, http_port, dicom_port, aet, dir };
+        orthanc.spawn().await;
+        orthanc
+    }
+
+    /// Writes a configuration on free ports into a new temporary directory.
+    fn write_config(options: &OrthancOptions) -> (tempfile::TempDir, PathBuf) {
         assert!(Path::new(ORTHANC_BIN).exists(), "{ORTHANC_BIN} is missing: install Debian's orthanc package");
         let dir = tempfile::tempdir().expect("temp dir");
-        let http_port = crate::free_port();
-        let dicom_port = crate::free_port();
-        let aet = "COHORTTEST".to_string();
         let mut config = json!({
             "Name": "cohort-test",
             "StorageDirectory": dir.path().join("storage"),
             "IndexDirectory": dir.path().join("storage"),
-            "HttpPort": http_port,
-            "DicomPort": dicom_port,
-            "DicomAet": aet,
+            "HttpPort": crate::free_port(),
+            "DicomPort": crate::free_port(),
+            "DicomAet": "COHORTTEST",
             "DicomServerEnabled": true,
             "DicomAlwaysAllowStore": true,
             "DicomCheckCalledAet": false,
@@ -56,18 +95,21 @@ impl Orthanc {
             "HttpTimeout": 30,
         });
         if let Some(obj) = config.as_object_mut() {
-            obj.extend(options.extra);
+            obj.extend(options.extra.clone());
         }
         let config_path = dir.path().join("orthanc.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("json")).expect("write config");
-        let mut orthanc = Orthanc { child: None, config_path, env: options.env, http_port, dicom_port, aet, dir };
-        orthanc.spawn().await;
-        orthanc
+        (dir, config_path)
     }
 
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("orthanc.log")).expect("log file");
-        let child = Command::new(ORTHANC_BIN)
+        let mut cmd = Command::new(ORTHANC_BIN);
+        if self.verbose {
+            // Info lines: the plugin's own log messages.
+            cmd.arg("--verbose");
+        }
+        let child = cmd
             .arg(&self.config_path)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())

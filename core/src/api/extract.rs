@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::app::{ClientAddr, SharedApp};
 use crate::auth::cookies;
@@ -241,6 +242,13 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .map(|p| ApiPath(p.0))
             .map_err(|_| ApiError::not_found("resource"))
     }
+}
+
+/// For optional JSON fields that may also be cleared: distinguishes an absent field
+/// (`None`) from an explicit `null` (`Some(None)`). Use with `#[serde(default,
+/// deserialize_with = "explicit_null")]`.
+pub fn explicit_null<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Validated `?page=&page_size=`.

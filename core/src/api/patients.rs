@@ -9,13 +9,13 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::NaiveDate;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, PatientStatus};
@@ -42,9 +42,6 @@ pub fn stats_router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(get_stats))
 }
 
-fn explicit_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

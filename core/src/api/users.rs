@@ -3,12 +3,12 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, Role, UserStatus};
@@ -23,10 +23,6 @@ pub fn router() -> OpenApiRouter<SharedApp> {
         .routes(routes!(get_user, update_user, delete_user))
 }
 
-/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn explicit_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

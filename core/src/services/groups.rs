@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::domain::{self, Id};
 use crate::error::{ApiError, ApiResult};
 use crate::model::Group;
-use crate::store::{Page, PageRequest};
+use crate::store::{Db, Page, PageRequest};
 
 fn clean(name: &str) -> ApiResult<String> {
     domain::clean_name(name).map_err(|e| ApiError::validation("name", e))?.ok_or_else(|| ApiError::validation("name", "must not be empty"))
@@ -15,6 +15,16 @@ fn clean(name: &str) -> ApiResult<String> {
 
 fn name_taken() -> ApiError {
     ApiError::conflict("group_exists", "a group with this name already exists")
+}
+
+/// A `group_id` given in a body must name an existing group (422 otherwise).
+pub async fn check_exists(db: &mut Db, group_id: Option<Id>) -> ApiResult<()> {
+    if let Some(id) = group_id {
+        if db.group_by_id(id).await?.is_none() {
+            return Err(ApiError::validation("group_id", format!("group {id} does not exist")));
+        }
+    }
+    Ok(())
 }
 
 pub async fn list(app: &App, page: PageRequest) -> ApiResult<Page<Group>> {

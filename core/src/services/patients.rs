@@ -162,15 +162,6 @@ pub fn own_group(who: &Principal) -> ApiResult<Option<Id>> {
     }
 }
 
-async fn check_group_exists(db: &mut Db, group_id: Option<Id>) -> ApiResult<()> {
-    if let Some(id) = group_id {
-        if db.group_by_id(id).await?.is_none() {
-            return Err(ApiError::validation("group_id", format!("group {id} does not exist")));
-        }
-    }
-    Ok(())
-}
-
 pub async fn create(app: &App, who: &Principal, input: PatientInput) -> ApiResult<Patient> {
     let external_id = check_external_id(&input.external_id)?;
     let first_name = name("first_name", input.first_name.as_deref())?;
@@ -187,7 +178,7 @@ pub async fn create(app: &App, who: &Principal, input: PatientInput) -> ApiResul
     };
     let taken = || ApiError::conflict("external_id_taken", "a patient with this external_id already exists");
     let mut tx = app.store.begin().await?;
-    check_group_exists(&mut tx, group_id).await?;
+    super::groups::check_exists(&mut tx, group_id).await?;
     if tx.patient_by_external_id(&external_id).await?.is_some() {
         return Err(taken());
     }
@@ -219,7 +210,7 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: PatientChanges)
         if group_id != row.group_id && !who.is_admin() {
             return Err(ApiError::forbidden("forbidden", "only admins move patients between groups"));
         }
-        check_group_exists(&mut tx, group_id).await?;
+        super::groups::check_exists(&mut tx, group_id).await?;
     }
     let before = Patient::from(row.clone());
     if let Some(status) = changes.status {

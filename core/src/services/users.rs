@@ -51,15 +51,6 @@ fn email_taken() -> ApiError {
     ApiError::conflict("email_taken", "a user with this email already exists")
 }
 
-async fn check_group(db: &mut Db, group_id: Option<Id>) -> ApiResult<()> {
-    if let Some(id) = group_id {
-        if db.group_by_id(id).await?.is_none() {
-            return Err(ApiError::validation("group_id", format!("group {id} does not exist")));
-        }
-    }
-    Ok(())
-}
-
 pub async fn list(app: &App, q: Option<&str>, page: PageRequest) -> ApiResult<Page<User>> {
     let like = q.map(str::trim).filter(|q| !q.is_empty()).map(|q| like_contains(&fold_for_search(q)));
     let mut db = app.store.conn().await?;
@@ -83,7 +74,7 @@ pub async fn create(app: &App, actor: &Actor, input: NewUserInput) -> ApiResult<
     let hashed_password = app.passwords.hash(&input.password).await.map_err(ApiError::internal)?;
 
     let mut tx = app.store.begin().await?;
-    check_group(&mut tx, input.group_id).await?;
+    super::groups::check_exists(&mut tx, input.group_id).await?;
     if tx.user_by_email(&email).await?.is_some() {
         return Err(email_taken());
     }
@@ -119,7 +110,7 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
         ensure_not_last_admin(&mut tx, &row).await?;
     }
     if let Some(group_id) = changes.group_id {
-        check_group(&mut tx, group_id).await?;
+        super::groups::check_exists(&mut tx, group_id).await?;
     }
     let before = User::from(&row);
     if let Some(role) = changes.role {

@@ -1,0 +1,133 @@
+//! What only the sidecar deployment does: multipart uploads, outliving an Orthanc that
+//! goes down, and `cohort import` from the command line.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cohort_e2e::deploy::sidecar_command;
+use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
+use cohort_e2e::{per_backend, Backend, Deployment, Host};
+use reqwest::Method;
+use serde_json::json;
+
+fn multipart(parts: &[(&str, &str, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "cohort-e2e-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, filename, data) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn multipart_uploads(backend: Backend) {
+    let d = Deployment::start(Host::Sidecar, backend).await;
+    let admin = d.admin().await;
+    let a = dicom::study(&StudySpec::new("IPP-MP-A").studies(1).series(2).instances(2).seed(41));
+    let b = dicom::study(&StudySpec::new("IPP-MP-B").studies(1).series(1).instances(1).seed(42));
+    let zip = dicom::zip(&a.paths(), ZipOptions::default());
+    let (ct, body) = multipart(&[
+        ("files", "a.zip", zip.bytes()),
+        ("files", "b.dcm", std::fs::read(&b.files[0].path).expect("read")),
+        ("files", "readme.txt", b"not DICOM".to_vec()),
+    ]);
+    let r = admin.req(Method::POST, "/api/patients/import").body(&ct, body).send().await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 5, "stored": 5, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 1);
+    assert_eq!(r["errors"][0]["file"], "readme.txt");
+    assert_eq!(r["patients"].as_array().map(Vec::len), Some(2));
+    let (ct, body) = multipart(&[]);
+    admin.req(Method::POST, "/api/patients/import").body(&ct, body).send().await.expect_error(400, "empty_body");
+}
+per_backend!(multipart_uploads);
+
+async fn orthanc_down_and_back(backend: Backend) {
+    let mut d = Deployment::start(Host::Sidecar, backend).await;
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-DOWN").studies(1).series(1).instances(2).seed(43));
+    let r = admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes())
+        .send()
+        .await
+        .expect_status(200);
+    let id = r["patients"][0]["id"].as_i64().expect("id");
+    let instance = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200)[0]["id"].as_str().expect("id").to_string();
+
+    d.orthanc.kill();
+    let health = d.client().get("/api/health").await;
+    assert_eq!(health.status.as_u16(), 503);
+    assert_eq!(health.json(), json!({"status": "degraded", "database": "ok", "orthanc": "unavailable"}));
+    // What needs Orthanc says so; the rest keeps working.
+    admin.get(&format!("/api/patients/images/{instance}")).await.expect_error(503, "orthanc_unavailable");
+    admin.get(&format!("/api/patients/{id}/export")).await.expect_error(503, "orthanc_unavailable");
+    admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/dicom", std::fs::read(&files.files[0].path).expect("read"))
+        .send()
+        .await
+        .expect_error(503, "orthanc_unavailable");
+    admin.get("/api/stats").await.expect_error(503, "orthanc_unavailable");
+    assert_eq!(admin.get("/api/patients").await.expect_status(200)["total"], 1);
+    admin.get(&format!("/api/patients/{id}")).await.expect_status(200);
+    admin.put(&format!("/api/patients/{id}"), &json!({"status": "in_progress"})).await.expect_status(200);
+    d.client().login(cohort_e2e::ADMIN_EMAIL, cohort_e2e::ADMIN_PASSWORD).await.expect_status(200);
+
+    // Orthanc comes back: the sidecar recovers by itself.
+    d.orthanc.start_again().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.client().get("/api/health").await.status != 200 {
+        assert!(Instant::now() < deadline, "the sidecar did not notice Orthanc came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let image = admin.get(&format!("/api/patients/images/{instance}")).await;
+    assert_eq!(image.status.as_u16(), 200);
+    admin.get("/api/stats").await.expect_status(200);
+}
+per_backend!(orthanc_down_and_back);
+
+async fn command_line_import(backend: Backend) {
+    let d = Deployment::start(Host::Sidecar, backend).await;
+    let admin = d.admin().await;
+    admin.post("/api/groups", &json!({"name": "Imported"})).await.expect_status(201);
+    let folder = dicom::study(&StudySpec::new("IPP-CLI").name("Ligne^Commande").studies(2).series(2).instances(2).seed(44));
+    let zipped = dicom::zip(&dicom::study(&StudySpec::new("IPP-CLI-ZIP").studies(1).series(1).instances(3).seed(45)).paths(), ZipOptions { junk: true, ..ZipOptions::default() });
+    std::fs::copy(&zipped.path, folder.dir.path().join("extra.zip")).expect("copy zip into the folder");
+
+    let orthanc = d.orthanc.url();
+    let run = |args: &[&str]| {
+        sidecar_command(&d.db.url, &orthanc, &Default::default())
+            .arg("import")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cohort import")
+    };
+    let out = run(&[folder.dir.path().to_str().expect("path"), "--group", "Imported"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("11 received, 11 stored, 0 already stored, 0 failed"), "{stdout}");
+    assert!(stdout.contains("patient IPP-CLI ") && stdout.contains("patient IPP-CLI-ZIP "), "{stdout}");
+    let list = admin.get("/api/patients?sort=external_id").await.expect_status(200);
+    assert_eq!(list["total"], 2);
+    let group = admin.get("/api/groups").await.expect_status(200)["items"][0]["id"].clone();
+    assert!(list["items"].as_array().expect("items").iter().all(|p| p["group_id"] == group));
+    assert_eq!(list["items"][0]["last_name"], "Ligne");
+
+    // Again: all already stored. A missing path and a folder with no DICOM fail clearly.
+    let again = run(&[folder.dir.path().to_str().expect("path")]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 stored, 11 already stored"));
+    let missing = run(&["/no/such/folder"]);
+    assert!(!missing.status.success());
+    let empty = tempfile::tempdir().expect("tmp");
+    std::fs::write(empty.path().join("notes.txt"), "nothing").expect("write");
+    let none = run(&[empty.path().to_str().expect("path")]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("is DICOM"));
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    assert!(audit["items"].as_array().expect("items").iter().any(|e| e["user_id"].is_null() && e["details"]["instances"]["stored"] == 11));
+}
+per_backend!(command_line_import);
