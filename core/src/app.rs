@@ -24,9 +24,8 @@ pub struct App {
     pub sessions: SessionCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
-    /// Whether answers may be streamed (the sidecar) or must be built in memory first
-    /// (the plugin: Orthanc 1.10.1 cannot stream a plugin's answer).
-    pub streaming_answers: bool,
+    /// Which program hosts the core.
+    pub host: Host,
 }
 
 /// Which program hosts the core.
@@ -64,6 +63,18 @@ impl App {
         Ok(app)
     }
 
+    /// Whether answers may be streamed (the sidecar) or must be built in memory first
+    /// (the plugin: Orthanc 1.10.1 cannot stream a plugin's answer).
+    pub fn streams_answers(&self) -> bool {
+        self.host == Host::Sidecar
+    }
+
+    /// Whether request bodies arrive already in memory (the plugin: Orthanc reads the
+    /// whole body before calling it), so copying them to disk would only cost.
+    pub fn bodies_in_memory(&self) -> bool {
+        self.host == Host::Plugin
+    }
+
     /// The DICOM store, or 503 `orthanc_unavailable` when none is configured.
     pub fn pacs(&self) -> Result<&Arc<dyn Pacs>, crate::error::ApiError> {
         self.pacs.as_ref().ok_or_else(|| crate::error::ApiError::unavailable("orthanc_unavailable", "no DICOM store configured"))
@@ -86,7 +97,7 @@ impl App {
             store,
             config,
             pacs,
-            streaming_answers: host == Host::Sidecar,
+            host,
         }))
     }
 }

@@ -101,6 +101,8 @@ pub fn shutdown() {
     if let (Some(runtime), Some(cohort)) = (runtime, COHORT.get()) {
         runtime.block_on(cohort.app.store.close());
         runtime.shutdown_timeout(Duration::from_secs(5));
+        // No thread of ours may outlive the library Orthanc is about to unload.
+        cohort.app.passwords.shutdown();
     }
 }
 
@@ -124,29 +126,33 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
     if let Some(ip) = CLIENT_IP.with(Cell::take) {
         req.extensions_mut().insert(ClientAddr(ip));
     }
+    // The request runs on the runtime; its answer's body is then read here, on the
+    // Orthanc thread, so a DICOM file is read by the thread that sends it.
     let router = cohort.router.clone();
-    let answer = run(cohort, async move {
-        let resp = match router.oneshot(req).await {
-            Ok(r) => r,
+    let parts = run(cohort, async move {
+        match router.oneshot(req).await {
+            Ok(r) => r.into_parts(),
             Err(never) => match never {},
-        };
-        let (parts, body) = resp.into_parts();
-        match Limited::new(body, MAX_ANSWER).collect().await {
-            Ok(collected) => Response::from_parts(parts, collected.to_bytes()),
-            Err(e) => {
-                tracing::warn!(error = %e, "an answer could not be produced");
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the answer is larger than Orthanc can send (4 GiB)")
-                } else {
-                    json_error(StatusCode::SERVICE_UNAVAILABLE, "orthanc_unavailable", "the answer could not be produced")
-                }
-            }
         }
     });
-    answer.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "an /api request failed");
-        sdk::internal_error_response()
-    })
+    let (parts, body) = match parts {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "an /api request failed");
+            return sdk::internal_error_response();
+        }
+    };
+    match cohort.handle.block_on(Limited::new(body, MAX_ANSWER).collect()) {
+        Ok(collected) => Response::from_parts(parts, collected.to_bytes()),
+        Err(e) => {
+            tracing::warn!(error = %e, "an answer could not be produced");
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the answer is larger than Orthanc can send (4 GiB)")
+            } else {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "orthanc_unavailable", "the answer could not be produced")
+            }
+        }
+    }
 }
 
 /// Runs `work` on the runtime and waits for it on the calling (Orthanc) thread. A panic

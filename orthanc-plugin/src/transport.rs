@@ -52,15 +52,18 @@ impl Transport for InProcess {
     }
 
     /// Instance files come straight from the storage with `GetDicomForInstance`; the
-    /// buffer Orthanc allocated is handed on without a copy.
+    /// buffer Orthanc allocated is handed on without a copy. The read is lazy: it happens
+    /// when the body is polled, which for an `/api` answer is on the Orthanc HTTP thread
+    /// that serves the request (as Orthanc's own file route does), not on a runtime thread.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
-        let instance = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string);
-        let bytes = match instance {
-            Some(id) => tokio::task::spawn_blocking(move || sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET)))
-                .await
-                .map_err(|e| PacsError::Unavailable(e.to_string()))??,
-            None => self.get(path).await?,
+        let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string) else {
+            return Ok(DicomFile::from_bytes(self.get(path).await?));
         };
-        Ok(DicomFile::from_bytes(bytes))
+        let read = async move {
+            // Inline on a thread that only waits (the Orthanc thread); on a runtime worker,
+            // the worker's other tasks move elsewhere while the file is read.
+            tokio::task::block_in_place(|| sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET)))
+        };
+        Ok(DicomFile { size: None, body: Box::pin(futures_util::stream::once(read)) })
     }
 }

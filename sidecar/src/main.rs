@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use cohort_core::config::LogFormat;
 use cohort_core::domain::Role;
@@ -131,6 +132,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
+    // Answers go out in several writes (headers, streamed bodies): without TCP_NODELAY,
+    // Nagle's algorithm and delayed ACKs add ~40 ms to small answers.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -102,6 +102,10 @@ impl Sidecar {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
     async fn wait_until_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let http = reqwest::Client::new();

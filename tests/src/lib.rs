@@ -26,12 +26,15 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
 }
 
-/// The cargo target directory of the running test (`target/debug`), where the
-/// workspace's binaries and the plugin library are built.
+/// The cargo profile directory of the running program (`target/debug` for tests,
+/// `target/release` for the benchmarks), where the workspace's binaries and the plugin
+/// library are built.
 pub fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test-binary>
-    exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).expect("target directory")
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    // Test binaries live in target/<profile>/deps/.
+    let dir = if dir.ends_with("deps") { dir.parent().expect("profile directory") } else { dir };
+    dir.to_path_buf()
 }
 
 /// A workspace artefact that `cargo build --workspace` must have produced.

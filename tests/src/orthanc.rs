@@ -67,7 +67,8 @@ impl Orthanc {
         let port = |key: &str| config[key].as_u64().and_then(|p| u16::try_from(p).ok()).expect("port");
         let (http_port, dicom_port) = (port("HttpPort"), port("DicomPort"));
         let aet = config["DicomAet"].as_str().unwrap_or_default().to_string();
-        let verbose = !options.plugins.is_empty();
+        // Plugins log at info level; the benchmarks turn that off (it costs per request).
+        let verbose = !options.plugins.is_empty() && std::env::var("COHORT_TEST_ORTHANC_QUIET").is_err();
         let mut orthanc = Orthanc { child: None, config_path, env: options.env, verbose, http_port, dicom_port, aet, dir };
         orthanc.spawn().await;
         orthanc

@@ -109,6 +109,12 @@ async fn import_registry_and_images(d: Deployment) {
         let found = admin.get(&format!("/api/patients?q={}", urlencoding(q))).await.expect_status(200);
         assert_eq!(found["total"], 1, "q={q}");
     }
+    // Short queries scan, longer ones use the trigram index; quotes and wildcards are text.
+    assert_eq!(admin.get("/api/patients?q=el").await.expect_status(200)["total"], 1);
+    for q in ["%", "%%%", "\"\"\"", "é\"l", "_a_", "*", "NEAR(a b)", "e OR x"] {
+        let found = admin.get(&format!("/api/patients?q={}", urlencoding(q))).await.expect_status(200);
+        assert_eq!(found["total"], 0, "q={q}");
+    }
     assert_eq!(admin.get("/api/patients?status=validated").await.expect_status(200)["total"], 0);
     assert_eq!(admin.get("/api/patients?status=to_interpret").await.expect_status(200)["total"], 1);
     admin.get("/api/patients?status=done").await.expect_error(422, "validation_error");

@@ -307,20 +307,21 @@ fn upload_too_large(limit: u64) -> ApiError {
     ApiError::too_large(format!("uploads are limited to {limit} bytes (MaxUploadBytes)"))
 }
 
-/// Reads a body stream, stopping as soon as `budget` bytes are exceeded.
-async fn spool<S, E>(mut stream: S, budget: &mut u64, limit: u64, expected: Option<u64>) -> Result<Spooled, ApiError>
+/// Reads a body stream, stopping as soon as `budget` bytes are exceeded. Bodies up to
+/// `in_memory` bytes (by their announced length) stay in memory.
+async fn spool<S, E>(mut stream: S, budget: &mut u64, limit: u64, expected: Option<u64>, in_memory: u64) -> Result<Spooled, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let read_error = |e: E| ApiError::bad_request("upload_interrupted", format!("the upload could not be read: {e}"));
-    if expected.is_some_and(|n| n <= IN_MEMORY_BODY) {
+    if expected.is_some_and(|n| n <= in_memory) {
         let mut buf = bytes::BytesMut::with_capacity(expected.unwrap_or(0) as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(read_error)?;
             *budget = budget.checked_sub(chunk.len() as u64).ok_or_else(|| upload_too_large(limit))?;
             buf.extend_from_slice(&chunk);
-            if buf.len() as u64 > IN_MEMORY_BODY {
+            if buf.len() as u64 > in_memory {
                 // The client sent more than it announced: continue on disk.
                 let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(ApiError::internal)?);
                 file.write_all(&buf).await.map_err(ApiError::internal)?;
@@ -411,7 +412,7 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
                 }
                 parts += 1;
                 let name = field.file_name().unwrap_or("file").to_string();
-                let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &mut budget, limit, None).await?;
+                let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &mut budget, limit, None, IN_MEMORY_BODY).await?;
                 let head = part.head()?;
                 if sniff(&head) == Some("zip") {
                     importer.add_zip(&name, part.into_zip()).await?;
@@ -424,7 +425,9 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
             }
         }
         declared => {
-            let mut body = spool(stream, &mut budget, limit, length).await?;
+            // The plugin's bodies are in memory already (Orthanc read them whole).
+            let in_memory = if app.bodies_in_memory() { limit } else { IN_MEMORY_BODY };
+            let mut body = spool(stream, &mut budget, limit, length, in_memory).await?;
             let head = body.head()?;
             if head.is_empty() {
                 return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));

@@ -1,17 +1,28 @@
-//! bcrypt hashing off the async executor, bounded so a login storm cannot take every
-//! core away from the other requests.
+//! bcrypt on a few dedicated low-priority threads, so that a login storm cannot take
+//! the CPU away from the other requests: at most half the cores hash at once, at the
+//! lowest scheduling priority (nice 19), and the async executor never waits on a hash.
 
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
-#[derive(Debug)]
+type Job = Box<dyn FnOnce() + Send>;
+
 pub struct Passwords {
     cost: u32,
-    permits: Arc<Semaphore>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
     /// A real hash at the configured cost, verified when the email is unknown so both
     /// answers take the same time.
     dummy_hash: String,
+}
+
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passwords").field("cost", &self.cost).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -19,45 +30,98 @@ pub struct Passwords {
 pub struct HashError(String);
 
 impl Passwords {
-    /// Builds the hasher; computes the dummy hash once (one bcrypt run).
+    /// Starts the hashing threads and computes the dummy hash once (one bcrypt run).
     pub async fn new(cost: u32) -> Result<Self, HashError> {
-        // At most half the cores hash at once (at least one): the rest keep serving.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let permits = Arc::new(Semaphore::new((cores / 2).max(1)));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::new();
+        for i in 0..(cores / 2).max(1) {
+            let rx = rx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("cohort-bcrypt-{i}"))
+                .spawn(move || {
+                    if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+                        tracing::warn!(error = ?e, "could not lower the priority of a password-hashing thread");
+                    }
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| HashError(format!("cannot start a hashing thread: {e}")))?;
+            workers.push(worker);
+        }
+        let mut passwords = Passwords { cost, jobs: Mutex::new(Some(tx)), workers: Mutex::new(workers), dummy_hash: String::new() };
         let dummy = super::random_token(18);
-        let dummy_hash = blocking(move || bcrypt::hash(dummy, cost)).await?;
-        Ok(Passwords { cost, permits, dummy_hash })
+        passwords.dummy_hash = passwords.run(move || bcrypt::hash(dummy, cost)).await?;
+        Ok(passwords)
     }
 
     pub fn cost(&self) -> u32 {
         self.cost
     }
 
+    /// Runs `f` on a hashing thread.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static) -> Result<T, HashError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let sent = match self.jobs.lock() {
+            Ok(jobs) => jobs.as_ref().map(|j| j.send(job).is_ok()).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !sent {
+            return Err(HashError("the hashing threads have stopped".into()));
+        }
+        rx.await.map_err(|_| HashError("a hashing thread stopped".into()))?.map_err(|e| HashError(e.to_string()))
+    }
+
     pub async fn hash(&self, password: &str) -> Result<String, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
         let (password, cost) = (password.to_string(), self.cost);
-        blocking(move || bcrypt::hash(password, cost)).await
+        self.run(move || bcrypt::hash(password, cost)).await
     }
 
     /// Verifies `password` against `hash`, or against the dummy hash when `hash` is
     /// `None` (unknown account), in which case the answer is always false.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, HashError> {
-        let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
         let known = hash.is_some();
         let hash = hash.unwrap_or(&self.dummy_hash).to_string();
         let password = password.to_string();
-        let ok = blocking(move || match bcrypt::non_truncating_verify(password, &hash) {
-            // Over 72 bytes: cannot match any stored password (we refuse to set those).
-            Err(bcrypt::BcryptError::Truncation(_)) => Ok(false),
-            other => other,
-        })
-        .await?;
+        let ok = self
+            .run(move || match bcrypt::non_truncating_verify(password, &hash) {
+                // Over 72 bytes: cannot match any stored password (we refuse to set those).
+                Err(bcrypt::BcryptError::Truncation(_)) => Ok(false),
+                other => other,
+            })
+            .await?;
         Ok(ok && known)
+    }
+
+    /// Stops the hashing threads after the jobs already queued (the plugin calls this
+    /// before Orthanc unloads it, so no thread of ours outlives the library).
+    pub fn shutdown(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let workers = self.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+        for w in workers {
+            let _ = w.join();
+        }
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> bcrypt::BcryptResult<T> + Send + 'static) -> Result<T, HashError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| HashError(e.to_string()))?.map_err(|e| HashError(e.to_string()))
+impl Drop for Passwords {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +137,23 @@ mod tests {
         assert!(!p.verify("wrong horse battery", Some(&h)).await.expect("verify"));
         assert!(!p.verify("correct horse battery", None).await.expect("verify"));
         assert!(!p.verify(&"x".repeat(100), Some(&h)).await.expect("long input is a mismatch"));
+        p.shutdown();
+        assert!(p.hash("after shutdown").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn hashing_runs_at_the_lowest_priority() {
+        let p = Passwords::new(10).await.expect("hasher");
+        // Field 19 of /proc/thread-self/stat is the nice value (after the command name,
+        // which is in parentheses and may contain spaces).
+        let nice = p
+            .run(|| {
+                let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest.to_string()).unwrap_or_default();
+                Ok(after.split_whitespace().nth(16).and_then(|n| n.parse::<i32>().ok()).unwrap_or(0))
+            })
+            .await
+            .expect("job");
+        assert_eq!(nice, 19);
     }
 }

@@ -132,7 +132,7 @@ async fn build(app: &App, who: &Principal, items: Vec<Item>, filename: String) -
         // Answer 503 now, rather than a broken download, when Orthanc is down.
         pacs.ping().await?;
     }
-    if app.streaming_answers {
+    if app.streams_answers() {
         audit(app, who, &items).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, PacsError>>(4);
         let who = who.clone();

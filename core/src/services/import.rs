@@ -14,6 +14,7 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -24,7 +25,7 @@ use super::{action, registry, Actor, Outcome};
 use crate::app::App;
 use crate::domain::Id;
 use crate::error::{ApiError, ApiResult};
-use crate::pacs::{Pacs, PacsError, StoreStatus};
+use crate::pacs::{Pacs, PacsError, StoreStatus, StoredInstance};
 use crate::store::patients::Scope;
 
 /// Counts of DICOM instances in an import.
@@ -83,6 +84,8 @@ impl ZipLimits {
 /// compresses far beyond any sane ratio.
 const RATIO_FLOOR: u64 = 1 << 20;
 const CHUNK: usize = 64 * 1024;
+/// Instances sent to Orthanc at once during a ZIP import.
+const STORE_CONCURRENCY: usize = 3;
 
 /// Where an archive is read from.
 pub enum ZipSource {
@@ -178,8 +181,14 @@ impl<'a> Importer<'a> {
 
     /// Sends one DICOM instance to Orthanc and claims its study for the registry.
     async fn store(&mut self, name: &str, bytes: Bytes) -> ApiResult<()> {
+        let sent = self.pacs.store_instance(bytes).await;
+        self.record(name, sent).await
+    }
+
+    /// Counts what Orthanc did with one instance, claiming its study the first time.
+    async fn record(&mut self, name: &str, sent: Result<StoredInstance, PacsError>) -> ApiResult<()> {
         self.report.instances.received += 1;
-        let stored = match self.pacs.store_instance(bytes).await {
+        let stored = match sent {
             Ok(s) => s,
             Err(PacsError::Rejected { message, .. }) => {
                 self.fail(name, format!("Orthanc refused the file: {}", orthanc_message(&message)));
@@ -238,32 +247,31 @@ impl<'a> Importer<'a> {
         let plan = tokio::task::spawn_blocking(move || plan_archive(source, limits))
             .await
             .map_err(ApiError::internal)??;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
         let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
+        // A few instances travel to Orthanc at once (it stores them in parallel); results
+        // are recorded in entry order.
+        let pacs = self.pacs.clone();
+        let sends = Entries(rx).map(move |entry| send_entry(pacs.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY);
+        futures_util::pin_mut!(sends);
         let mut result = Ok(());
-        while let Some(entry) = rx.recv().await {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            let path = format!("{prefix}{}", entry.name);
-            let step = match entry.content {
-                EntryContent::Dicom(bytes) => self.store(&path, bytes).await,
-                EntryContent::Skipped(why) => {
+        while let Some(item) = sends.next().await {
+            let step = match item {
+                Ok((path, Ok(sent))) => self.record(&path, sent).await,
+                Ok((path, Err(why))) => {
                     self.skip(&path, &why);
                     Ok(())
                 }
+                Err(e) => Err(e),
             };
             if let Err(e) = step {
                 result = Err(e);
                 break;
             }
         }
-        drop(rx);
+        // Dropping the stream hangs up on the reader, which then stops.
+        drop(sends);
         reader.await.map_err(ApiError::internal)?;
         result
     }
@@ -303,6 +311,33 @@ impl<'a> Importer<'a> {
         tx.commit().await?;
         Ok(self.report)
     }
+}
+
+/// The entries the blocking reader sends, as a stream.
+struct Entries(tokio::sync::mpsc::Receiver<ApiResult<Entry>>);
+
+impl futures_util::Stream for Entries {
+    type Item = ApiResult<Entry>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// What became of one archive entry: sent to Orthanc (with Orthanc's answer), or skipped.
+type Sent = (String, Result<Result<StoredInstance, PacsError>, String>);
+
+/// Sends one archive entry to Orthanc (boxed: a concrete `Send` future for the stream).
+fn send_entry(pacs: Arc<dyn Pacs>, prefix: String, entry: ApiResult<Entry>) -> futures_util::future::BoxFuture<'static, ApiResult<Sent>> {
+    async move {
+        let entry = entry?;
+        let path = format!("{prefix}{}", entry.name);
+        Ok(match entry.content {
+            EntryContent::Dicom(bytes) => (path, Ok(pacs.store_instance(bytes).await)),
+            EntryContent::Skipped(why) => (path, Err(why)),
+        })
+    }
+    .boxed()
 }
 
 /// Orthanc's JSON error answers carry a `Message`; show that rather than the whole JSON.

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{action, Outcome, Principal};
 use crate::app::App;
-use crate::domain::{self, fold_for_search, like_contains, Id, PatientStatus};
+use crate::domain::{self, fold_for_search, Id, PatientStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Patient, PatientDetail, PatientInstance, StatusLabel, Study};
 use crate::store::patients::{NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
@@ -26,11 +26,7 @@ pub fn scope_of(who: &Principal) -> Scope {
 }
 
 pub fn can_see(scope: Scope, patient: &PatientRow) -> bool {
-    match scope {
-        Scope::All => true,
-        Scope::Group(g) => patient.group_id == Some(g),
-        Scope::Nothing => false,
-    }
+    scope.allows(patient.group_id)
 }
 
 fn not_found() -> ApiError {
@@ -92,8 +88,8 @@ pub async fn list(
     sort: PatientSort,
     page: PageRequest,
 ) -> ApiResult<Page<Patient>> {
-    let like = q.map(str::trim).filter(|q| !q.is_empty()).map(|q| like_contains(&fold_for_search(q)));
-    let filter = PatientFilter { scope: scope_of(who), like, status, sort };
+    let search = q.map(fold_for_search).map(|q| q.trim().to_string()).filter(|q| !q.is_empty());
+    let filter = PatientFilter { scope: scope_of(who), search, status, sort };
     let mut db = app.store.conn().await?;
     let rows = db.list_patients(&filter, page).await?;
     Ok(Page { items: rows.items.into_iter().map(Patient::from).collect(), total: rows.total })

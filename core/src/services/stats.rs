@@ -6,7 +6,7 @@ use chrono::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::patients::{audit_hidden, can_see, scope_of};
+use super::patients::{audit_hidden, scope_of};
 use super::Principal;
 use crate::app::App;
 use crate::domain::PatientStatus;
@@ -80,24 +80,24 @@ pub async fn stats(app: &App, who: &Principal) -> ApiResult<Stats> {
 /// answers 404.
 pub async fn image(app: &App, who: &Principal, instance_id: &str) -> ApiResult<DicomFile> {
     let pacs = app.pacs()?.clone();
-    let mut db = app.store.conn().await?;
-    let study_id = match db.instance_by_orthanc_id(instance_id).await? {
-        Some(i) => i.study_id,
-        None => {
-            // Not registered (yet): ask Orthanc which study it belongs to.
-            let orthanc_study = match pacs.instance_study(instance_id).await {
-                Ok(s) => s,
-                Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
-                Err(e) => return Err(e.into()),
-            };
-            db.study_by_orthanc_id(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?.id
+    let owner = {
+        let mut db = app.store.conn().await?;
+        match db.instance_owner(instance_id).await? {
+            Some(owner) => owner,
+            None => {
+                // Not registered (yet): ask Orthanc which study it belongs to.
+                let orthanc_study = match pacs.instance_study(instance_id).await {
+                    Ok(s) => s,
+                    Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
+                    Err(e) => return Err(e.into()),
+                };
+                db.study_owner(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?
+            }
         }
     };
-    let study = db.study_by_id(study_id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
-    let patient = db.patient_by_id(study.patient_id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
-    drop(db);
-    if !can_see(scope_of(who), &patient) {
-        audit_hidden(app, who, patient.id).await;
+    let (patient_id, group_id) = owner;
+    if !scope_of(who).allows(group_id) {
+        audit_hidden(app, who, patient_id).await;
         return Err(ApiError::not_found("instance"));
     }
     pacs.instance_file(instance_id).await.map_err(|e| match e {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Db, Page, PageRequest, StoreResult};
-use crate::domain::{fold_for_search, Id, PatientStatus};
+use crate::domain::{fold_for_search, like_contains, Id, PatientStatus};
 use crate::pacs::InstanceInfo;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -75,6 +75,17 @@ pub enum Scope {
     Nothing,
 }
 
+impl Scope {
+    /// Whether a patient of `group_id` is within this scope.
+    pub fn allows(self, group_id: Option<Id>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Group(g) => group_id == Some(g),
+            Scope::Nothing => false,
+        }
+    }
+}
+
 /// How lists are ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatientSort {
@@ -106,8 +117,8 @@ impl PatientSort {
 #[derive(Clone, Debug)]
 pub struct PatientFilter {
     pub scope: Scope,
-    /// `LIKE` pattern over the folded search text.
-    pub like: Option<String>,
+    /// Folded text (see `fold_for_search`) to find anywhere in the search text.
+    pub search: Option<String>,
     pub status: Option<PatientStatus>,
     pub sort: PatientSort,
 }
@@ -247,7 +258,17 @@ impl Db {
     pub async fn list_patients(&mut self, f: &PatientFilter, page: PageRequest) -> StoreResult<Page<PatientRow>> {
         let (kind, group) = scope_args(f.scope);
         let status = f.status.map(PatientStatus::as_str);
-        let filter = format!("WHERE {SCOPE_SQL} AND ($3 IS NULL OR search_text LIKE $3 ESCAPE '\\') AND ($4 IS NULL OR status = $4)");
+        // Three characters or more: the trigram index (FTS5 on SQLite, pg_trgm on
+        // PostgreSQL); fewer: a LIKE scan.
+        let indexed = f.search.as_deref().is_some_and(|s| s.chars().count() >= 3);
+        let (search_sql, search_arg) = match (&f.search, indexed, &self.0) {
+            (None, _, _) => ("$3 IS NULL", None),
+            (Some(s), true, super::Inner::Sqlite(_)) => {
+                ("id IN (SELECT rowid FROM patients_fts WHERE patients_fts MATCH $3)", Some(format!("\"{}\"", s.replace('"', "\"\""))))
+            }
+            (Some(s), _, _) => ("search_text LIKE $3 ESCAPE '\\'", Some(like_contains(s))),
+        };
+        let filter = format!("WHERE {SCOPE_SQL} AND {search_sql} AND ($4 IS NULL OR status = $4)");
         let list = format!(
             concat!("SELECT ", patient_columns!(), " FROM patients {} ORDER BY {} LIMIT $5 OFFSET $6"),
             filter,
@@ -257,13 +278,13 @@ impl Db {
         let items = on_db!(self, |c| sqlx::query_as(&list)
             .bind(kind)
             .bind(group)
-            .bind(&f.like)
+            .bind(&search_arg)
             .bind(status)
             .bind(page.limit())
             .bind(page.offset())
             .fetch_all(c)
             .await)?;
-        let total = on_db!(self, |c| sqlx::query_scalar(&count).bind(kind).bind(group).bind(&f.like).bind(status).fetch_one(c).await)?;
+        let total = on_db!(self, |c| sqlx::query_scalar(&count).bind(kind).bind(group).bind(&search_arg).bind(status).fetch_one(c).await)?;
         Ok(Page { items, total })
     }
 
@@ -404,6 +425,27 @@ impl Db {
              instance_number, modality FROM instances WHERE orthanc_instance_id = $1"
         )
         .bind(orthanc_instance_id)
+        .fetch_optional(c)
+        .await)?)
+    }
+
+    /// Whose instance this is: `(patient id, patient group)`, in one query (the image
+    /// proxy's access check runs on every download).
+    pub async fn instance_owner(&mut self, orthanc_instance_id: &str) -> StoreResult<Option<(Id, Option<Id>)>> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT p.id, p.group_id FROM instances i JOIN patients p ON p.id = i.patient_id WHERE i.orthanc_instance_id = $1"
+        )
+        .bind(orthanc_instance_id)
+        .fetch_optional(c)
+        .await)?)
+    }
+
+    /// Whose study this is: `(patient id, patient group)`.
+    pub async fn study_owner(&mut self, orthanc_study_id: &str) -> StoreResult<Option<(Id, Option<Id>)>> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT p.id, p.group_id FROM studies s JOIN patients p ON p.id = s.patient_id WHERE s.orthanc_study_id = $1"
+        )
+        .bind(orthanc_study_id)
         .fetch_optional(c)
         .await)?)
     }

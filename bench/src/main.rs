@@ -1,0 +1,449 @@
+//! `cohort-bench`: Cohort's `/api` side by side with Orthanc's own routes, and the plugin
+//! with the sidecar, on one machine, in one run, contenders alternating. Started by
+//! `scripts/bench`, which builds everything in release mode first.
+//!
+//! Contenders: a plain Orthanc (the native baseline), Orthanc with the Cohort plugin, and
+//! the sidecar beside its own Orthanc (SQLite), plus a sidecar on PostgreSQL for the
+//! search figures. Load comes from `wrk`, single transfers from `curl`; memory is the
+//! serving process's resident set, sampled every 20 ms.
+
+mod tools;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cohort_core::domain::PatientStatus;
+use cohort_core::store::patients::NewPatient;
+use cohort_core::store::Store;
+use cohort_e2e::deploy::Sidecar;
+use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
+use cohort_e2e::orthanc::{Orthanc, OrthancOptions};
+use cohort_e2e::{Backend, Client, Deployment, Host, TestDatabase, ADMIN_EMAIL, ADMIN_PASSWORD};
+use serde_json::{json, Value};
+use tools::{curl, rss_mib, Load, RssSampler, Wrk, WRK_SCRIPT};
+
+/// Sizes of a run; `--quick` shrinks them for a smoke test of the bench itself.
+struct Sizes {
+    patients: u32,
+    instances_per_series: u32,
+    image_side: u16,
+    seconds: u32,
+    import_instances: u32,
+    registry: u32,
+    big_instances: u32,
+}
+
+const FULL: Sizes = Sizes { patients: 20, instances_per_series: 50, image_side: 256, seconds: 10, import_instances: 500, registry: 100_000, big_instances: 1000 };
+const QUICK: Sizes = Sizes { patients: 4, instances_per_series: 10, image_side: 128, seconds: 3, import_instances: 100, registry: 5_000, big_instances: 40 };
+
+/// Something serving HTTP that we measure.
+struct Target {
+    name: &'static str,
+    url: String,
+    headers: Vec<String>,
+    /// The process whose memory counts.
+    pid: u32,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };
+    let skip_big = args.iter().any(|a| a == "--skip-big");
+    let out_dir = args.windows(2).find(|w| w[0] == "--out").map(|w| PathBuf::from(&w[1])).unwrap_or_else(|| PathBuf::from("bench-out"));
+    std::fs::create_dir_all(&out_dir)?;
+    // Orthanc's --verbose logging would cost the plugin on every request.
+    std::env::set_var("COHORT_TEST_ORTHANC_QUIET", "1");
+    let work = tempfile::tempdir()?;
+    let script = work.path().join("bench.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+
+    eprintln!("==> starting the contenders");
+    let cost = [("BcryptCost".to_string(), json!(12)), ("MaxExportBytes".to_string(), json!(u64::from(u32::MAX)))];
+    let settings: BTreeMap<String, Value> = cost.iter().cloned().collect();
+    let native = Orthanc::start(OrthancOptions::default()).await;
+    let plugin = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings.clone()).await;
+    let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings.clone()).await;
+    let pg = TestDatabase::create(Backend::Postgres).await;
+    let env: BTreeMap<String, String> = [("COHORT_BCRYPT_COST".to_string(), "12".to_string())].into_iter().collect();
+    let sidecar_pg = Sidecar::start(&pg.url, &sidecar.orthanc.url(), &env).await;
+
+    let native_t = Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() };
+    let plugin_t = Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
+    let sidecar_t = Target {
+        name: "Cohort sidecar",
+        url: sidecar.url.clone(),
+        headers: vec![bearer(&sidecar.url).await?],
+        pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+    };
+    let sidecar_pg_t = Target { name: "Cohort sidecar (PostgreSQL)", url: sidecar_pg.url.clone(), headers: vec![bearer(&sidecar_pg.url).await?], pid: sidecar_pg.pid() };
+
+    let mut report = Report::new(&native_t, &sizes).await?;
+
+    eprintln!("==> generating and loading {} instances", sizes.patients * 2 * sizes.instances_per_series);
+    let base = dicom::study(
+        &StudySpec::new("BENCH")
+            .patients(sizes.patients)
+            .studies(1)
+            .series(2)
+            .instances(sizes.instances_per_series)
+            .size(sizes.image_side, sizes.image_side)
+            .modalities(&["CT", "MR"])
+            .seed(1),
+    );
+    let base_zip = dicom::zip(&base.paths(), ZipOptions { store: true, ..ZipOptions::default() });
+    for t in [&native_t, &plugin_t, &sidecar_t] {
+        let r = post_zip(t, &base_zip.path)?;
+        if r.status != 200 {
+            bail!("{} refused the base dataset ({})", t.name, r.status);
+        }
+    }
+    let native_ids = instance_ids_native(&native_t).await?;
+    let plugin_ids = instance_ids_cohort(&plugin_t).await?;
+    let sidecar_ids = instance_ids_cohort(&sidecar_t).await?;
+
+    eprintln!("==> raw instance download");
+    let paths = |ids: &[String], prefix: &str| -> anyhow::Result<PathBuf> {
+        let file = work.path().join(format!("paths-{}.txt", rand::random::<u32>()));
+        std::fs::write(&file, ids.iter().take(500).map(|id| format!("{prefix}{id}{}", if prefix == "/instances/" { "/file" } else { "" })).collect::<Vec<_>>().join("\n"))?;
+        Ok(file)
+    };
+    let image_paths = [
+        (&native_t, paths(&native_ids, "/instances/")?),
+        (&plugin_t, paths(&plugin_ids, "/api/patients/images/")?),
+        (&sidecar_t, paths(&sidecar_ids, "/api/patients/images/")?),
+    ];
+    for connections in [1, 32] {
+        let mut row = Vec::new();
+        for (t, p) in &image_paths {
+            row.push(load(t, &script, p, connections, sizes.seconds, None)?);
+        }
+        report.image(connections, &row);
+    }
+
+    eprintln!("==> import of a {}-instance ZIP", sizes.import_instances);
+    let batch = dicom::study(
+        &StudySpec::new("IMPORT").studies(1).series(5).instances(sizes.import_instances / 5).size(sizes.image_side, sizes.image_side).seed(2),
+    );
+    let batch_zip = dicom::zip(&batch.paths(), ZipOptions { store: true, ..ZipOptions::default() });
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _round in 0..3 {
+        for t in [&native_t, &plugin_t, &sidecar_t] {
+            let r = post_zip(t, &batch_zip.path)?;
+            if r.status != 200 {
+                bail!("{} refused the import ZIP ({})", t.name, r.status);
+            }
+            rates.entry(t.name).or_default().push(f64::from(sizes.import_instances) / r.seconds);
+            delete_patient(t, "IMPORT").await?;
+        }
+    }
+    report.import(sizes.import_instances, &rates);
+
+    eprintln!("==> patient export");
+    let mut exports = Vec::new();
+    for t in [&native_t, &plugin_t, &sidecar_t] {
+        let path = export_path(t, "BENCH-1").await?;
+        let sampler = RssSampler::start(t.pid);
+        let before = rss_mib(t.pid);
+        let r = curl(&format!("{}{path}", t.url), &t.headers, None)?;
+        let peak = sampler.stop();
+        if r.status != 200 {
+            bail!("{} export answered {}", t.name, r.status);
+        }
+        exports.push((t.name, r, before, peak));
+    }
+    report.export(&exports);
+
+    eprintln!("==> search on {} patients", sizes.registry);
+    for (t, url) in [(&plugin_t, &plugin.db.url), (&sidecar_t, &sidecar.db.url), (&sidecar_pg_t, &pg.url)] {
+        seed_registry(url, sizes.registry).await?;
+        let _ = t;
+    }
+    let search_file = work.path().join("search.txt");
+    let encode = |q: &str| q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    std::fs::write(&search_file, SEARCHES.iter().map(|q| format!("/api/patients?q={}&page_size=50", encode(q))).collect::<Vec<_>>().join("\n"))?;
+    let mut search = Vec::new();
+    for t in [&plugin_t, &sidecar_t, &sidecar_pg_t] {
+        let one = load(t, &script, &search_file, 1, sizes.seconds, None)?;
+        let many = load(t, &script, &search_file, 32, sizes.seconds, None)?;
+        search.push((t.name, one, many));
+    }
+    report.search(sizes.registry, &search);
+
+    eprintln!("==> login latency and a login storm");
+    let me_file = work.path().join("me.txt");
+    std::fs::write(&me_file, "/api/patients?page_size=20")?;
+    let login_file = work.path().join("login.txt");
+    std::fs::write(&login_file, "/api/auth/login")?;
+    let body = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).to_string();
+    let mut logins = Vec::new();
+    for t in [&plugin_t, &sidecar_t] {
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            Client::new(&t.url).login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let quiet = load(t, &script, &me_file, 8, sizes.seconds, None)?;
+        let storm_target = Target { name: t.name, url: t.url.clone(), headers: vec![], pid: t.pid };
+        let (storm, during) = std::thread::scope(|s| {
+            let storm = s.spawn(|| load(&storm_target, &script, &login_file, 16, sizes.seconds + 2, Some(&body)));
+            std::thread::sleep(Duration::from_secs(1));
+            let during = load(t, &script, &me_file, 8, sizes.seconds, None);
+            (storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked")), during)
+        });
+        logins.push((t.name, times[times.len() / 2], quiet, storm??, during?));
+    }
+    report.logins(&logins);
+
+    if !skip_big {
+        let target_mb = u64::from(sizes.big_instances) * 2;
+        eprintln!("==> memory of the sidecar with a {target_mb} MB patient");
+        let big = dicom::study(&StudySpec::new("BIG").studies(1).series(4).instances(sizes.big_instances / 4).size(1024, 1024).seed(3));
+        let big_zip = dicom::zip(&big.paths(), ZipOptions { store: true, ..ZipOptions::default() });
+        drop(big);
+        let sampler = RssSampler::start(sidecar_t.pid);
+        let imported = post_zip(&sidecar_t, &big_zip.path)?;
+        let import_peak = sampler.stop();
+        if imported.status != 200 {
+            bail!("the sidecar refused the big ZIP ({})", imported.status);
+        }
+        drop(big_zip);
+        let path = export_path(&sidecar_t, "BIG").await?;
+        let sampler = RssSampler::start(sidecar_t.pid);
+        let exported = curl(&format!("{}{path}", sidecar_t.url), &sidecar_t.headers, None)?;
+        let export_peak = sampler.stop();
+        report.big(imported, import_peak, exported, export_peak);
+    }
+
+    let md = report.finish();
+    let file = out_dir.join("benchmarks.md");
+    std::fs::write(&file, &md)?;
+    println!("{md}");
+    eprintln!("==> written to {}", file.display());
+    drop((plugin, sidecar, sidecar_pg, native, pg));
+    Ok(())
+}
+
+/// Case- and accent-insensitive fragments of the seeded names and ids.
+const SEARCHES: &[&str] = &["dur", "martin", "eloise", "ber", "SEED-0004", "chlo", "moreau", "lef", "inès", "fourn"];
+
+async fn bearer(url: &str) -> anyhow::Result<String> {
+    let c = Client::new(url);
+    c.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+    Ok(format!("Authorization: Bearer {}", c.cookie("access_token").context("no access token")?))
+}
+
+fn post_zip(t: &Target, zip: &Path) -> anyhow::Result<tools::Transfer> {
+    let path = if t.name.starts_with("Orthanc") { "/instances" } else { "/api/patients/import" };
+    curl(&format!("{}{path}", t.url), &t.headers, Some((zip, "application/zip")))
+}
+
+fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32, body: Option<&str>) -> anyhow::Result<Load> {
+    let mut env = vec![("BENCH_PATHS".to_string(), paths.display().to_string())];
+    if let Some(b) = body {
+        env.push(("BENCH_BODY".to_string(), b.to_string()));
+    }
+    let l = Wrk { url: &t.url, connections, seconds, script, headers: t.headers.clone(), env }.run()?;
+    eprintln!("    {:<28} c={connections:<3} {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}", t.name, l.rps, l.p50_ms, l.p99_ms, l.errors);
+    Ok(l)
+}
+
+fn authed(t: &Target) -> Client {
+    let token = t.headers.first().and_then(|h| h.strip_prefix("Authorization: Bearer ")).unwrap_or_default();
+    let c = Client::new(&t.url);
+    if token.is_empty() {
+        c
+    } else {
+        c.with_bearer(token)
+    }
+}
+
+async fn instance_ids_native(t: &Target) -> anyhow::Result<Vec<String>> {
+    let v = authed(t).get("/instances").await.expect_status(200);
+    Ok(v.as_array().context("instances")?.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+}
+
+async fn instance_ids_cohort(t: &Target) -> anyhow::Result<Vec<String>> {
+    let c = authed(t);
+    let list = c.get("/api/patients?page_size=200").await.expect_status(200);
+    let mut ids = Vec::new();
+    for p in list["items"].as_array().context("items")? {
+        for i in c.get(&format!("/api/patients/{}/instances", p["id"])).await.expect_status(200).as_array().context("instances")? {
+            ids.push(i["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// The Orthanc patient id of a PatientID, as Orthanc computes it.
+async fn orthanc_patient(t: &Target, patient_id: &str) -> anyhow::Result<String> {
+    let found = authed(t)
+        .req(reqwest::Method::POST, "/tools/find")
+        .json(&json!({"Level": "Patient", "Query": {"PatientID": patient_id}}))
+        .send()
+        .await
+        .expect_status(200);
+    found.as_array().and_then(|a| a.first()).and_then(|v| v.as_str()).map(str::to_string).context("patient not found in Orthanc")
+}
+
+async fn cohort_patient(t: &Target, external_id: &str) -> anyhow::Result<i64> {
+    let list = authed(t).get(&format!("/api/patients?q={external_id}&page_size=200")).await.expect_status(200);
+    list["items"].as_array().and_then(|a| a.iter().find(|p| p["external_id"] == external_id)).and_then(|p| p["id"].as_i64()).context("patient not in the registry")
+}
+
+async fn export_path(t: &Target, external_id: &str) -> anyhow::Result<String> {
+    if t.name.starts_with("Orthanc") {
+        Ok(format!("/patients/{}/archive", orthanc_patient(t, external_id).await?))
+    } else {
+        Ok(format!("/api/patients/{}/export", cohort_patient(t, external_id).await?))
+    }
+}
+
+async fn delete_patient(t: &Target, external_id: &str) -> anyhow::Result<()> {
+    let c = authed(t);
+    if t.name.starts_with("Orthanc") {
+        c.delete(&format!("/patients/{}", orthanc_patient(t, external_id).await?)).await.expect_status(200);
+    } else {
+        let id = cohort_patient(t, external_id).await?;
+        c.req(reqwest::Method::DELETE, &format!("/api/patients/{id}")).header("x-purge-dicom", "true").send().await.expect_status(204);
+    }
+    Ok(())
+}
+
+/// Fills a registry with `n` patients (French names, some accents), in big transactions.
+async fn seed_registry(url: &str, n: u32) -> anyhow::Result<()> {
+    const FIRST: &[&str] = &["Éloïse", "Marc", "Nicolas", "Camille", "Léa", "Hugo", "Chloé", "Louis", "Manon", "Jules", "Inès", "Théo", "Zoé", "Lucas"];
+    const LAST: &[&str] = &["Dupré", "Martin", "Bernard", "Durand", "Lefèvre", "Moreau", "Laurent", "Simon", "Michel", "Garcia", "Roux", "Fournier", "Girard", "Bonnet", "Mercier", "Blanc"];
+    let store = Store::connect(url).await?;
+    let mut i = 0u32;
+    while i < n {
+        let mut tx = store.begin().await?;
+        for _ in 0..5000.min(n - i) {
+            i += 1;
+            let p = NewPatient {
+                external_id: format!("SEED-{i:06}"),
+                orthanc_patient_id: None,
+                status: PatientStatus::ALL[(i % 4) as usize],
+                first_name: Some(FIRST[(i as usize * 7) % FIRST.len()].to_string()),
+                last_name: Some(LAST[(i as usize * 13) % LAST.len()].to_string()),
+                date_of_birth: None,
+                group_id: None,
+            };
+            tx.insert_patient(&p).await?;
+        }
+        tx.commit().await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// The Markdown report.
+struct Report {
+    md: String,
+}
+
+fn ratio(x: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.0}%", 100.0 * x / base)
+    } else {
+        "–".into()
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn command(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+impl Report {
+    async fn new(native: &Target, sizes: &Sizes) -> anyhow::Result<Self> {
+        let cpu = command("sh", &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -n1"]);
+        let mem = command("sh", &["-c", "awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo"]);
+        let orthanc = authed(native).get("/system").await.expect_status(200)["Version"].as_str().unwrap_or("?").to_string();
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmarks\n");
+        let _ = writeln!(md, "Run on {} by `scripts/bench` (release build). Machine: {cpu}, {} cores, {mem}, Linux {}; Orthanc {orthanc}; {}.\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"), command("nproc", &[]), command("uname", &["-r"]), command("rustc", &["--version"]));
+        let _ = writeln!(md, "Contenders run on the same machine as the load generator (`wrk`, `curl`), one after the other. \
+            Dataset: {} instances of {}×{} 16-bit CT/MR ({} patients); requests rotate over up to 500 instances. \
+            Ratios are to Orthanc's native route.\n",
+            sizes.patients * 2 * sizes.instances_per_series, sizes.image_side, sizes.image_side, sizes.patients);
+        Ok(Report { md })
+    }
+
+    fn image(&mut self, connections: u32, row: &[Load]) {
+        if connections == 1 {
+            let _ = writeln!(self.md, "## Raw instance download\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), {}s per cell.\n", 10);
+            let _ = writeln!(self.md, "| clients | contender | req/s | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
+        }
+        let names = ["Orthanc (native)", "Cohort plugin", "Cohort sidecar"];
+        for (name, l) in names.iter().zip(row) {
+            let _ = writeln!(self.md, "| {connections} | {name} | {:.0} | {} | {:.2} | {:.2} | {} |", l.rps, ratio(l.rps, row[0].rps), l.p50_ms, l.p99_ms, l.errors);
+        }
+        if connections != 1 {
+            self.md.push('\n');
+        }
+    }
+
+    fn import(&mut self, n: u32, rates: &BTreeMap<&str, Vec<f64>>) {
+        let base = median(rates.get("Orthanc (native)").map(Vec::as_slice).unwrap_or(&[]));
+        let _ = writeln!(self.md, "## Import of a {n}-instance ZIP\n\n`POST /api/patients/import` (Cohort, registry updated) vs `POST /instances` with the same ZIP (Orthanc). Median of 3, patient deleted between runs.\n");
+        let _ = writeln!(self.md, "| contender | instances/s | vs native | runs |\n|---|---|---|---|");
+        for name in ["Orthanc (native)", "Cohort plugin", "Cohort sidecar"] {
+            let v = rates.get(name).cloned().unwrap_or_default();
+            let runs = v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(self.md, "| {name} | {:.0} | {} | {runs} |", median(&v), ratio(median(&v), base));
+        }
+        self.md.push('\n');
+    }
+
+    fn export(&mut self, rows: &[(&str, tools::Transfer, f64, f64)]) {
+        let _ = writeln!(self.md, "## Patient export\n\n`/api/patients/{{id}}/export` (Cohort) vs `/patients/{{id}}/archive` (Orthanc, streamed), one patient. Memory is the serving process (Orthanc for native and plugin, the sidecar process for the sidecar).\n");
+        let _ = writeln!(self.md, "| contender | archive MB | MB/s | vs native | RSS before MB | peak RSS MB |\n|---|---|---|---|---|---|");
+        let base = rows.first().map(|(_, t, _, _)| t.bytes as f64 / 1e6 / t.seconds).unwrap_or(0.0);
+        for (name, t, before, peak) in rows {
+            let mbps = t.bytes as f64 / 1e6 / t.seconds;
+            let _ = writeln!(self.md, "| {name} | {:.1} | {mbps:.0} | {} | {before:.0} | {peak:.0} |", t.bytes as f64 / 1e6, ratio(mbps, base));
+        }
+        self.md.push('\n');
+    }
+
+    fn search(&mut self, n: u32, rows: &[(&str, Load, Load)]) {
+        let _ = writeln!(self.md, "## Patient search on {n} patients\n\nAuthenticated `GET /api/patients?q=…&page_size=50`, `q` rotating over {} fragments (accents, case, ids). Target: p99 < 20 ms at 32 clients.\n", SEARCHES.len());
+        let _ = writeln!(self.md, "| contender | 1 client req/s | 1 client p99 ms | 32 clients req/s | 32 clients p50 ms | 32 clients p99 ms |\n|---|---|---|---|---|---|");
+        for (name, one, many) in rows {
+            let _ = writeln!(self.md, "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |", one.rps, one.p99_ms, many.rps, many.p50_ms, many.p99_ms);
+        }
+        self.md.push('\n');
+    }
+
+    fn logins(&mut self, rows: &[(&str, f64, Load, Load, Load)]) {
+        let _ = writeln!(self.md, "## Login\n\nbcrypt cost 12. Latency: median of 10 sequential logins. Storm: 16 clients logging in without pause while 8 clients list patients; the ratio is the listing's p99 during the storm over its p99 alone (target < 2×).\n");
+        let _ = writeln!(self.md, "| contender | login p50 ms | storm logins/s | listing p99 alone ms | listing p99 in storm ms | ratio | listing req/s alone → in storm |\n|---|---|---|---|---|---|---|");
+        for (name, p50, quiet, storm, during) in rows {
+            let _ = writeln!(self.md, "| {name} | {p50:.0} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.0} → {:.0} |", storm.rps, quiet.p99_ms, during.p99_ms, during.p99_ms / quiet.p99_ms.max(0.001), quiet.rps, during.rps);
+        }
+        self.md.push('\n');
+    }
+
+    fn big(&mut self, imported: tools::Transfer, import_peak: f64, exported: tools::Transfer, export_peak: f64) {
+        let _ = writeln!(self.md, "## Sidecar memory with a large patient\n\nResident memory of the sidecar process. Target: flat, < 100 MB, whatever the archive size.\n");
+        let _ = writeln!(self.md, "| operation | bytes | seconds | MB/s | peak RSS MB |\n|---|---|---|---|---|");
+        let _ = writeln!(self.md, "| import of a stored ZIP | {:.2} GB | {:.1} | {:.0} | {import_peak:.0} |", imported.bytes as f64 / 1e9, imported.seconds, imported.bytes as f64 / 1e6 / imported.seconds);
+        let _ = writeln!(self.md, "| export of that patient | {:.2} GB | {:.1} | {:.0} | {export_peak:.0} |\n", exported.bytes as f64 / 1e9, exported.seconds, exported.bytes as f64 / 1e6 / exported.seconds);
+    }
+
+    fn finish(self) -> String {
+        self.md
+    }
+}

@@ -1,0 +1,188 @@
+//! The measuring tools: `wrk` (load), `curl` (single transfers), and an RSS sampler.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// What `wrk --latency` reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Load {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// A wrk run: `connections` clients for `seconds`, requests from `script` (Lua).
+pub struct Wrk<'a> {
+    pub url: &'a str,
+    pub connections: u32,
+    pub seconds: u32,
+    pub script: &'a Path,
+    pub headers: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Wrk<'_> {
+    pub fn run(&self) -> anyhow::Result<Load> {
+        let threads = self.connections.clamp(1, 2);
+        let mut cmd = Command::new("wrk");
+        cmd.arg(format!("-t{threads}"))
+            .arg(format!("-c{}", self.connections))
+            .arg(format!("-d{}s", self.seconds))
+            .arg("--latency")
+            .arg("--timeout")
+            .arg("30s")
+            .arg("-s")
+            .arg(self.script);
+        for h in &self.headers {
+            cmd.arg("-H").arg(h);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.arg(self.url);
+        let out = cmd.output().context("run wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        }
+        parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+    }
+}
+
+fn duration_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(text: &str) -> Option<Load> {
+    let mut load = Load::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            load.rps = v.trim().parse().ok()?;
+        } else if let Some(v) = t.strip_prefix("50%") {
+            load.p50_ms = duration_ms(v)?;
+        } else if let Some(v) = t.strip_prefix("99%") {
+            load.p99_ms = duration_ms(v)?;
+        } else if t.starts_with("Non-2xx or 3xx responses:") {
+            load.errors += t.rsplit(' ').next()?.parse::<u64>().ok()?;
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            load.errors += v.split(',').filter_map(|p| p.trim().rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>();
+        }
+    }
+    (load.rps > 0.0).then_some(load)
+}
+
+/// Lua for wrk: cycles through the request paths listed in `$BENCH_PATHS`; with
+/// `$BENCH_BODY` set, sends it as a JSON POST instead.
+pub const WRK_SCRIPT: &str = r#"
+local paths = {}
+for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+local body = os.getenv("BENCH_BODY")
+local i = math.random(1, #paths)
+request = function()
+  i = i + 1
+  local path = paths[(i % #paths) + 1]
+  if body ~= nil and body ~= "" then
+    return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+  end
+  return wrk.format("GET", path)
+end
+"#;
+
+/// A transfer measured with curl.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transfer {
+    pub status: u16,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// `curl` GET to /dev/null, or a streamed POST of `upload` with `content_type`.
+pub fn curl(url: &str, headers: &[String], upload: Option<(&Path, &str)>) -> anyhow::Result<Transfer> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}"]);
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    if let Some((file, content_type)) = upload {
+        cmd.arg("-X").arg("POST").arg("-T").arg(file).arg("-H").arg(format!("Content-Type: {content_type}")).arg("-H").arg("Expect:");
+    }
+    cmd.arg(url);
+    let out = cmd.output().context("run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    if f.len() != 4 {
+        bail!("unexpected curl output: {text}");
+    }
+    let status: u16 = f[0].parse()?;
+    let down: f64 = f[1].parse()?;
+    let up: f64 = f[2].parse()?;
+    Ok(Transfer { status, bytes: down.max(up) as u64, seconds: f[3].parse()? })
+}
+
+/// Samples a process's resident memory until stopped; gives the peak in MiB.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<u64>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak.max(rss_kib(pid).unwrap_or(0))
+        });
+        RssSampler { stop, handle }
+    }
+
+    pub fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0) as f64 / 1024.0
+    }
+}
+
+/// Resident memory now, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let out = "Running 5s test @ http://127.0.0.1:8042/x\n  2 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     3.21ms    1.02ms  20.11ms   80.00%\n  Latency Distribution\n     50%    3.01ms\n     75%    3.50ms\n     90%    4.20ms\n     99%   12.50ms\n  9876 requests in 5.00s, 1.00GB read\n  Non-2xx or 3xx responses: 3\nRequests/sec:   1975.20\nTransfer/sec:    204.80MB\n";
+        let l = parse_wrk(out).expect("parsed");
+        assert_eq!((l.rps, l.p50_ms, l.p99_ms, l.errors), (1975.20, 3.01, 12.5, 3));
+        assert_eq!(duration_ms("850.00us"), Some(0.85));
+        assert_eq!(duration_ms("1.20s"), Some(1200.0));
+    }
+}
