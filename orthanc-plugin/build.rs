@@ -23,15 +23,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=ORTHANC_SDK_INCLUDE");
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
 
-    let include_dir = env::var_os("ORTHANC_SDK_INCLUDE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SDK_INCLUDE));
+    let include_dir = env::var_os("ORTHANC_SDK_INCLUDE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_SDK_INCLUDE));
     let header = include_dir.join(HEADER);
     if !header.is_file() {
-        fail(&format!(
-            "the Orthanc plugin SDK header {} is missing",
-            header.display()
-        ));
+        fail(&format!("the Orthanc plugin SDK header {} is missing", header.display()));
     }
     let out_dir = match env::var_os("OUT_DIR") {
         Some(dir) => PathBuf::from(dir),
@@ -44,10 +39,7 @@ fn main() {
     }
 
     // bindgen names the wrapper source after `wrap_static_fns_path`, adding `.c`.
-    cc::Build::new()
-        .file(out_dir.join("orthanc_static_fns.c"))
-        .include(&include_dir)
-        .compile("orthanc_static_fns");
+    cc::Build::new().file(out_dir.join("orthanc_static_fns.c")).include(&include_dir).compile("orthanc_static_fns");
 }
 
 fn generate_bindings(header: &Path, out_dir: &Path) -> bindgen::Bindings {

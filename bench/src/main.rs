@@ -36,8 +36,17 @@ struct Sizes {
     big_instances: u32,
 }
 
-const FULL: Sizes = Sizes { patients: 20, instances_per_series: 50, image_side: 256, seconds: 10, import_instances: 500, registry: 100_000, big_instances: 1000 };
-const QUICK: Sizes = Sizes { patients: 4, instances_per_series: 10, image_side: 128, seconds: 3, import_instances: 100, registry: 5_000, big_instances: 40 };
+const FULL: Sizes = Sizes {
+    patients: 20,
+    instances_per_series: 50,
+    image_side: 512,
+    seconds: 10,
+    import_instances: 500,
+    registry: 100_000,
+    big_instances: 1000,
+};
+const QUICK: Sizes =
+    Sizes { patients: 4, instances_per_series: 10, image_side: 128, seconds: 3, import_instances: 100, registry: 5_000, big_instances: 40 };
 
 /// Something serving HTTP that we measure.
 struct Target {
@@ -72,14 +81,20 @@ async fn main() -> anyhow::Result<()> {
     let sidecar_pg = Sidecar::start(&pg.url, &sidecar.orthanc.url(), &env).await;
 
     let native_t = Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() };
-    let plugin_t = Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
+    let plugin_t =
+        Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
     let sidecar_t = Target {
         name: "Cohort sidecar",
         url: sidecar.url.clone(),
         headers: vec![bearer(&sidecar.url).await?],
         pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
     };
-    let sidecar_pg_t = Target { name: "Cohort sidecar (PostgreSQL)", url: sidecar_pg.url.clone(), headers: vec![bearer(&sidecar_pg.url).await?], pid: sidecar_pg.pid() };
+    let sidecar_pg_t = Target {
+        name: "Cohort sidecar (PostgreSQL)",
+        url: sidecar_pg.url.clone(),
+        headers: vec![bearer(&sidecar_pg.url).await?],
+        pid: sidecar_pg.pid(),
+    };
 
     let mut report = Report::new(&native_t, &sizes).await?;
 
@@ -108,7 +123,14 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("==> raw instance download");
     let paths = |ids: &[String], prefix: &str| -> anyhow::Result<PathBuf> {
         let file = work.path().join(format!("paths-{}.txt", rand::random::<u32>()));
-        std::fs::write(&file, ids.iter().take(500).map(|id| format!("{prefix}{id}{}", if prefix == "/instances/" { "/file" } else { "" })).collect::<Vec<_>>().join("\n"))?;
+        std::fs::write(
+            &file,
+            ids.iter()
+                .take(500)
+                .map(|id| format!("{prefix}{id}{}", if prefix == "/instances/" { "/file" } else { "" }))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )?;
         Ok(file)
     };
     let image_paths = [
@@ -126,7 +148,12 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("==> import of a {}-instance ZIP", sizes.import_instances);
     let batch = dicom::study(
-        &StudySpec::new("IMPORT").studies(1).series(5).instances(sizes.import_instances / 5).size(sizes.image_side, sizes.image_side).seed(2),
+        &StudySpec::new("IMPORT")
+            .studies(1)
+            .series(5)
+            .instances(sizes.import_instances / 5)
+            .size(sizes.image_side, sizes.image_side)
+            .seed(2),
     );
     let batch_zip = dicom::zip(&batch.paths(), ZipOptions { store: true, ..ZipOptions::default() });
     let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -163,8 +190,15 @@ async fn main() -> anyhow::Result<()> {
         let _ = t;
     }
     let search_file = work.path().join("search.txt");
-    let encode = |q: &str| q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
-    std::fs::write(&search_file, SEARCHES.iter().map(|q| format!("/api/patients?q={}&page_size=50", encode(q))).collect::<Vec<_>>().join("\n"))?;
+    let encode = |q: &str| {
+        q.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect::<String>()
+    };
+    std::fs::write(
+        &search_file,
+        SEARCHES.iter().map(|q| format!("/api/patients?q={}&page_size=50", encode(q))).collect::<Vec<_>>().join("\n"),
+    )?;
     let mut search = Vec::new();
     for t in [&plugin_t, &sidecar_t, &sidecar_pg_t] {
         let one = load(t, &script, &search_file, 1, sizes.seconds, None)?;
@@ -229,8 +263,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Case- and accent-insensitive fragments of the seeded names and ids.
-const SEARCHES: &[&str] = &["dur", "martin", "eloise", "ber", "SEED-0004", "chlo", "moreau", "lef", "inès", "fourn"];
+/// What people type: a family name (any case, with or without accents), part of one, or
+/// an IPP (whole or its first digits).
+const SEARCHES: &[&str] =
+    &["bernard", "CHERENEAU", "lefvèd", "mochat", "vilmit", "SEED-004217", "seed-0999", "Faroeau", "laubois", "LEVED"];
 
 async fn bearer(url: &str) -> anyhow::Result<String> {
     let c = Client::new(url);
@@ -249,7 +285,10 @@ fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32,
         env.push(("BENCH_BODY".to_string(), b.to_string()));
     }
     let l = Wrk { url: &t.url, connections, seconds, script, headers: t.headers.clone(), env }.run()?;
-    eprintln!("    {:<28} c={connections:<3} {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}", t.name, l.rps, l.p50_ms, l.p99_ms, l.errors);
+    eprintln!(
+        "    {:<28} c={connections:<3} {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+        t.name, l.rps, l.p50_ms, l.p99_ms, l.errors
+    );
     Ok(l)
 }
 
@@ -293,7 +332,11 @@ async fn orthanc_patient(t: &Target, patient_id: &str) -> anyhow::Result<String>
 
 async fn cohort_patient(t: &Target, external_id: &str) -> anyhow::Result<i64> {
     let list = authed(t).get(&format!("/api/patients?q={external_id}&page_size=200")).await.expect_status(200);
-    list["items"].as_array().and_then(|a| a.iter().find(|p| p["external_id"] == external_id)).and_then(|p| p["id"].as_i64()).context("patient not in the registry")
+    list["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["external_id"] == external_id))
+        .and_then(|p| p["id"].as_i64())
+        .context("patient not in the registry")
 }
 
 async fn export_path(t: &Target, external_id: &str) -> anyhow::Result<String> {
@@ -315,10 +358,27 @@ async fn delete_patient(t: &Target, external_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fills a registry with `n` patients (French names, some accents), in big transactions.
+/// A synthetic but varied population: 600 family names built from syllables (some with
+/// accents) and 40 given names, so a search for a name finds tens of patients out of
+/// 100,000, as in a real registry, not thousands.
+fn family_name(i: u32) -> String {
+    const HEAD: &[&str] = &[
+        "Ber", "Mar", "Du", "Lef", "Mo", "Rou", "Gar", "Fon", "Gi", "Lau", "Bon", "Mer", "Blan", "Ché", "Vil", "Ro", "Fa", "Lé", "Co", "Ta",
+    ];
+    const MID: &[&str] = &["nar", "tin", "bois", "ren", "cha", "vè", "lan", "ro", "mi", "quet"];
+    const TAIL: &[&str] = &["d", "t", "eau"];
+    let i = i as usize;
+    format!("{}{}{}", HEAD[i % HEAD.len()], MID[(i / HEAD.len()) % MID.len()], TAIL[(i / (HEAD.len() * MID.len())) % TAIL.len()])
+}
+
+const GIVEN: &[&str] = &[
+    "Éloïse", "Marc", "Nicolas", "Camille", "Léa", "Hugo", "Chloé", "Louis", "Manon", "Jules", "Inès", "Théo", "Zoé", "Lucas", "Emma",
+    "Gabriel", "Jade", "Raphaël", "Louise", "Arthur", "Alice", "Adam", "Lina", "Paul", "Rose", "Nathan", "Anna", "Tom", "Mila", "Noah",
+    "Julia", "Ethan", "Lou", "Sacha", "Agathe", "Victor", "Margaux", "Maël", "Élise", "Côme",
+];
+
+/// Fills a registry with `n` patients, in big transactions.
 async fn seed_registry(url: &str, n: u32) -> anyhow::Result<()> {
-    const FIRST: &[&str] = &["Éloïse", "Marc", "Nicolas", "Camille", "Léa", "Hugo", "Chloé", "Louis", "Manon", "Jules", "Inès", "Théo", "Zoé", "Lucas"];
-    const LAST: &[&str] = &["Dupré", "Martin", "Bernard", "Durand", "Lefèvre", "Moreau", "Laurent", "Simon", "Michel", "Garcia", "Roux", "Fournier", "Girard", "Bonnet", "Mercier", "Blanc"];
     let store = Store::connect(url).await?;
     let mut i = 0u32;
     while i < n {
@@ -329,8 +389,8 @@ async fn seed_registry(url: &str, n: u32) -> anyhow::Result<()> {
                 external_id: format!("SEED-{i:06}"),
                 orthanc_patient_id: None,
                 status: PatientStatus::ALL[(i % 4) as usize],
-                first_name: Some(FIRST[(i as usize * 7) % FIRST.len()].to_string()),
-                last_name: Some(LAST[(i as usize * 13) % LAST.len()].to_string()),
+                first_name: Some(GIVEN[(i as usize * 7) % GIVEN.len()].to_string()),
+                last_name: Some(family_name(i.wrapping_mul(2_654_435_761) % 600)),
                 date_of_birth: None,
                 group_id: None,
             };
@@ -372,23 +432,48 @@ impl Report {
         let orthanc = authed(native).get("/system").await.expect_status(200)["Version"].as_str().unwrap_or("?").to_string();
         let mut md = String::new();
         let _ = writeln!(md, "# Benchmarks\n");
-        let _ = writeln!(md, "Run on {} by `scripts/bench` (release build). Machine: {cpu}, {} cores, {mem}, Linux {}; Orthanc {orthanc}; {}.\n",
-            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"), command("nproc", &[]), command("uname", &["-r"]), command("rustc", &["--version"]));
-        let _ = writeln!(md, "Contenders run on the same machine as the load generator (`wrk`, `curl`), one after the other. \
+        let _ = writeln!(
+            md,
+            "Run on {} by `scripts/bench` (release build). Machine: {cpu}, {} cores, {mem}, Linux {}; Orthanc {orthanc}; {}.\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            command("nproc", &[]),
+            command("uname", &["-r"]),
+            command("rustc", &["--version"])
+        );
+        let _ = writeln!(
+            md,
+            "Contenders run on the same machine as the load generator (`wrk`, `curl`), one after the other. \
             Dataset: {} instances of {}×{} 16-bit CT/MR ({} patients); requests rotate over up to 500 instances. \
             Ratios are to Orthanc's native route.\n",
-            sizes.patients * 2 * sizes.instances_per_series, sizes.image_side, sizes.image_side, sizes.patients);
+            sizes.patients * 2 * sizes.instances_per_series,
+            sizes.image_side,
+            sizes.image_side,
+            sizes.patients
+        );
         Ok(Report { md })
     }
 
     fn image(&mut self, connections: u32, row: &[Load]) {
         if connections == 1 {
-            let _ = writeln!(self.md, "## Raw instance download\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), {}s per cell.\n", 10);
-            let _ = writeln!(self.md, "| clients | contender | req/s | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                self.md,
+                "## Raw instance download\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), {}s per cell.\n",
+                10
+            );
+            let _ =
+                writeln!(self.md, "| clients | contender | req/s | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
         }
         let names = ["Orthanc (native)", "Cohort plugin", "Cohort sidecar"];
         for (name, l) in names.iter().zip(row) {
-            let _ = writeln!(self.md, "| {connections} | {name} | {:.0} | {} | {:.2} | {:.2} | {} |", l.rps, ratio(l.rps, row[0].rps), l.p50_ms, l.p99_ms, l.errors);
+            let _ = writeln!(
+                self.md,
+                "| {connections} | {name} | {:.0} | {} | {:.2} | {:.2} | {} |",
+                l.rps,
+                ratio(l.rps, row[0].rps),
+                l.p50_ms,
+                l.p99_ms,
+                l.errors
+            );
         }
         if connections != 1 {
             self.md.push('\n');
@@ -413,16 +498,21 @@ impl Report {
         let base = rows.first().map(|(_, t, _, _)| t.bytes as f64 / 1e6 / t.seconds).unwrap_or(0.0);
         for (name, t, before, peak) in rows {
             let mbps = t.bytes as f64 / 1e6 / t.seconds;
-            let _ = writeln!(self.md, "| {name} | {:.1} | {mbps:.0} | {} | {before:.0} | {peak:.0} |", t.bytes as f64 / 1e6, ratio(mbps, base));
+            let _ =
+                writeln!(self.md, "| {name} | {:.1} | {mbps:.0} | {} | {before:.0} | {peak:.0} |", t.bytes as f64 / 1e6, ratio(mbps, base));
         }
         self.md.push('\n');
     }
 
     fn search(&mut self, n: u32, rows: &[(&str, Load, Load)]) {
-        let _ = writeln!(self.md, "## Patient search on {n} patients\n\nAuthenticated `GET /api/patients?q=…&page_size=50`, `q` rotating over {} fragments (accents, case, ids). Target: p99 < 20 ms at 32 clients.\n", SEARCHES.len());
+        let _ = writeln!(self.md, "## Patient search on {n} patients\n\nAuthenticated `GET /api/patients?q=…&page_size=50` (with the total count), `q` rotating over {} searches as people type them: family names in any case with or without accents, a name prefix, IPPs whole or in part ({}). The registry has 600 family names and 40 given names, so each search matches 1 to 500 patients. Target: p99 < 20 ms at 32 clients.\n", SEARCHES.len(), SEARCHES.iter().map(|q| format!("`{q}`")).collect::<Vec<_>>().join(", "));
         let _ = writeln!(self.md, "| contender | 1 client req/s | 1 client p99 ms | 32 clients req/s | 32 clients p50 ms | 32 clients p99 ms |\n|---|---|---|---|---|---|");
         for (name, one, many) in rows {
-            let _ = writeln!(self.md, "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |", one.rps, one.p99_ms, many.rps, many.p50_ms, many.p99_ms);
+            let _ = writeln!(
+                self.md,
+                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
+                one.rps, one.p99_ms, many.rps, many.p50_ms, many.p99_ms
+            );
         }
         self.md.push('\n');
     }
@@ -431,7 +521,16 @@ impl Report {
         let _ = writeln!(self.md, "## Login\n\nbcrypt cost 12. Latency: median of 10 sequential logins. Storm: 16 clients logging in without pause while 8 clients list patients; the ratio is the listing's p99 during the storm over its p99 alone (target < 2×).\n");
         let _ = writeln!(self.md, "| contender | login p50 ms | storm logins/s | listing p99 alone ms | listing p99 in storm ms | ratio | listing req/s alone → in storm |\n|---|---|---|---|---|---|---|");
         for (name, p50, quiet, storm, during) in rows {
-            let _ = writeln!(self.md, "| {name} | {p50:.0} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.0} → {:.0} |", storm.rps, quiet.p99_ms, during.p99_ms, during.p99_ms / quiet.p99_ms.max(0.001), quiet.rps, during.rps);
+            let _ = writeln!(
+                self.md,
+                "| {name} | {p50:.0} | {:.1} | {:.2} | {:.2} | {:.2}× | {:.0} → {:.0} |",
+                storm.rps,
+                quiet.p99_ms,
+                during.p99_ms,
+                during.p99_ms / quiet.p99_ms.max(0.001),
+                quiet.rps,
+                during.rps
+            );
         }
         self.md.push('\n');
     }
@@ -439,8 +538,20 @@ impl Report {
     fn big(&mut self, imported: tools::Transfer, import_peak: f64, exported: tools::Transfer, export_peak: f64) {
         let _ = writeln!(self.md, "## Sidecar memory with a large patient\n\nResident memory of the sidecar process. Target: flat, < 100 MB, whatever the archive size.\n");
         let _ = writeln!(self.md, "| operation | bytes | seconds | MB/s | peak RSS MB |\n|---|---|---|---|---|");
-        let _ = writeln!(self.md, "| import of a stored ZIP | {:.2} GB | {:.1} | {:.0} | {import_peak:.0} |", imported.bytes as f64 / 1e9, imported.seconds, imported.bytes as f64 / 1e6 / imported.seconds);
-        let _ = writeln!(self.md, "| export of that patient | {:.2} GB | {:.1} | {:.0} | {export_peak:.0} |\n", exported.bytes as f64 / 1e9, exported.seconds, exported.bytes as f64 / 1e6 / exported.seconds);
+        let _ = writeln!(
+            self.md,
+            "| import of a stored ZIP | {:.2} GB | {:.1} | {:.0} | {import_peak:.0} |",
+            imported.bytes as f64 / 1e9,
+            imported.seconds,
+            imported.bytes as f64 / 1e6 / imported.seconds
+        );
+        let _ = writeln!(
+            self.md,
+            "| export of that patient | {:.2} GB | {:.1} | {:.0} | {export_peak:.0} |\n",
+            exported.bytes as f64 / 1e9,
+            exported.seconds,
+            exported.bytes as f64 / 1e6 / exported.seconds
+        );
     }
 
     fn finish(self) -> String {

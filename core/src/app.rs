@@ -22,6 +22,7 @@ pub struct App {
     pub passwords: Passwords,
     pub cookies: CookieJar,
     pub sessions: SessionCache,
+    pub instance_owners: OwnerCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -52,9 +53,8 @@ impl App {
     /// Connects and migrates the database, settles the JWT secret and creates the
     /// bootstrap admin when configured and no admin exists yet.
     pub async fn start(config: Config, pacs: Option<Arc<dyn Pacs>>, host: Host) -> Result<SharedApp, StartError> {
-        let store = Store::connect(&config.database_url)
-            .await
-            .map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
+        let store =
+            Store::connect(&config.database_url).await.map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
         store.migrate().await.map_err(|e| StartError(format!("cannot migrate the database: {e}")))?;
         let app = App::with_store(config, store, pacs, host).await?;
         crate::services::bootstrap::bootstrap_admin(&app)
@@ -93,7 +93,8 @@ impl App {
             jwt: JwtKeys::new(secret.as_bytes()),
             passwords,
             cookies: CookieJar { secure: config.cookie_secure },
-            sessions: SessionCache::new(SESSION_CACHE_TTL),
+            sessions: SessionCache::new(CACHE_TTL),
+            instance_owners: OwnerCache::new(CACHE_TTL),
             store,
             config,
             pacs,
@@ -102,55 +103,74 @@ impl App {
     }
 }
 
-/// How long a node trusts what it read about a session before reading it again: a
-/// revocation made on another node takes effect within this delay (on the revoking
-/// node, at once).
-pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(2);
-const SESSION_CACHE_MAX: usize = 10_000;
+/// How long a node trusts what it read about a session or an instance's owner before
+/// reading it again: a revocation or a patient moved to another group takes effect at
+/// once on the node that made the change and within this delay on the others.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 10_000;
 
-/// A short-lived cache of session lookups, so authenticating a request is usually free.
+/// A small map whose entries expire after a fixed delay, bounded in size. It only
+/// holds copies of database rows, read on the hot paths (every authenticated request,
+/// every image download).
 #[derive(Debug)]
-pub struct SessionCache {
+pub struct TtlCache<K, V> {
     ttl: Duration,
-    map: Mutex<HashMap<String, (Instant, SessionAuth)>>,
+    map: Mutex<HashMap<K, (Instant, V)>>,
 }
 
-impl SessionCache {
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     pub fn new(ttl: Duration) -> Self {
-        SessionCache { ttl, map: Mutex::new(HashMap::new()) }
+        TtlCache { ttl, map: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, SessionAuth)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
         // A poisoned cache only holds copies of database rows: keep using it.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, session_id: &str) -> Option<SessionAuth> {
-        let map = self.lock();
-        map.get(session_id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, s)| s.clone())
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.lock().get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
-    pub fn put(&self, s: SessionAuth) {
+    pub fn put(&self, key: K, value: V) {
         let mut map = self.lock();
-        if map.len() >= SESSION_CACHE_MAX {
+        if map.len() >= CACHE_MAX {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
-            if map.len() >= SESSION_CACHE_MAX {
+            if map.len() >= CACHE_MAX {
                 map.clear();
             }
         }
-        map.insert(s.session_id.clone(), (Instant::now(), s));
+        map.insert(key, (Instant::now(), value));
     }
 
-    pub fn forget(&self, session_id: &str) {
-        self.lock().remove(session_id);
+    pub fn forget<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.lock().remove(key);
     }
 
-    /// Forgets every cached session of a user (role, status or group changed).
-    pub fn forget_user(&self, user_id: Id) {
-        self.lock().retain(|_, (_, s)| s.user_id != user_id);
+    /// Forgets every entry whose value matches.
+    pub fn forget_where(&self, matches: impl Fn(&V) -> bool) {
+        self.lock().retain(|_, (_, v)| !matches(v));
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }
+
+/// Session lookups, so authenticating a request is usually free.
+pub type SessionCache = TtlCache<String, SessionAuth>;
+
+/// Whose instance is this: `(patient id, patient group)`, for the image proxy.
+pub type OwnerCache = TtlCache<String, (Id, Option<Id>)>;
 
 /// The client's address, put in the request extensions by the host (the sidecar from
 /// the TCP peer, the plugin from Orthanc's request filter).

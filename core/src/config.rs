@@ -117,7 +117,14 @@ struct Key {
 
 macro_rules! key {
     ($json:literal, $env:literal, |$c:ident, $r:ident| $body:expr) => {
-        Key { json: $json, env: $env, set: |$c: &mut Config, $r: Raw<'_>| -> Result<(), String> { $body; Ok(()) } }
+        Key {
+            json: $json,
+            env: $env,
+            set: |$c: &mut Config, $r: Raw<'_>| -> Result<(), String> {
+                $body;
+                Ok(())
+            },
+        }
     };
 }
 
@@ -137,9 +144,11 @@ const KEYS: &[Key] = &[
     key!("BootstrapAdminEmail", "COHORT_ADMIN_EMAIL", |c, r| c.bootstrap_admin_email = Some(email(r)?)),
     key!("BootstrapAdminPassword", "COHORT_ADMIN_PASSWORD", |c, r| c.bootstrap_admin_password = Some(password(r)?)),
     key!("AutoRegisterGroup", "COHORT_AUTO_REGISTER_GROUP", |c, r| c.auto_register_group = non_empty(r)?),
-    key!("LoginMaxFailuresPerAccount", "COHORT_LOGIN_MAX_FAILURES_PER_ACCOUNT", |c, r| c.login_max_failures_per_account = int(r, 1, 100_000)? as u32),
+    key!("LoginMaxFailuresPerAccount", "COHORT_LOGIN_MAX_FAILURES_PER_ACCOUNT", |c, r| c.login_max_failures_per_account =
+        int(r, 1, 100_000)? as u32),
     key!("LoginMaxFailuresPerIp", "COHORT_LOGIN_MAX_FAILURES_PER_IP", |c, r| c.login_max_failures_per_ip = int(r, 1, 1_000_000)? as u32),
-    key!("LoginFailureWindowMinutes", "COHORT_LOGIN_FAILURE_WINDOW_MINUTES", |c, r| c.login_failure_window_minutes = int(r, 1, 24 * 60)? as u32),
+    key!("LoginFailureWindowMinutes", "COHORT_LOGIN_FAILURE_WINDOW_MINUTES", |c, r| c.login_failure_window_minutes =
+        int(r, 1, 24 * 60)? as u32),
     key!("Listen", "COHORT_LISTEN", |c, r| c.listen = socket_addr(r)?),
     key!("OrthancUrl", "COHORT_ORTHANC_URL", |c, r| c.orthanc_url = http_url(r)?),
     key!("OrthancUsername", "COHORT_ORTHANC_USERNAME", |c, r| c.orthanc_username = non_empty(r)?),
@@ -184,10 +193,8 @@ impl Config {
             if name == ENV_CONFIG_FILE {
                 continue;
             }
-            let key = KEYS.iter().find(|k| k.env == name).ok_or_else(|| ConfigError {
-                key: name.clone(),
-                message: "unknown setting".into(),
-            })?;
+            let key =
+                KEYS.iter().find(|k| k.env == name).ok_or_else(|| ConfigError { key: name.clone(), message: "unknown setting".into() })?;
             (key.set)(self, Raw::Str(value)).map_err(|message| ConfigError { key: name.clone(), message })?;
         }
         Ok(())
@@ -413,11 +420,10 @@ mod tests {
         assert_eq!(e.key, "COHORT_DATABSE_URL");
         let e = Config::from_env_and_file(env(&[("COHORT_ADMIN_EMAIL", "a@b.org")])).expect_err("no password");
         assert_eq!(e.key, "COHORT_ADMIN_PASSWORD");
-        let e = Config::from_orthanc_configuration(&serde_json::json!({"Cohort": {"CookieSecur": false}}))
-            .expect_err("typo in plugin section");
+        let e =
+            Config::from_orthanc_configuration(&serde_json::json!({"Cohort": {"CookieSecur": false}})).expect_err("typo in plugin section");
         assert_eq!(e.key, "CookieSecur");
-        let e = Config::from_orthanc_configuration(&serde_json::json!({"Cohort": {"BcryptCost": "high"}}))
-            .expect_err("not a number");
+        let e = Config::from_orthanc_configuration(&serde_json::json!({"Cohort": {"BcryptCost": "high"}})).expect_err("not a number");
         assert_eq!(e.key, "BcryptCost");
     }
 

@@ -86,8 +86,7 @@ pub fn normalize_email(raw: &str) -> Result<String, Invalid> {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    if local.is_empty() || domain.contains('@') || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.')
-    {
+    if local.is_empty() || domain.contains('@') || !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
         return Err(bad());
     }
     Ok(email)

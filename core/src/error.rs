@@ -81,11 +81,7 @@ impl ApiError {
     }
 
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many failed attempts; try again later",
-        );
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed attempts; try again later");
         e.retry_after = Some(retry_after_secs.max(1));
         e
     }

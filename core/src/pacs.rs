@@ -317,7 +317,13 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
                 }
             })
             .collect();
-        list.sort_by(|a, b| (&a.series_instance_uid, a.instance_number, &a.sop_instance_uid).cmp(&(&b.series_instance_uid, b.instance_number, &b.sop_instance_uid)));
+        list.sort_by(|a, b| {
+            (&a.series_instance_uid, a.instance_number, &a.sop_instance_uid).cmp(&(
+                &b.series_instance_uid,
+                b.instance_number,
+                &b.sop_instance_uid,
+            ))
+        });
         let p = study.patient_main_dicom_tags;
         Ok(StudyInfo {
             orthanc_patient_id: study.parent_patient.unwrap_or_default(),
@@ -366,7 +372,12 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
             total_disk_size_mb: f64,
         }
         let s: Stats = self.get_json("/statistics").await?;
-        Ok(Statistics { patients: s.count_patients, studies: s.count_studies, instances: s.count_instances, disk_size_mb: s.total_disk_size_mb })
+        Ok(Statistics {
+            patients: s.count_patients,
+            studies: s.count_studies,
+            instances: s.count_instances,
+            disk_size_mb: s.total_disk_size_mb,
+        })
     }
 
     async fn changes(&self, since: i64, limit: u32) -> PacsResult<ChangesPage> {

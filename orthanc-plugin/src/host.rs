@@ -157,7 +157,10 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
 
 /// Runs `work` on the runtime and waits for it on the calling (Orthanc) thread. A panic
 /// in `work` stays in its task and comes back as an error.
-fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, tokio::task::JoinError> {
+fn run<T: Send + 'static>(
+    cohort: &Cohort,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
     cohort.handle.block_on(cohort.handle.spawn(work))
 }
 
@@ -196,8 +199,8 @@ fn filter(request: FilterRequest) -> FilterDecision {
         user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
     let (app, token) = (cohort.app.clone(), token.to_string());
-    let admin = run(cohort, async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin()) })
-        .unwrap_or(false);
+    let admin =
+        run(cohort, async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin()) }).unwrap_or(false);
     if admin {
         FilterDecision::Allow
     } else {

@@ -53,11 +53,7 @@ fn setup(plugin: &Registrar) -> Result<(), SdkError> {
     } else {
         host::setup(plugin)?;
     }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        orthanc = sdk::orthanc_version().unwrap_or_default(),
-        "cohort plugin initialised"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), orthanc = sdk::orthanc_version().unwrap_or_default(), "cohort plugin initialised");
     Ok(())
 }
 

@@ -20,9 +20,7 @@ static STARTED_WITHOUT_ID: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn register(plugin: &Registrar) -> Result<(), SdkError> {
     plugin.register_rest_route("/cohort-ffi-selftest(/.*)?", echo)?;
-    plugin.register_rest_route("/cohort-ffi-selftest-panic", |_| {
-        panic!("deliberate panic in the selftest route")
-    })?;
+    plugin.register_rest_route("/cohort-ffi-selftest-panic", |_| panic!("deliberate panic in the selftest route"))?;
     plugin.register_rest_route("/cohort-ffi-selftest-status/([0-9]+)", status)?;
     plugin.register_rest_route("/cohort-ffi-selftest-in-process", in_process)?;
     plugin.register_rest_route("/cohort-ffi-selftest-dicom/([0-9a-f-]+)", dicom)?;
@@ -57,21 +55,13 @@ fn echo(request: RestRequest) -> Response<Bytes> {
     let mut response = json_response(StatusCode::OK, &body);
     let headers = response.headers_mut();
     headers.append(SET_COOKIE, http::HeaderValue::from_static("first=1; Path=/; HttpOnly"));
-    headers.append(
-        SET_COOKIE,
-        http::HeaderValue::from_static("second=2; Path=/; SameSite=Strict"),
-    );
+    headers.append(SET_COOKIE, http::HeaderValue::from_static("second=2; Path=/; SameSite=Strict"));
     response
 }
 
 /// Answers the status in the path with a JSON body (Location and Allow for 301 and 405).
 fn status(request: RestRequest) -> Response<Bytes> {
-    let Some(status) = request
-        .groups
-        .first()
-        .and_then(|code| code.parse().ok())
-        .and_then(|code| StatusCode::from_u16(code).ok())
-    else {
+    let Some(status) = request.groups.first().and_then(|code| code.parse().ok()).and_then(|code| StatusCode::from_u16(code).ok()) else {
         return json_response(StatusCode::BAD_REQUEST, &json!({"error": "not a status"}));
     };
     let mut response = if status == StatusCode::NO_CONTENT {
@@ -80,12 +70,8 @@ fn status(request: RestRequest) -> Response<Bytes> {
         json_response(status, &json!({"status": status.as_u16()}))
     };
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(LOCATION, http::HeaderValue::from_static("/cohort-ffi-selftest/moved"));
-    response
-        .headers_mut()
-        .insert(ALLOW, http::HeaderValue::from_static("GET, POST"));
+    response.headers_mut().insert(LOCATION, http::HeaderValue::from_static("/cohort-ffi-selftest/moved"));
+    response.headers_mut().insert(ALLOW, http::HeaderValue::from_static("GET, POST"));
     response
 }
 
@@ -113,9 +99,7 @@ fn dicom(request: RestRequest) -> Response<Bytes> {
     match sdk::get_dicom_for_instance(id) {
         Ok(file) => {
             let mut response = Response::new(Bytes::from(file));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/dicom"));
+            response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/dicom"));
             response
         }
         Err(SdkError::NotFound { .. }) => json_response(StatusCode::NOT_FOUND, &json!({"error": "no such instance"})),
@@ -134,8 +118,6 @@ fn describe<T: std::fmt::Debug>(result: Result<T, SdkError>) -> String {
 fn json_response(status: StatusCode, body: &Value) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }

@@ -25,10 +25,7 @@ struct Orthanc {
 
 impl Orthanc {
     fn start() -> Orthanc {
-        assert!(
-            Path::new(ORTHANC_BIN).exists(),
-            "{ORTHANC_BIN} is missing: apt-get install orthanc"
-        );
+        assert!(Path::new(ORTHANC_BIN).exists(), "{ORTHANC_BIN} is missing: apt-get install orthanc");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = json!({
@@ -55,17 +52,9 @@ impl Orthanc {
             .stderr(log)
             .spawn()
             .expect("start Orthanc");
-        let http = Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("HTTP client");
-        let mut orthanc = Orthanc {
-            child: Some(child),
-            port,
-            dir,
-            http,
-        };
+        let http =
+            Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().expect("HTTP client");
+        let mut orthanc = Orthanc { child: Some(child), port, dir, http };
         orthanc.wait_until_up();
         orthanc
     }
@@ -79,11 +68,7 @@ impl Orthanc {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("Orthanc exited during start-up ({status}); its log:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "Orthanc did not answer within 60 s; its log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "Orthanc did not answer within 60 s; its log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -103,11 +88,7 @@ impl Orthanc {
     /// Sends SIGTERM, as a service manager would, and waits for the exit.
     fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("Orthanc is running");
-        let kill = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
+        let kill = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
         assert!(kill.success(), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -133,10 +114,7 @@ impl Drop for Orthanc {
         if std::thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "---- Orthanc log (last 40 lines) ----\n{}",
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
+            eprintln!("---- Orthanc log (last 40 lines) ----\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
         }
     }
 }
@@ -148,10 +126,7 @@ fn plugin_path() -> PathBuf {
     let deps = exe.parent().expect("deps directory");
     // `cargo test` rebuilds the copy in deps/ but only `cargo build` refreshes the one
     // next to it, which may be stale: prefer deps/.
-    let candidates = [
-        Some(deps.join("libcohort_orthanc.so")),
-        deps.parent().map(|profile| profile.join("libcohort_orthanc.so")),
-    ];
+    let candidates = [Some(deps.join("libcohort_orthanc.so")), deps.parent().map(|profile| profile.join("libcohort_orthanc.so"))];
     candidates
         .into_iter()
         .flatten()
@@ -160,10 +135,7 @@ fn plugin_path() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port()
 }
 
 fn json_body(response: Response) -> Value {
@@ -182,16 +154,8 @@ fn echo_route_copies_the_request_and_sets_both_cookies() {
         .expect("echo");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-    let cookies: Vec<_> = response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().expect("ascii"))
-        .collect();
-    assert_eq!(
-        cookies,
-        ["first=1; Path=/; HttpOnly", "second=2; Path=/; SameSite=Strict"]
-    );
+    let cookies: Vec<_> = response.headers().get_all(SET_COOKIE).iter().map(|v| v.to_str().expect("ascii")).collect();
+    assert_eq!(cookies, ["first=1; Path=/; HttpOnly", "second=2; Path=/; SameSite=Strict"]);
     let echo = json_body(response);
     assert_eq!(echo["method"], "GET");
     assert_eq!(echo["path"], "/cohort-ffi-selftest/a/b");
@@ -207,12 +171,7 @@ fn echo_route_copies_the_request_and_sets_both_cookies() {
 #[test]
 fn echo_route_receives_the_post_body() {
     let orthanc = Orthanc::start();
-    let response = orthanc
-        .http
-        .post(orthanc.url("/cohort-ffi-selftest"))
-        .body("hello")
-        .send()
-        .expect("echo");
+    let response = orthanc.http.post(orthanc.url("/cohort-ffi-selftest")).body("hello").send().expect("echo");
     assert_eq!(response.status(), 200);
     let echo = json_body(response);
     assert_eq!(echo["method"], "POST");
@@ -251,9 +210,7 @@ fn json_401_keeps_its_body_and_has_no_www_authenticate() {
 fn each_status_goes_out_through_the_sdk_call_it_needs() {
     let orthanc = Orthanc::start();
     for code in [201, 403, 404, 409, 422, 503] {
-        let response = orthanc
-            .get(&format!("/cohort-ffi-selftest-status/{code}"))
-            .expect("status");
+        let response = orthanc.get(&format!("/cohort-ffi-selftest-status/{code}")).expect("status");
         assert_eq!(response.status(), code);
         assert_eq!(json_body(response), json!({"status": code}));
     }
@@ -297,26 +254,11 @@ fn panicking_handler_answers_json_500_and_orthanc_keeps_serving() {
 #[test]
 fn filter_denies_with_403_and_lets_other_requests_through() {
     let orthanc = Orthanc::start();
-    assert_eq!(
-        orthanc.get("/cohort-ffi-selftest-denied").expect("denied").status(),
-        403
-    );
+    assert_eq!(orthanc.get("/cohort-ffi-selftest-denied").expect("denied").status(), 403);
     assert_eq!(orthanc.get("/cohort-ffi-selftest").expect("allowed").status(), 200);
     // The filter also sees GET arguments, undecoded like the route's.
-    assert_eq!(
-        orthanc
-            .get("/cohort-ffi-selftest?deny=yes")
-            .expect("denied by argument")
-            .status(),
-        403
-    );
-    assert_eq!(
-        orthanc
-            .get("/cohort-ffi-selftest?deny=y%65s")
-            .expect("encoded argument")
-            .status(),
-        200
-    );
+    assert_eq!(orthanc.get("/cohort-ffi-selftest?deny=yes").expect("denied by argument").status(), 403);
+    assert_eq!(orthanc.get("/cohort-ffi-selftest?deny=y%65s").expect("encoded argument").status(), 200);
 }
 
 #[test]
@@ -342,15 +284,9 @@ fn dicom_file_read_in_process_matches_orthancs_own() {
         .expect("create DICOM");
     assert_eq!(created.status(), 200);
     let id = json_body(created)["ID"].as_str().expect("instance ID").to_owned();
-    let native = orthanc
-        .get(&format!("/instances/{id}/file"))
-        .expect("native file")
-        .bytes()
-        .expect("bytes");
+    let native = orthanc.get(&format!("/instances/{id}/file")).expect("native file").bytes().expect("bytes");
 
-    let response = orthanc
-        .get(&format!("/cohort-ffi-selftest-dicom/{id}"))
-        .expect("plugin file");
+    let response = orthanc.get(&format!("/cohort-ffi-selftest-dicom/{id}")).expect("plugin file");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()[CONTENT_TYPE], "application/dicom");
     assert_eq!(response.bytes().expect("bytes"), native);
@@ -362,11 +298,7 @@ fn dicom_file_read_in_process_matches_orthancs_own() {
 #[test]
 fn tracing_events_land_in_orthancs_log() {
     let orthanc = Orthanc::start();
-    assert!(
-        orthanc.log().contains("cohort_orthanc: cohort plugin initialised"),
-        "{}",
-        orthanc.log()
-    );
+    assert!(orthanc.log().contains("cohort_orthanc: cohort plugin initialised"), "{}", orthanc.log());
 }
 
 #[test]
@@ -382,24 +314,12 @@ fn orthanc_stops_cleanly_on_sigterm() {
 
 #[test]
 fn only_the_four_entry_points_are_exported() {
-    let output = Command::new("nm")
-        .args(["-D", "--defined-only"])
-        .arg(plugin_path())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run nm (binutils)");
+    let output =
+        Command::new("nm").args(["-D", "--defined-only"]).arg(plugin_path()).stderr(Stdio::inherit()).output().expect("run nm (binutils)");
     assert!(output.status.success());
-    let exported: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned))
-        .collect();
-    let expected: BTreeSet<String> = [
-        "OrthancPluginFinalize",
-        "OrthancPluginGetName",
-        "OrthancPluginGetVersion",
-        "OrthancPluginInitialize",
-    ]
-    .map(str::to_owned)
-    .into();
+    let exported: BTreeSet<String> =
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| line.split_whitespace().nth(2).map(str::to_owned)).collect();
+    let expected: BTreeSet<String> =
+        ["OrthancPluginFinalize", "OrthancPluginGetName", "OrthancPluginGetVersion", "OrthancPluginInitialize"].map(str::to_owned).into();
     assert_eq!(exported, expected);
 }

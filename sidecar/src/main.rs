@@ -128,9 +128,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // DICOM that reaches Orthanc without Cohort is registered from Orthanc's change log.
     tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
     let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(client_addr));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
     // Answers go out in several writes (headers, streamed bodies): without TCP_NODELAY,
     // Nagle's algorithm and delayed ACKs add ~40 ms to small answers.
@@ -139,9 +138,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down");
     app.store.close().await;
     Ok(())

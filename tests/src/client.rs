@@ -118,11 +118,7 @@ impl Client {
     /// A client announcing itself as a particular device.
     pub fn with_user_agent(base: &str, user_agent: &str) -> Client {
         let jar = Arc::new(Jar::default());
-        let http = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .user_agent(user_agent)
-            .build()
-            .expect("HTTP client");
+        let http = reqwest::Client::builder().cookie_provider(jar.clone()).user_agent(user_agent).build().expect("HTTP client");
         Client { base: base.trim_end_matches('/').to_string(), http, jar, bearer: None }
     }
 

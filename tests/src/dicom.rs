@@ -396,11 +396,7 @@ impl GeneratedZip {
 
     /// SOP Instance UIDs of the DICOM entries at `depth`.
     pub fn dicom_uids_at(&self, depth: u32) -> BTreeSet<String> {
-        self.entries
-            .iter()
-            .filter(|e| e.is_dicom() && e.depth == depth)
-            .filter_map(|e| e.sop_instance_uid.clone())
-            .collect()
+        self.entries.iter().filter(|e| e.is_dicom() && e.depth == depth).filter_map(|e| e.sop_instance_uid.clone()).collect()
     }
 
     pub fn into_parts(self) -> (TempDir, PathBuf) {
@@ -412,9 +408,7 @@ impl GeneratedZip {
 pub fn zip(files: &[PathBuf], opts: ZipOptions) -> GeneratedZip {
     let dir = temp_dir();
     let mut args = vec!["zip".to_string(), "--out".to_string(), path_arg(dir.path())];
-    for (on, flag) in
-        [(opts.junk, "--junk"), (opts.nested, "--nested"), (opts.dotdot, "--dotdot"), (opts.store, "--store")]
-    {
+    for (on, flag) in [(opts.junk, "--junk"), (opts.nested, "--nested"), (opts.dotdot, "--dotdot"), (opts.store, "--store")] {
         if on {
             args.push(flag.to_string());
         }
@@ -482,13 +476,8 @@ pub fn bad_zip_with(kind: BadZip, dicom: &[PathBuf]) -> GeneratedZip {
 /// (calling AE `COHORTGEN`). Fails, with the reason, if the association is refused or any
 /// C-STORE does not answer success (0x0000, or a B0xx warning).
 pub fn storescu(files: &[PathBuf], host: &str, port: u16, aet: &str) -> anyhow::Result<()> {
-    let mut args = vec![
-        "storescu".to_string(),
-        format!("--host={host}"),
-        format!("--port={port}"),
-        format!("--aet={aet}"),
-        "--".to_string(),
-    ];
+    let mut args =
+        vec!["storescu".to_string(), format!("--host={host}"), format!("--port={port}"), format!("--aet={aet}"), "--".to_string()];
     args.extend(files.iter().map(|f| path_arg(f)));
     let output = command(&args).output().with_context(|| format!("run {} {}", python(), script().display()))?;
     if !output.status.success() {
@@ -545,11 +534,7 @@ fn command(args: &[String]) -> Command {
 /// Runs the tool, panics with its stderr if it fails, parses its JSON summary.
 fn run<T: serde::de::DeserializeOwned>(args: &[String]) -> T {
     let output: Output = command(args).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {} {}: {e} (Python 3 with pydicom, highdicom, pynetdicom is needed)",
-            python(),
-            script().display()
-        )
+        panic!("cannot run {} {}: {e} (Python 3 with pydicom, highdicom, pynetdicom is needed)", python(), script().display())
     });
     if !output.status.success() {
         panic!("gen.py {} failed ({}):\n{}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr));

@@ -9,8 +9,8 @@
 
 pub mod client;
 pub mod db;
-pub mod dicom;
 pub mod deploy;
+pub mod dicom;
 pub mod orthanc;
 
 pub use client::{Client, Resp};

@@ -33,8 +33,11 @@ async fn account_lifecycle(d: Deployment) {
     // A group and a user in it.
     let group = admin.post("/api/groups", &json!({"name": "Neuro-imaging"})).await.expect_status(201);
     let created = admin
-        .post("/api/users", &json!({"email": "Alice@Cohort.test", "password": ALICE_PW, "role": "user",
-                                    "group_id": group["id"], "first_name": "Alice", "last_name": "Durand"}))
+        .post(
+            "/api/users",
+            &json!({"email": "Alice@Cohort.test", "password": ALICE_PW, "role": "user",
+                                    "group_id": group["id"], "first_name": "Alice", "last_name": "Durand"}),
+        )
         .await
         .expect_status(201);
     assert_eq!(created["email"], ALICE, "emails are stored lower-cased");

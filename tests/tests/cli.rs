@@ -24,7 +24,8 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("COHORT_JWT_SECRET", "too-short"),
         ("COHORT_UNKNOWN_SETTING", "1"),
     ] {
-        let out = sidecar_command("sqlite::memory:", "http://127.0.0.1:9", &env(&[(key, value)])).arg("serve").output().expect("run cohort");
+        let out =
+            sidecar_command("sqlite::memory:", "http://127.0.0.1:9", &env(&[(key, value)])).arg("serve").output().expect("run cohort");
         assert_eq!(out.status.code(), Some(2), "{key}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim_end().lines().count(), 1, "{key}: {stderr}");

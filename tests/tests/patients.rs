@@ -124,14 +124,19 @@ async fn import_registry_and_images(d: Deployment) {
     let instances = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200);
     let instances = instances.as_array().expect("instances").clone();
     assert_eq!(instances.len(), 12);
-    let sops: std::collections::BTreeSet<String> = instances.iter().filter_map(|i| i["sop_instance_uid"].as_str().map(str::to_string)).collect();
+    let sops: std::collections::BTreeSet<String> =
+        instances.iter().filter_map(|i| i["sop_instance_uid"].as_str().map(str::to_string)).collect();
     assert_eq!(sops, eloise().sop_uids());
     let first = &instances[0];
     let image = admin.get(&format!("/api/patients/images/{}", first["id"].as_str().expect("id"))).await;
     assert_eq!(image.status.as_u16(), 200);
     assert_eq!(image.header("content-type"), Some("application/dicom"));
     let original = eloise().files.iter().find(|f| f.sop_instance_uid.as_deref() == first["sop_instance_uid"].as_str()).expect("file");
-    assert_eq!(image.body.as_ref(), std::fs::read(&original.path).expect("read").as_slice(), "the proxy returns the stored file byte for byte");
+    assert_eq!(
+        image.body.as_ref(),
+        std::fs::read(&original.path).expect("read").as_slice(),
+        "the proxy returns the stored file byte for byte"
+    );
     admin.get("/api/patients/images/0000-not-an-instance").await.expect_error(404, "not_found");
 
     // The same archive again: everything already stored, no new patient.
@@ -175,7 +180,10 @@ async fn groups_scope_every_route(d: Deployment) {
     let g1 = admin.post("/api/groups", &json!({"name": "Neuro"})).await.expect_status(201)["id"].clone();
     let g2 = admin.post("/api/groups", &json!({"name": "Cardio"})).await.expect_status(201)["id"].clone();
     for (email, group) in [("neuro@e2e.test", g1.clone()), ("cardio@e2e.test", g2.clone()), ("nogroup@e2e.test", Value::Null)] {
-        admin.post("/api/users", &json!({"email": email, "password": "user-password-1", "role": "user", "group_id": group})).await.expect_status(201);
+        admin
+            .post("/api/users", &json!({"email": email, "password": "user-password-1", "role": "user", "group_id": group}))
+            .await
+            .expect_status(201);
     }
     let login = |email: &'static str| {
         let c = d.client();
@@ -255,7 +263,10 @@ async fn status_workflow_and_deletion(d: Deployment) {
         ])
     );
     let p = admin
-        .post("/api/patients", &json!({"external_id": "IPP-MANUAL", "first_name": "Ana", "last_name": "Lopes", "date_of_birth": "1990-02-28"}))
+        .post(
+            "/api/patients",
+            &json!({"external_id": "IPP-MANUAL", "first_name": "Ana", "last_name": "Lopes", "date_of_birth": "1990-02-28"}),
+        )
         .await
         .expect_status(201);
     let id = p["id"].as_i64().expect("id");
@@ -270,8 +281,14 @@ async fn status_workflow_and_deletion(d: Deployment) {
     admin.put(&format!("/api/patients/{id}"), &json!({"status": "finished"})).await.expect_error(422, "validation_error");
     let u = admin.put(&format!("/api/patients/{id}"), &json!({"first_name": "Anna", "date_of_birth": null})).await.expect_status(200);
     assert_eq!((u["first_name"].as_str(), u["date_of_birth"].clone()), (Some("Anna"), Value::Null));
-    let audit = admin.get(&format!("/api/audit?action=UPDATE&page_size=50")).await.expect_status(200);
-    let changes: Vec<&Value> = audit["items"].as_array().expect("items").iter().filter(|e| e["resource_type"] == "patient").map(|e| &e["details"]["changes"]).collect();
+    let audit = admin.get("/api/audit?action=UPDATE&page_size=50").await.expect_status(200);
+    let changes: Vec<&Value> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["resource_type"] == "patient")
+        .map(|e| &e["details"]["changes"])
+        .collect();
     assert_eq!(changes.len(), 5, "every change is audited");
     assert!(changes.iter().any(|c| c["status"] == json!(["in_progress", "validated"])));
     assert!(changes.iter().any(|c| c["first_name"] == json!(["Ana", "Anna"])));
@@ -279,7 +296,10 @@ async fn status_workflow_and_deletion(d: Deployment) {
     // Deletion: admins only; with purge_dicom, Orthanc forgets the images too.
     let user = d.client();
     let g = admin.post("/api/groups", &json!({"name": "G"})).await.expect_status(201)["id"].clone();
-    admin.post("/api/users", &json!({"email": "u@e2e.test", "password": "user-password-1", "role": "user", "group_id": g})).await.expect_status(201);
+    admin
+        .post("/api/users", &json!({"email": "u@e2e.test", "password": "user-password-1", "role": "user", "group_id": g}))
+        .await
+        .expect_status(201);
     user.login("u@e2e.test", "user-password-1").await.expect_status(200);
     let r = import(&user, "application/zip", dicom::zip(&marc().paths(), ZipOptions::default()).bytes()).await.expect_status(200);
     let marc_id = patient_id(&r, "IPP-MARC");
@@ -287,7 +307,12 @@ async fn status_workflow_and_deletion(d: Deployment) {
     admin.delete(&format!("/api/patients/{id}")).await.expect_status(204);
     admin.get(&format!("/api/patients/{id}")).await.expect_error(404, "not_found");
     assert_eq!(d.orthanc_instances().await, 2);
-    admin.req(Method::DELETE, &format!("/api/patients/{marc_id}?purge_dicom=true")).header("x-purge-dicom", "true").send().await.expect_status(204);
+    admin
+        .req(Method::DELETE, &format!("/api/patients/{marc_id}?purge_dicom=true"))
+        .header("x-purge-dicom", "true")
+        .send()
+        .await
+        .expect_status(204);
     assert_eq!(d.orthanc_instances().await, 0, "purge_dicom deleted the images from Orthanc");
     let deletions = admin.get("/api/audit?action=DELETE").await.expect_status(200);
     assert_eq!(deletions["total"], 2);
@@ -469,7 +494,10 @@ async fn limits_plugin() {
 async fn stats_for_admins_and_users(d: Deployment) {
     let admin = d.admin().await;
     let g = admin.post("/api/groups", &json!({"name": "Onco"})).await.expect_status(201)["id"].clone();
-    admin.post("/api/users", &json!({"email": "onco@e2e.test", "password": "user-password-1", "role": "user", "group_id": g})).await.expect_status(201);
+    admin
+        .post("/api/users", &json!({"email": "onco@e2e.test", "password": "user-password-1", "role": "user", "group_id": g}))
+        .await
+        .expect_status(201);
     import(&admin, "application/zip", eloise_zip().bytes()).await.expect_status(200);
     let user = d.client();
     user.login("onco@e2e.test", "user-password-1").await.expect_status(200);
@@ -505,7 +533,13 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
     // Someone uploads through Orthanc's own REST API.
     let orthanc = d.orthanc_client().await;
     let uploaded = dicom::study(&StudySpec::new("IPP-ORTHANC").name("Rest^Upload").studies(1).series(1).instances(1).seed(22));
-    orthanc.req(Method::POST, "/instances").body("application/dicom", std::fs::read(&uploaded.files[0].path).expect("read")).without_csrf().send().await.expect_status(200);
+    orthanc
+        .req(Method::POST, "/instances")
+        .body("application/dicom", std::fs::read(&uploaded.files[0].path).expect("read"))
+        .without_csrf()
+        .send()
+        .await
+        .expect_status(200);
 
     let total = || async { admin.get("/api/patients").await.expect_status(200)["total"].as_i64().unwrap_or(0) };
     eventually("both patients registered", Duration::from_secs(30), || async { total().await == 2 }).await;
@@ -519,7 +553,8 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
     })
     .await;
     let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
-    let system: Vec<&Value> = audit["items"].as_array().expect("items").iter().filter(|e| e["user_id"].is_null() && e["actor_email"].is_null()).collect();
+    let system: Vec<&Value> =
+        audit["items"].as_array().expect("items").iter().filter(|e| e["user_id"].is_null() && e["actor_email"].is_null()).collect();
     assert_eq!(system.len(), 2, "audited as IMPORT by the system: {audit}");
 
     // After a restart the cursor is where it was: no duplicates, nothing missed.
@@ -537,3 +572,43 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
     assert_eq!(audit["total"], 3, "each study audited once: {audit}");
 }
 per_deployment!(dicom_arriving_without_cohort_is_registered);
+
+async fn search_pages_and_totals(d: Deployment) {
+    let admin = d.admin().await;
+    let g = admin.post("/api/groups", &json!({"name": "Pages"})).await.expect_status(201)["id"].clone();
+    for i in 0..30 {
+        let group = if i % 3 == 0 { Value::Null } else { g.clone() };
+        let status = if i % 2 == 0 { "validated" } else { "to_interpret" };
+        admin
+            .post("/api/patients", &json!({"external_id": format!("PG-{i:02}"), "last_name": "Pagination", "first_name": "Zoé", "status": status, "group_id": group}))
+            .await
+            .expect_status(201);
+    }
+    admin.post("/api/patients", &json!({"external_id": "OTHER-1", "last_name": "Autre"})).await.expect_status(201);
+    for q in ["pagination", "PAGINAT", "zoe", "pg-", "pa"] {
+        let p2 = admin.get(&format!("/api/patients?q={q}&page=2&page_size=20&sort=external_id")).await.expect_status(200);
+        assert_eq!((p2["total"].as_i64(), p2["items"].as_array().map(Vec::len)), (Some(30), Some(10)), "q={q}");
+        assert_eq!(p2["items"][0]["external_id"], "PG-20", "q={q}");
+        let past = admin.get(&format!("/api/patients?q={q}&page=4&page_size=20")).await.expect_status(200);
+        assert_eq!(
+            (past["total"].as_i64(), past["items"].as_array().map(Vec::len)),
+            (Some(30), Some(0)),
+            "q={q}: the total survives past the last page"
+        );
+    }
+    let validated = admin.get("/api/patients?q=pagination&status=validated&page_size=50").await.expect_status(200);
+    assert_eq!(validated["total"], 15);
+    assert_eq!(admin.get("/api/patients?page_size=1").await.expect_status(200)["total"], 31);
+    admin
+        .post("/api/users", &json!({"email": "pages@e2e.test", "password": "user-password-1", "role": "user", "group_id": g}))
+        .await
+        .expect_status(201);
+    let user = d.client();
+    user.login("pages@e2e.test", "user-password-1").await.expect_status(200);
+    let mine = user.get("/api/patients?q=pagination&page_size=50").await.expect_status(200);
+    assert_eq!(mine["total"], 20, "only the group's patients");
+    let mine_validated = user.get("/api/patients?q=pagi&status=validated").await.expect_status(200);
+    assert_eq!(mine_validated["total"], 10);
+    assert_eq!(user.get("/api/patients").await.expect_status(200)["total"], 20);
+}
+per_deployment!(search_pages_and_totals);

@@ -133,7 +133,12 @@ async fn exports_beyond_max_export_bytes_are_refused() {
     let audit = admin.get("/api/audit?action=EXPORT").await.expect_status(200);
     assert_eq!(audit["total"], 0, "a refused export is not recorded as done");
     let small = dicom::study(&StudySpec::new("IPP-SMALL").studies(1).series(1).instances(1).seed(33));
-    let r = admin.req(Method::POST, "/api/patients/import").body("application/dicom", std::fs::read(&small.files[0].path).expect("read")).send().await.expect_status(200);
+    let r = admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/dicom", std::fs::read(&small.files[0].path).expect("read"))
+        .send()
+        .await
+        .expect_status(200);
     let id = r["patients"][0]["id"].as_i64().expect("id");
     let ok = admin.get(&format!("/api/patients/{id}/export")).await;
     assert_eq!(ok.status.as_u16(), 200);

@@ -156,7 +156,9 @@ async fn deleting_a_user_keeps_their_audit_trail(backend: Backend) {
     let items = audit["items"].as_array().expect("items");
     let login = items.iter().find(|e| e["action"] == "LOGIN" && e["actor_email"] == "gone@rules.test").expect("login row kept");
     assert_eq!(login["user_id"], Value::Null, "user_id cleared, email kept");
-    assert!(items.iter().any(|e| e["action"] == "DELETE" && e["resource_type"] == "user" && e["resource_id"].as_str() == Some(id.to_string().as_str())));
+    assert!(items
+        .iter()
+        .any(|e| e["action"] == "DELETE" && e["resource_type"] == "user" && e["resource_id"].as_str() == Some(id.to_string().as_str())));
     user.login("gone@rules.test", "user-password-1").await.expect_error(401, "invalid_credentials");
 }
 per_backend!(deleting_a_user_keeps_their_audit_trail);
@@ -264,9 +266,27 @@ async fn cors_for_allowed_origins_only(backend: Backend) {
     assert!(pre.header("access-control-allow-methods").is_some_and(|h| h.contains("PUT") && !h.contains("PATCH")));
     // A cross-origin front end listed in AllowedOrigins can log in and write.
     let front = s.client();
-    front.req(Method::POST, "/api/auth/login").json(&json!({"email": ADMIN, "password": ADMIN_PW})).header("origin", "https://app.example.org").send().await.expect_status(200);
-    front.req(Method::POST, "/api/groups").json(&json!({"name": "X"})).header("origin", "https://app.example.org").send().await.expect_status(201);
-    front.req(Method::POST, "/api/auth/login").json(&json!({"email": ADMIN, "password": ADMIN_PW})).header("origin", "https://evil.example").send().await.expect_error(403, "origin_not_allowed");
+    front
+        .req(Method::POST, "/api/auth/login")
+        .json(&json!({"email": ADMIN, "password": ADMIN_PW}))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .expect_status(200);
+    front
+        .req(Method::POST, "/api/groups")
+        .json(&json!({"name": "X"}))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .expect_status(201);
+    front
+        .req(Method::POST, "/api/auth/login")
+        .json(&json!({"email": ADMIN, "password": ADMIN_PW}))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect_error(403, "origin_not_allowed");
 }
 per_backend!(cors_for_allowed_origins_only);
 

@@ -31,7 +31,13 @@ async fn csrf_and_tokens(d: Deployment) {
         .send()
         .await
         .expect_error(403, "csrf_failed");
-    admin.req(Method::PUT, "/api/users/me/profile").json(&json!({"first_name": "X"})).without_csrf().send().await.expect_error(403, "csrf_failed");
+    admin
+        .req(Method::PUT, "/api/users/me/profile")
+        .json(&json!({"first_name": "X"}))
+        .without_csrf()
+        .send()
+        .await
+        .expect_error(403, "csrf_failed");
     admin.req(Method::POST, "/api/auth/logout").without_csrf().send().await.expect_error(403, "csrf_failed");
     admin.req(Method::POST, "/api/auth/refresh").without_csrf().send().await.expect_error(403, "csrf_failed");
     admin.get("/api/auth/me").await.expect_status(200);

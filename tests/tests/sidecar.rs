@@ -69,6 +69,16 @@ async fn orthanc_down_and_back(backend: Backend) {
         .send()
         .await
         .expect_error(503, "orthanc_unavailable");
+    // A whole archive stops at the first failure, without hanging.
+    let many = dicom::study(&StudySpec::new("IPP-DOWN-ZIP").studies(1).series(2).instances(10).seed(46));
+    let started = Instant::now();
+    admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/zip", dicom::zip(&many.paths(), ZipOptions::default()).bytes())
+        .send()
+        .await
+        .expect_error(503, "orthanc_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(15), "the import hung: {:?}", started.elapsed());
     admin.get("/api/stats").await.expect_error(503, "orthanc_unavailable");
     assert_eq!(admin.get("/api/patients").await.expect_status(200)["total"], 1);
     admin.get(&format!("/api/patients/{id}")).await.expect_status(200);
@@ -93,7 +103,10 @@ async fn command_line_import(backend: Backend) {
     let admin = d.admin().await;
     admin.post("/api/groups", &json!({"name": "Imported"})).await.expect_status(201);
     let folder = dicom::study(&StudySpec::new("IPP-CLI").name("Ligne^Commande").studies(2).series(2).instances(2).seed(44));
-    let zipped = dicom::zip(&dicom::study(&StudySpec::new("IPP-CLI-ZIP").studies(1).series(1).instances(3).seed(45)).paths(), ZipOptions { junk: true, ..ZipOptions::default() });
+    let zipped = dicom::zip(
+        &dicom::study(&StudySpec::new("IPP-CLI-ZIP").studies(1).series(1).instances(3).seed(45)).paths(),
+        ZipOptions { junk: true, ..ZipOptions::default() },
+    );
     std::fs::copy(&zipped.path, folder.dir.path().join("extra.zip")).expect("copy zip into the folder");
 
     let orthanc = d.orthanc.url();

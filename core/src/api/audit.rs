@@ -38,7 +38,11 @@ pub struct AuditListQuery {
     (status = 200, body = Paginated<AuditEntry>),
     (status = 403, description = "Not an admin", body = ErrorBody),
 ))]
-async fn list_audit(State(app): State<SharedApp>, _: Admin, ApiQuery(q): ApiQuery<AuditListQuery>) -> Result<Json<Paginated<AuditEntry>>, ApiError> {
+async fn list_audit(
+    State(app): State<SharedApp>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<AuditListQuery>,
+) -> Result<Json<Paginated<AuditEntry>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
     Ok(Json(paginated(service::list(&app, query, page).await?, page)))

@@ -54,7 +54,12 @@ fn grant_response(grant: SessionGrant) -> Response {
     (status = 403, description = "Account inactive", body = ErrorBody),
     (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody),
 ))]
-async fn login(State(app): State<SharedApp>, Client(client): Client, headers: HeaderMap, ApiJson(body): ApiJson<LoginBody>) -> Result<Response, ApiError> {
+async fn login(
+    State(app): State<SharedApp>,
+    Client(client): Client,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
     if !origin_allowed(&app, &headers) {
         return Err(ApiError::forbidden("origin_not_allowed", "requests from this origin are not allowed"));
     }

@@ -27,7 +27,11 @@ pub struct GroupBody {
 
 /// List research groups.
 #[utoipa::path(get, path = "/", tag = "groups", params(PageParams), responses((status = 200, body = Paginated<Group>)))]
-async fn list_groups(State(app): State<SharedApp>, _: Admin, ApiQuery(p): ApiQuery<PageParams>) -> Result<Json<Paginated<Group>>, ApiError> {
+async fn list_groups(
+    State(app): State<SharedApp>,
+    _: Admin,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Paginated<Group>>, ApiError> {
     let page = page_request(p)?;
     Ok(Json(paginated(service::list(&app, page).await?, page)))
 }
@@ -37,7 +41,11 @@ async fn list_groups(State(app): State<SharedApp>, _: Admin, ApiQuery(p): ApiQue
     (status = 201, body = Group),
     (status = 409, description = "Name taken", body = ErrorBody),
 ))]
-async fn create_group(State(app): State<SharedApp>, Admin(who): Admin, ApiJson(b): ApiJson<GroupBody>) -> Result<(StatusCode, Json<Group>), ApiError> {
+async fn create_group(
+    State(app): State<SharedApp>,
+    Admin(who): Admin,
+    ApiJson(b): ApiJson<GroupBody>,
+) -> Result<(StatusCode, Json<Group>), ApiError> {
     Ok((StatusCode::CREATED, Json(service::create(&app, &who, &b.name).await?)))
 }
 

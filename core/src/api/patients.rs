@@ -42,7 +42,6 @@ pub fn stats_router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(get_stats))
 }
 
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PatientListQuery {
@@ -61,7 +60,11 @@ pub struct PatientListQuery {
     (status = 200, body = Paginated<Patient>),
     (status = 401, body = ErrorBody),
 ))]
-async fn list_patients(State(app): State<SharedApp>, Caller(who): Caller, ApiQuery(q): ApiQuery<PatientListQuery>) -> Result<Json<Paginated<Patient>>, ApiError> {
+async fn list_patients(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiQuery(q): ApiQuery<PatientListQuery>,
+) -> Result<Json<Paginated<Patient>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     let sort = service::parse_sort(q.sort.as_deref())?;
     Ok(Json(paginated(service::list(&app, &who, q.q.as_deref(), q.status, sort, page).await?, page)))
@@ -87,7 +90,11 @@ pub struct CreatePatientBody {
     (status = 403, description = "No group, or another group", body = ErrorBody),
     (status = 409, description = "external_id taken", body = ErrorBody),
 ))]
-async fn create_patient(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(b): ApiJson<CreatePatientBody>) -> Result<(StatusCode, Json<Patient>), ApiError> {
+async fn create_patient(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiJson(b): ApiJson<CreatePatientBody>,
+) -> Result<(StatusCode, Json<Patient>), ApiError> {
     let input = PatientInput {
         external_id: b.external_id,
         first_name: b.first_name,
@@ -144,7 +151,13 @@ async fn update_patient(
     ApiPath(id): ApiPath<Id>,
     ApiJson(b): ApiJson<UpdatePatientBody>,
 ) -> Result<Json<Patient>, ApiError> {
-    let changes = PatientChanges { status: b.status, first_name: b.first_name, last_name: b.last_name, date_of_birth: b.date_of_birth, group_id: b.group_id };
+    let changes = PatientChanges {
+        status: b.status,
+        first_name: b.first_name,
+        last_name: b.last_name,
+        date_of_birth: b.date_of_birth,
+        group_id: b.group_id,
+    };
     Ok(Json(service::update(&app, &who, id, changes).await?))
 }
 
@@ -186,7 +199,11 @@ async fn delete_patient(
     (status = 200, body = Vec<PatientInstance>),
     (status = 404, body = ErrorBody),
 ))]
-async fn patient_instances(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<Id>) -> Result<Json<Vec<PatientInstance>>, ApiError> {
+async fn patient_instances(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<Id>,
+) -> Result<Json<Vec<PatientInstance>>, ApiError> {
     Ok(Json(service::instances(&app, &who, id).await?))
 }
 
@@ -447,7 +464,10 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
     let report = importer.finish().await?;
     if report.instances.received == 0 {
         let detail = report.errors.iter().take(5).map(|e| format!("{}: {}", e.file, e.error)).collect::<Vec<_>>().join("; ");
-        return Err(ApiError::bad_request("no_dicom", format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped)));
+        return Err(ApiError::bad_request(
+            "no_dicom",
+            format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped),
+        ));
     }
     Ok(Json(report))
 }

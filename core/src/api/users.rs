@@ -17,12 +17,12 @@ use crate::model::{PageParams, Paginated, User};
 use crate::services::users::{self as service, NewUserInput, ProfileChanges, UserChanges};
 
 pub fn router() -> OpenApiRouter<SharedApp> {
-    OpenApiRouter::new()
-        .routes(routes!(list_users, create_user))
-        .routes(routes!(update_profile))
-        .routes(routes!(get_user, update_user, delete_user))
+    OpenApiRouter::new().routes(routes!(list_users, create_user)).routes(routes!(update_profile)).routes(routes!(
+        get_user,
+        update_user,
+        delete_user
+    ))
 }
-
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -38,7 +38,11 @@ pub struct UserListQuery {
     (status = 200, body = Paginated<User>),
     (status = 403, description = "Not an admin", body = ErrorBody),
 ))]
-async fn list_users(State(app): State<SharedApp>, _: Admin, ApiQuery(q): ApiQuery<UserListQuery>) -> Result<Json<Paginated<User>>, ApiError> {
+async fn list_users(
+    State(app): State<SharedApp>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<UserListQuery>,
+) -> Result<Json<Paginated<User>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     Ok(Json(paginated(service::list(&app, q.q.as_deref(), page).await?, page)))
 }
@@ -60,7 +64,11 @@ pub struct CreateUserBody {
     (status = 409, description = "Email taken", body = ErrorBody),
     (status = 422, description = "Invalid field", body = ErrorBody),
 ))]
-async fn create_user(State(app): State<SharedApp>, Admin(who): Admin, ApiJson(b): ApiJson<CreateUserBody>) -> Result<(StatusCode, Json<User>), ApiError> {
+async fn create_user(
+    State(app): State<SharedApp>,
+    Admin(who): Admin,
+    ApiJson(b): ApiJson<CreateUserBody>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
     let input = NewUserInput {
         email: b.email,
         password: b.password,
@@ -149,7 +157,11 @@ pub struct ProfileBody {
     (status = 409, description = "Email taken", body = ErrorBody),
     (status = 422, description = "Invalid field, missing current password, or a role/status/group change", body = ErrorBody),
 ))]
-async fn update_profile(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(b): ApiJson<ProfileBody>) -> Result<Json<User>, ApiError> {
+async fn update_profile(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiJson(b): ApiJson<ProfileBody>,
+) -> Result<Json<User>, ApiError> {
     let refused: Vec<&str> = [("role", &b.role), ("status", &b.status), ("group_id", &b.group_id)]
         .into_iter()
         .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))

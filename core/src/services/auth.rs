@@ -73,7 +73,8 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
         (_, user) => {
             let mut tx = app.store.begin().await?;
             tx.insert_login_failure(&key, ip).await?;
-            let mut row = attempt.audit(action::LOGIN_FAILED, Outcome::Failure).details(serde_json::json!({"reason": "invalid_credentials"}));
+            let mut row =
+                attempt.audit(action::LOGIN_FAILED, Outcome::Failure).details(serde_json::json!({"reason": "invalid_credentials"}));
             if let Some(user) = &user {
                 let trips = counts.account + 1 >= i64::from(app.config.login_max_failures_per_account);
                 let locked_until = trips.then(|| counts.account_oldest.unwrap_or(now) + window);
@@ -167,9 +168,12 @@ pub async fn refresh(app: &App, refresh_token: Option<&str>, csrf_header: Option
     }
     let csrf = csrf_header.ok_or_else(csrf_failed)?;
     if !token_matches_hash(csrf, &session.csrf_hash) {
-        tx.insert_audit(&actor.audit(action::ACCESS_DENIED, Outcome::Denied).on("session", &session.id).details(
-            serde_json::json!({"reason": "csrf_failed", "route": "/api/auth/refresh"}),
-        ))
+        tx.insert_audit(
+            &actor
+                .audit(action::ACCESS_DENIED, Outcome::Denied)
+                .on("session", &session.id)
+                .details(serde_json::json!({"reason": "csrf_failed", "route": "/api/auth/refresh"})),
+        )
         .await?;
         tx.commit().await?;
         return Err(csrf_failed());
@@ -195,11 +199,9 @@ pub async fn refresh(app: &App, refresh_token: Option<&str>, csrf_header: Option
 async fn refresh_reused(app: &App, mut tx: Db, actor: &Actor, session_id: &str) -> ApiError {
     let result = async {
         tx.revoke_session(session_id, "refresh_reuse").await?;
-        tx.insert_audit(
-            &actor.audit(action::REFRESH_REUSE, Outcome::Failure).on("session", session_id).details(serde_json::json!({
-                "reason": "a spent refresh token was presented; the session is revoked"
-            })),
-        )
+        tx.insert_audit(&actor.audit(action::REFRESH_REUSE, Outcome::Failure).on("session", session_id).details(serde_json::json!({
+            "reason": "a spent refresh token was presented; the session is revoked"
+        })))
         .await?;
         tx.commit().await
     }
@@ -262,7 +264,7 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
                 db.touch_session(&s.session_id, now).await?;
                 s.last_seen_at = now;
             }
-            app.sessions.put(s.clone());
+            app.sessions.put(s.session_id.clone(), s.clone());
             s
         }
     };

@@ -179,7 +179,13 @@ enum WriteStop {
 
 /// Writes the archive piece by piece through `emit`; with `limit`, refuses (413) as
 /// soon as the archive would grow beyond it.
-async fn write_archive<F, Fut>(pacs: Option<Arc<dyn Pacs>>, who: &Principal, items: &[Item], limit: Option<u64>, mut emit: F) -> Result<(), WriteStop>
+async fn write_archive<F, Fut>(
+    pacs: Option<Arc<dyn Pacs>>,
+    who: &Principal,
+    items: &[Item],
+    limit: Option<u64>,
+    mut emit: F,
+) -> Result<(), WriteStop>
 where
     F: FnMut(Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<(), WriteStop>>,

@@ -244,17 +244,14 @@ impl<'a> Importer<'a> {
     /// Adds a ZIP archive: checked whole first, then its DICOM entries stored.
     pub async fn add_zip(&mut self, name: &str, source: ZipSource) -> ApiResult<()> {
         let limits = self.limits;
-        let plan = tokio::task::spawn_blocking(move || plan_archive(source, limits))
-            .await
-            .map_err(ApiError::internal)??;
+        let plan = tokio::task::spawn_blocking(move || plan_archive(source, limits)).await.map_err(ApiError::internal)??;
         let (tx, rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
         let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
         // A few instances travel to Orthanc at once (it stores them in parallel); results
         // are recorded in entry order.
         let pacs = self.pacs.clone();
-        let sends = Entries(rx).map(move |entry| send_entry(pacs.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY);
-        futures_util::pin_mut!(sends);
+        let mut sends = Box::pin(Entries(rx).map(move |entry| send_entry(pacs.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY));
         let mut result = Ok(());
         while let Some(item) = sends.next().await {
             let step = match item {
@@ -546,8 +543,13 @@ fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> Ap
             Kind::Zip => {
                 let mut f = spool.take().ok_or_else(|| ApiError::internal("nested archive was not spooled"))?;
                 f.rewind().map_err(ApiError::internal)?;
-                let inner = plan(Reader::File(f), limits, budget, depth + 1)
-                    .map_err(|e| if e.code == "invalid_zip" { invalid_zip(format!("nested archive {name}: {}", e.message)) } else { e })?;
+                let inner = plan(Reader::File(f), limits, budget, depth + 1).map_err(|e| {
+                    if e.code == "invalid_zip" {
+                        invalid_zip(format!("nested archive {name}: {}", e.message))
+                    } else {
+                        e
+                    }
+                })?;
                 Planned::Nested(Box::new(inner))
             }
         };
@@ -557,10 +559,7 @@ fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> Ap
 }
 
 fn bomb(name: &str, limits: ZipLimits) -> ApiError {
-    ApiError::unprocessable(
-        "zip_bomb",
-        format!("{name} inflates more than {} times its compressed size; refused", limits.max_ratio),
-    )
+    ApiError::unprocessable("zip_bomb", format!("{name} inflates more than {} times its compressed size; refused", limits.max_ratio))
 }
 
 impl Plan {

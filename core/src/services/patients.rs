@@ -235,6 +235,10 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: PatientChanges)
     }
     tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("patient", id).details(json!({"changes": changed}))).await?;
     tx.commit().await?;
+    if changed.contains_key("group_id") {
+        // Who may fetch this patient's images changed.
+        app.instance_owners.forget_where(|(patient, _)| *patient == id);
+    }
     Ok(after)
 }
 
@@ -258,5 +262,6 @@ pub async fn delete(app: &App, who: &Principal, id: Id, purge_dicom: bool) -> Ap
         }
     }
     tx.commit().await?;
+    app.instance_owners.forget_where(|(patient, _)| *patient == id);
     Ok(())
 }

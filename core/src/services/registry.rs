@@ -110,7 +110,9 @@ pub async fn apply_study(db: &mut Db, info: &StudyInfo, new_patient_group: Optio
 
 /// Removes a study Orthanc no longer has, and re-points its patient.
 async fn forget_study(db: &mut Db, study_id: Id) -> StoreResult<()> {
-    let Some(study) = db.study_by_id(study_id).await? else { return Ok(()) };
+    let Some(study) = db.study_by_id(study_id).await? else {
+        return Ok(());
+    };
     db.delete_study(study.id).await?;
     if let Some(mut patient) = db.patient_by_id(study.patient_id).await? {
         patient.dicom_study_uid = db.studies_of_patient(patient.id).await?.first().map(|s| s.study_instance_uid.clone());
@@ -122,7 +124,9 @@ async fn forget_study(db: &mut Db, study_id: Id) -> StoreResult<()> {
 /// The group of automatically registered patients (`AutoRegisterGroup`), created when
 /// missing.
 pub async fn auto_register_group(app: &App) -> ApiResult<Option<Id>> {
-    let Some(name) = &app.config.auto_register_group else { return Ok(None) };
+    let Some(name) = &app.config.auto_register_group else {
+        return Ok(None);
+    };
     let mut db = app.store.conn().await?;
     if let Some(g) = db.group_by_name(name).await? {
         return Ok(Some(g.id));
@@ -169,7 +173,9 @@ pub async fn follow_once(app: &App) -> ApiResult<bool> {
         db.setting(CURSOR_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0)
     };
     let page = pacs.changes(cursor, PAGE).await?;
-    let Some(last) = page.changes.last().map(|c| c.seq) else { return Ok(false) };
+    let Some(last) = page.changes.last().map(|c| c.seq) else {
+        return Ok(false);
+    };
     let group = auto_register_group(app).await?;
     for change in &page.changes {
         handle_change(app, change, group).await?;
@@ -246,7 +252,9 @@ async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>) -> ApiRe
 
 /// Refreshes a registered study from Orthanc, or forgets it when Orthanc lost it.
 async fn resync(app: &App, study_id: Id) -> ApiResult<()> {
-    let Some(study) = app.store.conn().await?.study_by_id(study_id).await? else { return Ok(()) };
+    let Some(study) = app.store.conn().await?.study_by_id(study_id).await? else {
+        return Ok(());
+    };
     let fetched = app.pacs()?.study(&study.orthanc_study_id).await;
     let mut tx = app.store.begin().await?;
     match fetched {

@@ -80,19 +80,24 @@ pub async fn stats(app: &App, who: &Principal) -> ApiResult<Stats> {
 /// answers 404.
 pub async fn image(app: &App, who: &Principal, instance_id: &str) -> ApiResult<DicomFile> {
     let pacs = app.pacs()?.clone();
-    let owner = {
-        let mut db = app.store.conn().await?;
-        match db.instance_owner(instance_id).await? {
-            Some(owner) => owner,
-            None => {
-                // Not registered (yet): ask Orthanc which study it belongs to.
-                let orthanc_study = match pacs.instance_study(instance_id).await {
-                    Ok(s) => s,
-                    Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
-                    Err(e) => return Err(e.into()),
-                };
-                db.study_owner(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?
-            }
+    let owner = match app.instance_owners.get(instance_id) {
+        Some(owner) => owner,
+        None => {
+            let mut db = app.store.conn().await?;
+            let owner = match db.instance_owner(instance_id).await? {
+                Some(owner) => owner,
+                None => {
+                    // Not registered (yet): ask Orthanc which study it belongs to.
+                    let orthanc_study = match pacs.instance_study(instance_id).await {
+                        Ok(s) => s,
+                        Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
+                        Err(e) => return Err(e.into()),
+                    };
+                    db.study_owner(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?
+                }
+            };
+            app.instance_owners.put(instance_id.to_string(), owner);
+            owner
         }
     };
     let (patient_id, group_id) = owner;

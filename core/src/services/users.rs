@@ -78,7 +78,8 @@ pub async fn create(app: &App, actor: &Actor, input: NewUserInput) -> ApiResult<
     if tx.user_by_email(&email).await?.is_some() {
         return Err(email_taken());
     }
-    let new = NewUser { email, hashed_password, role: input.role, status: UserStatus::Active, group_id: input.group_id, first_name, last_name };
+    let new =
+        NewUser { email, hashed_password, role: input.role, status: UserStatus::Active, group_id: input.group_id, first_name, last_name };
     let row = tx.insert_user(&new).await.map_err(|e| if e.is_unique_violation() { email_taken() } else { e.into() })?;
     tx.insert_audit(&actor.audit(action::CREATE, Outcome::Success).on("user", row.id).details(json!({
         "email": row.email, "role": row.role, "group_id": row.group_id
@@ -140,7 +141,7 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
     })))
     .await?;
     tx.commit().await?;
-    app.sessions.forget_user(id);
+    app.sessions.forget_where(|s| s.user_id == id);
     Ok(after)
 }
 
@@ -170,7 +171,7 @@ pub async fn delete(app: &App, who: &Principal, id: Id) -> ApiResult<()> {
     .await?;
     tx.delete_user(id).await?;
     tx.commit().await?;
-    app.sessions.forget_user(id);
+    app.sessions.forget_where(|s| s.user_id == id);
     Ok(())
 }
 
@@ -228,7 +229,10 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
     if new_hash.is_some() {
         let revoked = tx.revoke_user_sessions(who.id(), Some(&who.session_id), "password_changed").await?;
         tx.insert_audit(
-            &actor.audit(action::PASSWORD_CHANGE, Outcome::Success).on("user", who.id()).details(json!({"sessions_revoked": revoked.len()})),
+            &actor
+                .audit(action::PASSWORD_CHANGE, Outcome::Success)
+                .on("user", who.id())
+                .details(json!({"sessions_revoked": revoked.len()})),
         )
         .await?;
     }
@@ -240,7 +244,7 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
         .await?;
     }
     tx.commit().await?;
-    app.sessions.forget_user(who.id());
+    app.sessions.forget_where(|s| s.user_id == who.id());
     Ok(after)
 }
 

@@ -36,10 +36,7 @@ impl Db {
     }
 
     pub async fn group_by_name(&mut self, name: &str) -> StoreResult<Option<GroupRow>> {
-        Ok(on_db!(self, |c| sqlx::query_as(concat!(group_select!(), " WHERE g.name = $1"))
-            .bind(name)
-            .fetch_optional(c)
-            .await)?)
+        Ok(on_db!(self, |c| sqlx::query_as(concat!(group_select!(), " WHERE g.name = $1")).bind(name).fetch_optional(c).await)?)
     }
 
     pub async fn list_groups(&mut self, page: PageRequest) -> StoreResult<Page<GroupRow>> {
@@ -53,7 +50,12 @@ impl Db {
     }
 
     pub async fn rename_group(&mut self, id: Id, name: &str) -> StoreResult<bool> {
-        let done = on_db!(self, |c| sqlx::query("UPDATE groups SET name = $2 WHERE id = $1").bind(id).bind(name).execute(c).await.map(|r| r.rows_affected()))?;
+        let done = on_db!(self, |c| sqlx::query("UPDATE groups SET name = $2 WHERE id = $1")
+            .bind(id)
+            .bind(name)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(done == 1)
     }
 

@@ -122,12 +122,8 @@ impl Store {
     pub async fn connect(url: &str) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?.application_name("cohort");
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .min_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
+            let pool =
+                PgPoolOptions::new().max_connections(16).min_connections(1).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
             Ok(Store::Postgres(pool))
         } else {
             let options = SqliteConnectOptions::from_str(url)?
@@ -136,11 +132,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
+            let pool = SqlitePoolOptions::new().max_connections(8).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
             Ok(Store::Sqlite(pool))
         }
     }
@@ -246,7 +238,6 @@ impl Db {
         Ok(())
     }
 }
-
 
 /// The current time as both databases store it (microsecond precision, UTC), so a value
 /// read back compares equal to the one written.

@@ -123,8 +123,23 @@ pub struct PatientFilter {
     pub sort: PatientSort,
 }
 
-/// `group_id` and visibility as SQL: `$1` is the scope kind, `$2` the group.
+/// `group_id` and visibility as SQL, for the fixed-shape queries: `$1` is the scope
+/// kind, `$2` the group.
 const SCOPE_SQL: &str = "($1 = 'all' OR ($1 = 'group' AND group_id = $2))";
+
+/// A bound argument of a query whose shape depends on the request.
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// A patient row with the total of its query (`COUNT(*) OVER ()`).
+#[derive(sqlx::FromRow)]
+struct Counted {
+    #[sqlx(flatten)]
+    row: PatientRow,
+    total: i64,
+}
 
 fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     match scope {
@@ -255,37 +270,98 @@ impl Db {
             .await)?)
     }
 
+    /// One page of patients and their total. The SQL holds only the predicates a
+    /// request needs, so the planner sees plain indexable conditions. A search of three
+    /// characters or more goes through the trigram index (FTS5 on SQLite, pg_trgm on
+    /// PostgreSQL) and counts its matches in the same query; a plain listing counts
+    /// separately, which an index answers.
     pub async fn list_patients(&mut self, f: &PatientFilter, page: PageRequest) -> StoreResult<Page<PatientRow>> {
-        let (kind, group) = scope_args(f.scope);
-        let status = f.status.map(PatientStatus::as_str);
-        // Three characters or more: the trigram index (FTS5 on SQLite, pg_trgm on
-        // PostgreSQL); fewer: a LIKE scan.
-        let indexed = f.search.as_deref().is_some_and(|s| s.chars().count() >= 3);
-        let (search_sql, search_arg) = match (&f.search, indexed, &self.0) {
-            (None, _, _) => ("$3 IS NULL", None),
-            (Some(s), true, super::Inner::Sqlite(_)) => {
-                ("id IN (SELECT rowid FROM patients_fts WHERE patients_fts MATCH $3)", Some(format!("\"{}\"", s.replace('"', "\"\""))))
-            }
-            (Some(s), _, _) => ("search_text LIKE $3 ESCAPE '\\'", Some(like_contains(s))),
+        let sqlite = matches!(self.0, super::Inner::Sqlite(_));
+        let mut args: Vec<Arg> = Vec::new();
+        let mut push = |a: Arg| {
+            args.push(a);
+            format!("${}", args.len())
         };
-        let filter = format!("WHERE {SCOPE_SQL} AND {search_sql} AND ($4 IS NULL OR status = $4)");
-        let list = format!(
-            concat!("SELECT ", patient_columns!(), " FROM patients {} ORDER BY {} LIMIT $5 OFFSET $6"),
-            filter,
-            f.sort.order_by()
+        let mut conditions: Vec<String> = Vec::new();
+        match f.scope {
+            Scope::All => {}
+            Scope::Group(g) => conditions.push(format!("group_id = {}", push(Arg::Int(g)))),
+            Scope::Nothing => conditions.push("1 = 0".into()),
+        }
+        if let Some(status) = f.status {
+            conditions.push(format!("status = {}", push(Arg::Text(status.as_str().into()))));
+        }
+        let mut with = String::new();
+        let mut from = "patients";
+        if let Some(search) = &f.search {
+            if sqlite && search.chars().count() >= 3 {
+                // Quoted: the text is one FTS5 phrase, whatever it contains.
+                let phrase = format!("\"{}\"", search.replace('"', "\"\""));
+                with = format!(
+                    "WITH hits AS MATERIALIZED (SELECT rowid AS rid FROM patients_fts WHERE patients_fts MATCH {}) ",
+                    push(Arg::Text(phrase))
+                );
+                from = "hits JOIN patients ON id = rid";
+            } else {
+                conditions.push(format!("search_text LIKE {} ESCAPE '\\'", push(Arg::Text(like_contains(search)))));
+            }
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let (limit, offset) = (push(Arg::Int(page.limit())), push(Arg::Int(page.offset())));
+        let order = f.sort.order_by();
+        if f.search.is_some() {
+            let sql = format!(
+                concat!("{}SELECT ", patient_columns!(), ", COUNT(*) OVER () AS total FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
+                with, from, filter, order, limit, offset
+            );
+            let rows: Vec<Counted> = on_db!(self, |c| {
+                let mut q = sqlx::query_as(&sql);
+                for a in &args {
+                    q = match a {
+                        Arg::Int(i) => q.bind(*i),
+                        Arg::Text(t) => q.bind(t.as_str()),
+                    };
+                }
+                q.fetch_all(c).await
+            })?;
+            let total = match rows.first() {
+                Some(r) => r.total,
+                // Past the last page: count on its own.
+                None if page.offset() > 0 => self.count_patients(&with, from, &filter, &args[..args.len() - 2]).await?,
+                None => 0,
+            };
+            return Ok(Page { items: rows.into_iter().map(|r| r.row).collect(), total });
+        }
+        let sql = format!(
+            concat!("SELECT ", patient_columns!(), " FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
+            from, filter, order, limit, offset
         );
-        let count = format!("SELECT COUNT(*) FROM patients {filter}");
-        let items = on_db!(self, |c| sqlx::query_as(&list)
-            .bind(kind)
-            .bind(group)
-            .bind(&search_arg)
-            .bind(status)
-            .bind(page.limit())
-            .bind(page.offset())
-            .fetch_all(c)
-            .await)?;
-        let total = on_db!(self, |c| sqlx::query_scalar(&count).bind(kind).bind(group).bind(&search_arg).bind(status).fetch_one(c).await)?;
+        let items = on_db!(self, |c| {
+            let mut q = sqlx::query_as(&sql);
+            for a in &args {
+                q = match a {
+                    Arg::Int(i) => q.bind(*i),
+                    Arg::Text(t) => q.bind(t.as_str()),
+                };
+            }
+            q.fetch_all(c).await
+        })?;
+        let total = self.count_patients(&with, from, &filter, &args[..args.len() - 2]).await?;
         Ok(Page { items, total })
+    }
+
+    async fn count_patients(&mut self, with: &str, from: &str, filter: &str, args: &[Arg]) -> StoreResult<i64> {
+        let sql = format!("{with}SELECT COUNT(*) FROM {from} {filter}");
+        Ok(on_db!(self, |c| {
+            let mut q = sqlx::query_scalar(&sql);
+            for a in args {
+                q = match a {
+                    Arg::Int(i) => q.bind(*i),
+                    Arg::Text(t) => q.bind(t.as_str()),
+                };
+            }
+            q.fetch_one(c).await
+        })?)
     }
 
     pub async fn delete_patient(&mut self, id: Id) -> StoreResult<bool> {
@@ -391,7 +467,11 @@ impl Db {
 
     /// Makes the registered instances of a study exactly `instances`.
     pub async fn replace_study_instances(&mut self, study_id: Id, patient_id: Id, instances: &[InstanceInfo]) -> StoreResult<()> {
-        on_db!(self, |c| sqlx::query("DELETE FROM instances WHERE study_id = $1").bind(study_id).execute(c).await.map(|r| r.rows_affected()))?;
+        on_db!(self, |c| sqlx::query("DELETE FROM instances WHERE study_id = $1")
+            .bind(study_id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         for chunk in instances.chunks(200) {
             on_db!(self, |c| {
                 let mut q = sqlx::QueryBuilder::new(

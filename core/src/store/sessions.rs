@@ -121,7 +121,12 @@ impl Db {
     }
 
     pub async fn touch_session(&mut self, id: &str, now: DateTime<Utc>) -> StoreResult<()> {
-        on_db!(self, |c| sqlx::query("UPDATE user_sessions SET last_seen_at = $2 WHERE id = $1").bind(id).bind(now).execute(c).await.map(|r| r.rows_affected()))?;
+        on_db!(self, |c| sqlx::query("UPDATE user_sessions SET last_seen_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 

@@ -16,19 +16,13 @@ pub struct FailureCounts {
 }
 
 impl Db {
-    pub async fn login_failures_since(
-        &mut self,
-        email: &str,
-        ip: Option<&str>,
-        since: DateTime<Utc>,
-    ) -> StoreResult<FailureCounts> {
-        let (account, account_oldest): (i64, Option<DateTime<Utc>>) = on_db!(self, |c| sqlx::query_as(
-            "SELECT COUNT(*), MIN(at) FROM login_failures WHERE email = $1 AND at > $2"
-        )
-        .bind(email)
-        .bind(since)
-        .fetch_one(c)
-        .await)?;
+    pub async fn login_failures_since(&mut self, email: &str, ip: Option<&str>, since: DateTime<Utc>) -> StoreResult<FailureCounts> {
+        let (account, account_oldest): (i64, Option<DateTime<Utc>>) =
+            on_db!(self, |c| sqlx::query_as("SELECT COUNT(*), MIN(at) FROM login_failures WHERE email = $1 AND at > $2")
+                .bind(email)
+                .bind(since)
+                .fetch_one(c)
+                .await)?;
         let (ip_count, ip_oldest) = match ip {
             Some(ip) => on_db!(self, |c| sqlx::query_as("SELECT COUNT(*), MIN(at) FROM login_failures WHERE ip = $1 AND at > $2")
                 .bind(ip)
@@ -53,13 +47,21 @@ impl Db {
 
     /// Forgets the failures of an account after a successful login.
     pub async fn clear_login_failures(&mut self, email: &str) -> StoreResult<()> {
-        on_db!(self, |c| sqlx::query("DELETE FROM login_failures WHERE email = $1").bind(email).execute(c).await.map(|r| r.rows_affected()))?;
+        on_db!(self, |c| sqlx::query("DELETE FROM login_failures WHERE email = $1")
+            .bind(email)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Drops failures older than any window still in use.
     pub async fn prune_login_failures(&mut self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let done = on_db!(self, |c| sqlx::query("DELETE FROM login_failures WHERE at <= $1").bind(before).execute(c).await.map(|r| r.rows_affected()))?;
+        let done = on_db!(self, |c| sqlx::query("DELETE FROM login_failures WHERE at <= $1")
+            .bind(before)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(done)
     }
 }

@@ -60,31 +60,14 @@ pub struct RestApiAnswer {
 /// bypassed, so a call can never loop back into the plugin. A missing resource is
 /// reported as [`SdkError::NotFound`] (Orthanc error 17), not as a 404 status; other
 /// failures of Orthanc's handler are [`SdkError::Orthanc`] errors.
-pub fn call_rest_api(
-    method: Method,
-    uri: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
-) -> Result<RestApiAnswer, SdkError> {
+pub fn call_rest_api(method: Method, uri: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<RestApiAnswer, SdkError> {
     let ctx = context()?;
     let raw_method = method_to_raw(&method)?;
     let uri = to_cstring(uri, "REST API URI")?;
-    let body_size = u32::try_from(body.len()).map_err(|_| SdkError::TooLarge {
-        what: "REST API request body",
-        len: body.len(),
-    })?;
-    let header_count = u32::try_from(headers.len()).map_err(|_| SdkError::TooLarge {
-        what: "REST API headers",
-        len: headers.len(),
-    })?;
-    let keys = headers
-        .iter()
-        .map(|(key, _)| to_cstring(key, "header name"))
-        .collect::<Result<Vec<CString>, _>>()?;
-    let values = headers
-        .iter()
-        .map(|(_, value)| to_cstring(value, "header value"))
-        .collect::<Result<Vec<CString>, _>>()?;
+    let body_size = u32::try_from(body.len()).map_err(|_| SdkError::TooLarge { what: "REST API request body", len: body.len() })?;
+    let header_count = u32::try_from(headers.len()).map_err(|_| SdkError::TooLarge { what: "REST API headers", len: headers.len() })?;
+    let keys = headers.iter().map(|(key, _)| to_cstring(key, "header name")).collect::<Result<Vec<CString>, _>>()?;
+    let values = headers.iter().map(|(_, value)| to_cstring(value, "header value")).collect::<Result<Vec<CString>, _>>()?;
     let key_ptrs: Vec<*const c_char> = keys.iter().map(|key| key.as_ptr()).collect();
     let value_ptrs: Vec<*const c_char> = values.iter().map(|value| value.as_ptr()).collect();
     let mut answer = OrthancBuffer::empty();

@@ -25,12 +25,7 @@ unsafe impl Sync for OrthancBuffer {}
 impl OrthancBuffer {
     /// An empty buffer for Orthanc to fill (an out parameter of the SDK).
     pub(super) fn empty() -> OrthancBuffer {
-        OrthancBuffer {
-            raw: sys::OrthancPluginMemoryBuffer {
-                data: std::ptr::null_mut(),
-                size: 0,
-            },
-        }
+        OrthancBuffer { raw: sys::OrthancPluginMemoryBuffer { data: std::ptr::null_mut(), size: 0 } }
     }
 
     /// The out pointer to pass to an SDK function that fills this buffer.

@@ -107,21 +107,11 @@ impl Registrar {
     /// `OrthancStarted`/`OrthancStopped` arrive on the main thread and hold up start-up
     /// and shutdown. A panic is logged and reported to Orthanc as an error.
     pub fn register_on_change(&self, handler: impl Fn(ChangeEvent) + Send + Sync + 'static) -> Result<(), SdkError> {
-        ON_CHANGE
-            .set(Box::new(handler))
-            .map_err(|_| SdkError::AlreadyRegistered("change callback"))?;
-        let params = sys::_OrthancPluginOnChangeCallback {
-            callback: Some(change_trampoline),
-        };
+        ON_CHANGE.set(Box::new(handler)).map_err(|_| SdkError::AlreadyRegistered("change callback"))?;
+        let params = sys::_OrthancPluginOnChangeCallback { callback: Some(change_trampoline) };
         // SAFETY: the struct `OrthancPluginRegisterOnChangeCallback` builds; the callback
         // lives forever.
-        unsafe {
-            invoke(
-                "RegisterOnChangeCallback",
-                sys::_OrthancPluginService_RegisterOnChangeCallback,
-                &params,
-            )
-        }
+        unsafe { invoke("RegisterOnChangeCallback", sys::_OrthancPluginService_RegisterOnChangeCallback, &params) }
     }
 }
 
@@ -169,10 +159,7 @@ mod tests {
 
     #[test]
     fn start_events_carry_no_resource_type_and_unknown_codes_are_kept() {
-        assert_eq!(
-            ChangeType::from_raw(sys::OrthancPluginChangeType_OrthancStarted),
-            ChangeType::OrthancStarted
-        );
+        assert_eq!(ChangeType::from_raw(sys::OrthancPluginChangeType_OrthancStarted), ChangeType::OrthancStarted);
         assert_eq!(ResourceType::from_raw(sys::OrthancPluginResourceType_None), None);
         assert_eq!(ChangeType::from_raw(1000), ChangeType::Other(1000));
     }

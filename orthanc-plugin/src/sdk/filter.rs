@@ -42,14 +42,9 @@ impl Registrar {
     /// Orthanc's native ones alike, concurrently on the HTTP threads, but not the plugin's
     /// in-process REST calls. A panic, or a request Orthanc passed incompletely, is
     /// logged and denied.
-    pub fn register_http_filter(
-        &self,
-        filter: impl Fn(FilterRequest) -> FilterDecision + Send + Sync + 'static,
-    ) -> Result<(), SdkError> {
+    pub fn register_http_filter(&self, filter: impl Fn(FilterRequest) -> FilterDecision + Send + Sync + 'static) -> Result<(), SdkError> {
         let ctx = super::context()?;
-        FILTER
-            .set(Box::new(filter))
-            .map_err(|_| SdkError::AlreadyRegistered("HTTP request filter"))?;
+        FILTER.set(Box::new(filter)).map_err(|_| SdkError::AlreadyRegistered("HTTP request filter"))?;
         // SAFETY: `ctx` is the live context, registration happens during Initialize, and
         // the callback lives forever.
         let code = unsafe { sys::OrthancPluginRegisterIncomingHttpRequestFilter2(ctx, Some(filter_trampoline)) };

@@ -121,10 +121,7 @@ mod tests {
         fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
             let mut line = EventLine::default();
             event.record(&mut line);
-            self.0
-                .lock()
-                .expect("lock")
-                .push(line.finish(event.metadata().target()));
+            self.0.lock().expect("lock").push(line.finish(event.metadata().target()));
         }
     }
 
@@ -135,9 +132,6 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "cohort::api", user = "ana", status = 403, "access denied");
         });
-        assert_eq!(
-            *lines.lock().expect("lock"),
-            vec![r#"cohort::api: access denied user="ana" status=403"#]
-        );
+        assert_eq!(*lines.lock().expect("lock"), vec![r#"cohort::api: access denied user="ana" status=403"#]);
     }
 }

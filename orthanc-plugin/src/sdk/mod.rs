@@ -58,20 +58,14 @@ static FINALIZED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SdkError {
-    #[error(
-        "the Orthanc plugin context is not available (before OrthancPluginInitialize or after OrthancPluginFinalize)"
-    )]
+    #[error("the Orthanc plugin context is not available (before OrthancPluginInitialize or after OrthancPluginFinalize)")]
     NoContext,
     /// Orthanc error 17 (`UnknownResource`): how the in-process REST API and the DICOM
     /// access report a missing resource, instead of a 404 status.
     #[error("{call}: unknown resource (Orthanc error 17)")]
     NotFound { call: &'static str },
     #[error("{call}: Orthanc error {code} ({description})")]
-    Orthanc {
-        call: &'static str,
-        code: i32,
-        description: String,
-    },
+    Orthanc { call: &'static str, code: i32, description: String },
     #[error("Orthanc passed a NULL {0}")]
     NullPointer(&'static str),
     #[error("{0} contains a NUL byte, which Orthanc's C strings cannot carry")]
@@ -110,11 +104,7 @@ impl SdkError {
         if code == sys::OrthancPluginErrorCode_UnknownResource {
             SdkError::NotFound { call }
         } else {
-            SdkError::Orthanc {
-                call,
-                code,
-                description: error_description(code),
-            }
+            SdkError::Orthanc { call, code, description: error_description(code) }
         }
     }
 }
@@ -174,10 +164,7 @@ unsafe fn invoke<P>(call: &'static str, service: sys::_OrthancPluginService, par
 ///
 /// Must be called from `OrthancPluginInitialize`, with the context pointer Orthanc passed
 /// to it.
-pub unsafe fn initialize(
-    context: *mut sys::OrthancPluginContext,
-    setup: impl FnOnce(&Registrar) -> Result<(), SdkError>,
-) -> i32 {
+pub unsafe fn initialize(context: *mut sys::OrthancPluginContext, setup: impl FnOnce(&Registrar) -> Result<(), SdkError>) -> i32 {
     guard(
         "OrthancPluginInitialize",
         || -1,
@@ -202,9 +189,7 @@ pub unsafe fn initialize(
                 ));
                 return -1;
             }
-            match setup(&Registrar {
-                _only_during_initialize: PhantomData,
-            }) {
+            match setup(&Registrar { _only_during_initialize: PhantomData }) {
                 Ok(()) => 0,
                 Err(err) => {
                     log_error(&format!("plugin initialisation failed: {err}"));
@@ -352,19 +337,11 @@ mod tests {
 
     #[test]
     fn methods_round_trip_through_orthanc_codes() {
-        for method in [
-            http::Method::GET,
-            http::Method::POST,
-            http::Method::PUT,
-            http::Method::DELETE,
-        ] {
+        for method in [http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::DELETE] {
             let raw = method_to_raw(&method).expect("known method");
             assert_eq!(method_from_raw(raw).expect("known code"), method);
         }
-        assert!(matches!(
-            method_to_raw(&http::Method::PATCH),
-            Err(SdkError::UnsupportedMethod(_))
-        ));
+        assert!(matches!(method_to_raw(&http::Method::PATCH), Err(SdkError::UnsupportedMethod(_))));
         assert!(matches!(method_from_raw(99), Err(SdkError::UnknownMethodCode(99))));
     }
 

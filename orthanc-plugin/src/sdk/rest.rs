@@ -9,10 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 
-use super::{
-    guard, invoke, log_error, method_from_raw, owned_pairs, owned_string, owned_strings, to_cstring, Registrar,
-    SdkError,
-};
+use super::{guard, invoke, log_error, method_from_raw, owned_pairs, owned_string, owned_strings, to_cstring, Registrar, SdkError};
 use crate::sys;
 
 /// How many routes can be registered. Orthanc's REST callback carries no user data, so
@@ -88,9 +85,7 @@ impl RestRequest {
             return Err(SdkError::NullPointer("request body"));
         } else {
             // SAFETY: Orthanc passes `bodySize` readable bytes at `body`.
-            Bytes::copy_from_slice(unsafe {
-                std::slice::from_raw_parts(request.body.cast::<u8>(), request.bodySize as usize)
-            })
+            Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(request.body.cast::<u8>(), request.bodySize as usize) })
         };
         Ok(RestRequest {
             method: method_from_raw(request.method)?,
@@ -101,14 +96,7 @@ impl RestRequest {
             // SAFETY: Orthanc passes `getCount` keys and values.
             query: unsafe { owned_pairs(request.getCount, request.getKeys, request.getValues, "GET argument") }?,
             // SAFETY: Orthanc passes `headersCount` keys and values.
-            headers: unsafe {
-                owned_pairs(
-                    request.headersCount,
-                    request.headersKeys,
-                    request.headersValues,
-                    "HTTP header",
-                )
-            }?,
+            headers: unsafe { owned_pairs(request.headersCount, request.headersKeys, request.headersValues, "HTTP header") }?,
             body,
         })
     }
@@ -157,13 +145,9 @@ fn percent_encode(text: &str, literals: &[u8]) -> String {
 
 /// The JSON 500 answered when a handler panics or its answer cannot be sent.
 pub fn internal_error_response() -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from_static(
-        br#"{"error":{"code":"internal_error","message":"internal error"}}"#,
-    ));
+    let mut response = Response::new(Bytes::from_static(br#"{"error":{"code":"internal_error","message":"internal error"}}"#));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -185,19 +169,11 @@ impl Registrar {
         for (slot, cell) in ROUTES.iter().enumerate() {
             match cell.set(handler) {
                 Ok(()) => {
-                    let params = sys::_OrthancPluginRestCallback {
-                        pathRegularExpression: regex.as_ptr(),
-                        callback: Some(TRAMPOLINES[slot]),
-                    };
+                    let params =
+                        sys::_OrthancPluginRestCallback { pathRegularExpression: regex.as_ptr(), callback: Some(TRAMPOLINES[slot]) };
                     // SAFETY: this is the struct `OrthancPluginRegisterRestCallbackNoLock`
                     // builds; Orthanc copies the regex; the trampoline lives forever.
-                    return unsafe {
-                        invoke(
-                            "RegisterRestCallbackNoLock",
-                            sys::_OrthancPluginService_RegisterRestCallbackNoLock,
-                            &params,
-                        )
-                    };
+                    return unsafe { invoke("RegisterRestCallbackNoLock", sys::_OrthancPluginService_RegisterRestCallbackNoLock, &params) };
                 }
                 Err(taken) => handler = taken,
             }
@@ -246,9 +222,7 @@ unsafe fn serve(
         Ok(request) => match ROUTES[slot].get() {
             Some(handler) => {
                 let path = request.path.clone();
-                guard(format_args!("REST handler for {path}"), internal_error_response, || {
-                    handler(request)
-                })
+                guard(format_args!("REST handler for {path}"), internal_error_response, || handler(request))
             }
             None => {
                 log_error(&format!("REST callback for unregistered route slot {slot}"));
@@ -277,13 +251,8 @@ impl RestOutput {
         let status = response.status();
         let content_type_sent = match self.send(response) {
             Ok(()) => return sys::OrthancPluginErrorCode_Success,
-            Err(Failure {
-                content_type_sent,
-                error,
-            }) => {
-                log_error(&format!(
-                    "cannot send the {status} answer: {error}; answering 500 instead"
-                ));
+            Err(Failure { content_type_sent, error }) => {
+                log_error(&format!("cannot send the {status} answer: {error}; answering 500 instead"));
                 content_type_sent
             }
         };
@@ -305,31 +274,19 @@ impl RestOutput {
     /// Sends a response with the SDK call its status needs.
     fn send(&self, response: Response<Bytes>) -> Result<(), Failure> {
         let (parts, body) = response.into_parts();
-        let failure = |error| Failure {
-            content_type_sent: false,
-            error,
-        };
+        let failure = |error| Failure { content_type_sent: false, error };
         match parts.status {
             // Orthanc refuses 301 and 405 in SendHttpStatus; their dedicated calls clear
             // the other headers and send no body.
             StatusCode::MOVED_PERMANENTLY => {
-                let location = header_cstring(&parts.headers, http::header::LOCATION).ok_or_else(|| {
-                    failure(SdkError::UnsendableResponse(
-                        "a 301 answer needs a Location header".to_owned(),
-                    ))
-                })?;
-                return self
-                    .output_plus_argument("Redirect", sys::_OrthancPluginService_Redirect, &location)
-                    .map_err(failure);
+                let location = header_cstring(&parts.headers, http::header::LOCATION)
+                    .ok_or_else(|| failure(SdkError::UnsendableResponse("a 301 answer needs a Location header".to_owned())))?;
+                return self.output_plus_argument("Redirect", sys::_OrthancPluginService_Redirect, &location).map_err(failure);
             }
             StatusCode::METHOD_NOT_ALLOWED => {
                 let allow = header_cstring(&parts.headers, http::header::ALLOW).unwrap_or_default();
                 return self
-                    .output_plus_argument(
-                        "SendMethodNotAllowed",
-                        sys::_OrthancPluginService_SendMethodNotAllowed,
-                        &allow,
-                    )
+                    .output_plus_argument("SendMethodNotAllowed", sys::_OrthancPluginService_SendMethodNotAllowed, &allow)
                     .map_err(failure);
             }
             _ => {}
@@ -341,19 +298,12 @@ impl RestOutput {
             if HEADERS_SET_BY_ORTHANC.contains(&name.as_str()) || (is_ok && name == CONTENT_TYPE) {
                 continue;
             }
-            self.set_header(name, value.as_bytes()).map_err(|error| Failure {
-                content_type_sent,
-                error,
-            })?;
+            self.set_header(name, value.as_bytes()).map_err(|error| Failure { content_type_sent, error })?;
             content_type_sent |= name == CONTENT_TYPE;
         }
-        let failure = |error| Failure {
-            content_type_sent,
-            error,
-        };
+        let failure = |error| Failure { content_type_sent, error };
         if is_ok {
-            let mime =
-                header_cstring(&parts.headers, CONTENT_TYPE).unwrap_or_else(|| c"application/octet-stream".into());
+            let mime = header_cstring(&parts.headers, CONTENT_TYPE).unwrap_or_else(|| c"application/octet-stream".into());
             return self.answer_buffer(&body, &mime).map_err(failure);
         }
         let status = substitute_status(parts.status).unwrap_or(parts.status);
@@ -363,11 +313,7 @@ impl RestOutput {
     fn set_header(&self, name: &HeaderName, value: &[u8]) -> Result<(), SdkError> {
         let key = to_cstring(name.as_str(), "header name")?;
         let value = CString::new(value).map_err(|_| SdkError::InteriorNul("header value"))?;
-        let params = sys::_OrthancPluginSetHttpHeader {
-            output: self.0.as_ptr(),
-            key: key.as_ptr(),
-            value: value.as_ptr(),
-        };
+        let params = sys::_OrthancPluginSetHttpHeader { output: self.0.as_ptr(), key: key.as_ptr(), value: value.as_ptr() };
         // SAFETY: the struct `OrthancPluginSetHttpHeader` builds; all pointers outlive the call.
         unsafe { invoke("SetHttpHeader", sys::_OrthancPluginService_SetHttpHeader, &params) }
     }
@@ -388,18 +334,9 @@ impl RestOutput {
     /// otherwise (which, unlike `SendUnauthorized`, adds no `WWW-Authenticate`).
     fn send_status(&self, status: StatusCode, body: &[u8]) -> Result<(), SdkError> {
         if body.is_empty() {
-            let params = sys::_OrthancPluginSendHttpStatusCode {
-                output: self.0.as_ptr(),
-                status: status.as_u16(),
-            };
+            let params = sys::_OrthancPluginSendHttpStatusCode { output: self.0.as_ptr(), status: status.as_u16() };
             // SAFETY: the struct `OrthancPluginSendHttpStatusCode` builds.
-            return unsafe {
-                invoke(
-                    "SendHttpStatusCode",
-                    sys::_OrthancPluginService_SendHttpStatusCode,
-                    &params,
-                )
-            };
+            return unsafe { invoke("SendHttpStatusCode", sys::_OrthancPluginService_SendHttpStatusCode, &params) };
         }
         let params = sys::_OrthancPluginSendHttpStatus {
             output: self.0.as_ptr(),
@@ -412,16 +349,8 @@ impl RestOutput {
     }
 
     /// `Redirect` and `SendMethodNotAllowed`, which share one parameter struct.
-    fn output_plus_argument(
-        &self,
-        call: &'static str,
-        service: sys::_OrthancPluginService,
-        argument: &CString,
-    ) -> Result<(), SdkError> {
-        let params = sys::_OrthancPluginOutputPlusArgument {
-            output: self.0.as_ptr(),
-            argument: argument.as_ptr(),
-        };
+    fn output_plus_argument(&self, call: &'static str, service: sys::_OrthancPluginService, argument: &CString) -> Result<(), SdkError> {
+        let params = sys::_OrthancPluginOutputPlusArgument { output: self.0.as_ptr(), argument: argument.as_ptr() };
         // SAFETY: the struct both SDK functions build; the argument outlives the call.
         unsafe { invoke(call, service, &params) }
     }
@@ -454,10 +383,7 @@ fn header_cstring(headers: &HeaderMap, name: HeaderName) -> Option<CString> {
 }
 
 fn body_size(body: &[u8]) -> Result<u32, SdkError> {
-    u32::try_from(body.len()).map_err(|_| SdkError::TooLarge {
-        what: "answer body",
-        len: body.len(),
-    })
+    u32::try_from(body.len()).map_err(|_| SdkError::TooLarge { what: "answer body", len: body.len() })
 }
 
 #[cfg(test)]
@@ -470,14 +396,8 @@ mod tests {
             method: Method::POST,
             path: "/api/patients/é x%".to_owned(),
             groups: vec!["/patients/é x%".to_owned()],
-            query: vec![
-                ("q".to_owned(), "a%26b+c".to_owned()),
-                ("name".to_owned(), "é".to_owned()),
-            ],
-            headers: vec![
-                ("cookie".to_owned(), "a=1".to_owned()),
-                ("x-csrf-token".to_owned(), "t".to_owned()),
-            ],
+            query: vec![("q".to_owned(), "a%26b+c".to_owned()), ("name".to_owned(), "é".to_owned())],
+            headers: vec![("cookie".to_owned(), "a=1".to_owned()), ("x-csrf-token".to_owned(), "t".to_owned())],
             body: Bytes::from_static(b"{}"),
         };
         let http = request.into_http_request().expect("valid request");
@@ -499,10 +419,7 @@ mod tests {
 
     #[test]
     fn only_statuses_with_a_close_equivalent_are_substituted() {
-        assert_eq!(
-            substitute_status(StatusCode::TOO_MANY_REQUESTS),
-            Some(StatusCode::SERVICE_UNAVAILABLE)
-        );
+        assert_eq!(substitute_status(StatusCode::TOO_MANY_REQUESTS), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(substitute_status(StatusCode::IM_A_TEAPOT), None);
     }
 }
