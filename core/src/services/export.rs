@@ -134,7 +134,7 @@ async fn build(app: &App, who: &Principal, items: Vec<Item>, filename: String) -
     }
     if app.streams_answers() {
         audit(app, who, &items).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, PacsError>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, PacsError>>(2);
         let who = who.clone();
         tokio::spawn(async move {
             if let Err(e) = write_archive(pacs, &who, &items, None, |b| {
