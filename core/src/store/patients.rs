@@ -133,6 +133,20 @@ enum Arg {
     Text(String),
 }
 
+/// Binds `args` in order to a query built for either driver.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut q = $query;
+        for a in $args {
+            q = match a {
+                Arg::Int(i) => q.bind(*i),
+                Arg::Text(t) => q.bind(t.as_str()),
+            };
+        }
+        q
+    }};
+}
+
 /// A patient row with the total of its query (`COUNT(*) OVER ()`).
 #[derive(sqlx::FromRow)]
 struct Counted {
@@ -315,13 +329,7 @@ impl Db {
                 with, from, filter, order, limit, offset
             );
             let rows: Vec<Counted> = on_db!(self, |c| {
-                let mut q = sqlx::query_as(&sql);
-                for a in &args {
-                    q = match a {
-                        Arg::Int(i) => q.bind(*i),
-                        Arg::Text(t) => q.bind(t.as_str()),
-                    };
-                }
+                let q = bind_args!(sqlx::query_as(&sql), &args);
                 q.fetch_all(c).await
             })?;
             let total = match rows.first() {
@@ -337,13 +345,7 @@ impl Db {
             from, filter, order, limit, offset
         );
         let items = on_db!(self, |c| {
-            let mut q = sqlx::query_as(&sql);
-            for a in &args {
-                q = match a {
-                    Arg::Int(i) => q.bind(*i),
-                    Arg::Text(t) => q.bind(t.as_str()),
-                };
-            }
+            let q = bind_args!(sqlx::query_as(&sql), &args);
             q.fetch_all(c).await
         })?;
         let total = self.count_patients(&with, from, &filter, &args[..args.len() - 2]).await?;
@@ -353,13 +355,7 @@ impl Db {
     async fn count_patients(&mut self, with: &str, from: &str, filter: &str, args: &[Arg]) -> StoreResult<i64> {
         let sql = format!("{with}SELECT COUNT(*) FROM {from} {filter}");
         Ok(on_db!(self, |c| {
-            let mut q = sqlx::query_scalar(&sql);
-            for a in args {
-                q = match a {
-                    Arg::Int(i) => q.bind(*i),
-                    Arg::Text(t) => q.bind(t.as_str()),
-                };
-            }
+            let q = bind_args!(sqlx::query_scalar(&sql), args);
             q.fetch_one(c).await
         })?)
     }
