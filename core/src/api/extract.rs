@@ -86,8 +86,7 @@ pub async fn audit_denied(app: &SharedApp, who: &Principal, reason: &str, parts:
     let row = who.actor().audit(action::ACCESS_DENIED, Outcome::Denied).details(serde_json::json!({
         "reason": reason, "method": parts.method.as_str(), "route": request_path(parts)
     }));
-    let result = async { app.store.conn().await?.insert_audit(&row).await }.await;
-    if let Err(e) = result {
+    if let Err(e) = app.store.audit(&row).await {
         tracing::warn!(error = %e, "could not audit a denied request");
     }
 }

@@ -88,10 +88,9 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
         }
     };
     if user.status != UserStatus::Active {
-        let mut db = app.store.conn().await?;
         let mut row = attempt.audit(action::LOGIN_FAILED, Outcome::Denied).details(serde_json::json!({"reason": "account_inactive"}));
         row.user_id = Some(user.id);
-        db.insert_audit(&row).await?;
+        app.store.audit(&row).await?;
         return Err(ApiError::forbidden("account_inactive", "this account is inactive"));
     }
 

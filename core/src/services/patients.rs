@@ -49,7 +49,7 @@ pub async fn audit_hidden(app: &App, who: &Principal, patient_id: Id) {
     let row = who.actor().audit(action::ACCESS_DENIED, Outcome::Denied).on("patient", patient_id).details(json!({
         "reason": "patient_not_visible"
     }));
-    if let Err(e) = async { app.store.conn().await?.insert_audit(&row).await }.await {
+    if let Err(e) = app.store.audit(&row).await {
         tracing::warn!(error = %e, "could not audit a hidden-patient access");
     }
 }

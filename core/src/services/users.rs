@@ -252,11 +252,11 @@ async fn check_current_password(app: &App, who: &Principal, row: &UserRow, curre
     if verify(&app.passwords, current, &row.hashed_password).await? {
         return Ok(());
     }
-    let mut db = app.store.conn().await?;
-    db.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Failure).on("user", who.id()).details(json!({
-        "profile": true, "reason": "invalid_current_password"
-    })))
-    .await?;
+    app.store
+        .audit(&who.actor().audit(action::UPDATE, Outcome::Failure).on("user", who.id()).details(json!({
+            "profile": true, "reason": "invalid_current_password"
+        })))
+        .await?;
     Err(ApiError::forbidden("invalid_current_password", "the current password is not correct"))
 }
 
@@ -270,7 +270,7 @@ pub async fn refuse_profile_escalation(app: &App, who: &Principal, fields: &[&st
     let row = who.actor().audit(action::ACCESS_DENIED, Outcome::Denied).on("user", who.id()).details(json!({
         "reason": "profile_escalation", "fields": fields
     }));
-    if let Err(e) = async { app.store.conn().await?.insert_audit(&row).await }.await {
+    if let Err(e) = app.store.audit(&row).await {
         return e.into();
     }
     ApiError::validation(fields.first().copied().unwrap_or("role"), "cannot be changed through the profile; ask an admin")

@@ -49,6 +49,14 @@ pub struct ActivityCounts {
     pub exports: i64,
 }
 
+impl super::Store {
+    /// Appends one audit row on its own (a refusal or a failure, with no action to
+    /// commit it with).
+    pub async fn audit(&self, row: &NewAudit) -> StoreResult<()> {
+        self.conn().await?.insert_audit(row).await
+    }
+}
+
 impl Db {
     pub async fn insert_audit(&mut self, a: &NewAudit) -> StoreResult<()> {
         let details = if a.details.is_null() { "{}".to_string() } else { a.details.to_string() };

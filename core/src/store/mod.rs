@@ -124,8 +124,7 @@ impl Store {
             // Plan each execution with its parameters: a cached generic plan cannot know
             // that `LIKE '%bernard%'` is selective and walks a whole index instead of the
             // trigram index (48 ms instead of 2 ms on 100,000 patients).
-            let options =
-                PgConnectOptions::from_str(url)?.application_name("cohort").options([("plan_cache_mode", "force_custom_plan")]);
+            let options = PgConnectOptions::from_str(url)?.application_name("cohort").options([("plan_cache_mode", "force_custom_plan")]);
             let pool =
                 PgPoolOptions::new().max_connections(16).min_connections(1).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
             Ok(Store::Postgres(pool))
