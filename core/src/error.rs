@@ -28,7 +28,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Seconds to put in `Retry-After` (429 answers).
+    /// Seconds to put in `Retry-After` (429, and 503 `busy`).
     pub retry_after: Option<u64>,
     /// The internal cause, logged for 5xx answers and never sent to the client.
     pub cause: Option<String>,
@@ -82,6 +82,14 @@ impl ApiError {
 
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", "too many failed attempts; try again later");
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
+    }
+
+    /// 503 `busy`: a bounded resource (the password-hashing queue, in-memory exports) is
+    /// full; the client may retry after `retry_after_secs`.
+    pub fn busy(what: &str, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", format!("{what}; try again shortly"));
         e.retry_after = Some(retry_after_secs.max(1));
         e
     }
