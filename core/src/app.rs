@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::domain::Id;
 use crate::pacs::Pacs;
 use crate::store::sessions::SessionAuth;
+use crate::store::tokens::TokenAuth;
 use crate::store::Store;
 
 /// Everything a request handler needs, shared behind an `Arc`.
@@ -22,6 +23,8 @@ pub struct App {
     pub passwords: Passwords,
     pub cookies: CookieJar,
     pub sessions: SessionCache,
+    /// Personal API token lookups, keyed by the token's hash.
+    pub tokens: TokenCache,
     pub instance_owners: OwnerCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
@@ -94,6 +97,7 @@ impl App {
             passwords,
             cookies: CookieJar { secure: config.cookie_secure },
             sessions: SessionCache::new(CACHE_TTL),
+            tokens: TokenCache::new(CACHE_TTL),
             instance_owners: OwnerCache::new(CACHE_TTL),
             store,
             config,
@@ -168,6 +172,10 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 
 /// Session lookups, so authenticating a request is usually free.
 pub type SessionCache = TtlCache<String, SessionAuth>;
+
+/// API token lookups (by the token's SHA-256), so authenticating a script's request is
+/// usually free too.
+pub type TokenCache = TtlCache<String, TokenAuth>;
 
 /// Whose instance is this: `(patient id, patient group)`, for the image proxy.
 pub type OwnerCache = TtlCache<String, (Id, Option<Id>)>;

@@ -61,6 +61,11 @@ text_enum!(
     UserStatus { Active = "active", Inactive = "inactive" }
 );
 text_enum!(
+    /// What a personal API token may do: `read` allows GET and HEAD only; `write` allows
+    /// what its user may do, except managing tokens, sessions and the profile.
+    TokenScope { Read = "read", Write = "write" }
+);
+text_enum!(
     /// The reading workflow of a patient record.
     PatientStatus { ToInterpret = "to_interpret", InProgress = "in_progress", Validated = "validated", Archived = "archived" }
 );

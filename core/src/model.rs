@@ -5,11 +5,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::{Id, PatientStatus, Role, UserStatus};
+use crate::domain::{Id, PatientStatus, Role, TokenScope, UserStatus};
 use crate::store::audit::AuditRow;
 use crate::store::groups::GroupRow;
 use crate::store::patients::{InstanceWithStudy, PatientRow, StudyRow};
 use crate::store::sessions::{SessionAuth, SessionRow};
+use crate::store::tokens::{TokenAuth, TokenRow};
 use crate::store::users::UserRow;
 
 /// A user as the API shows it; never a hash.
@@ -53,6 +54,61 @@ impl From<&SessionAuth> for User {
             created_at: r.created_at,
         }
     }
+}
+
+impl From<&TokenAuth> for User {
+    fn from(r: &TokenAuth) -> Self {
+        User {
+            id: r.user_id,
+            email: r.email.clone(),
+            role: r.role,
+            status: r.status,
+            group_id: r.group_id,
+            first_name: r.first_name.clone(),
+            last_name: r.last_name.clone(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A personal API token as listed; never the secret or its hash.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ApiToken {
+    pub id: Id,
+    /// The owner (shown to admins in `GET /api/tokens`).
+    pub user_id: Id,
+    pub name: String,
+    pub scope: TokenScope,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Updated at most once a minute.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRow> for ApiToken {
+    fn from(r: TokenRow) -> Self {
+        ApiToken {
+            id: r.id,
+            user_id: r.user_id,
+            name: r.name,
+            scope: r.scope,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// A token just created: the only answer that ever carries its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct NewApiToken {
+    pub id: Id,
+    pub name: String,
+    pub scope: TokenScope,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `coh_` + 43 base64url characters; shown once, send it as `Authorization: Bearer`.
+    pub token: String,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

@@ -198,9 +198,15 @@ fn filter(request: FilterRequest) -> FilterDecision {
         ip: ip.map(|i| i.to_string()),
         user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
-    let (app, token) = (cohort.app.clone(), token.to_string());
+    let (app, token, method) = (cohort.app.clone(), token.to_string(), request.method.clone());
+    // An admin's session or `write` API token passes; an admin's `read` token only for
+    // GET and HEAD; other users' credentials never.
     let admin =
-        run(cohort, async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin()) }).unwrap_or(false);
+        run(
+            cohort,
+            async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin() && who.may_use(&method)) },
+        )
+        .unwrap_or(false);
     if admin {
         FilterDecision::Allow
     } else {

@@ -1,10 +1,12 @@
-//! `cohort import PATH`: a folder, a ZIP or a file, through the core's import service.
+//! `cohort import PATH`: a folder, a ZIP or a file, through the core's import service
+//! (local), or to a remote Cohort's `POST /api/patients/import` with a personal API
+//! token (`--url`, `--token-file`). Both walk the path the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cohort_core::services::import::{ImportReport, ImportTarget, Importer, Progress, ZipSource};
+use cohort_core::services::import::{FileError, ImportReport, ImportTarget, Importer, Progress, ZipSource};
 use cohort_core::services::Actor;
 use cohort_core::store::patients::Scope;
 use cohort_core::{App, Config, Host};
@@ -85,6 +87,103 @@ pub async fn run(config: Config, path: PathBuf, group: Option<String>) -> anyhow
         anyhow::bail!("{} instance(s) failed", report.instances.failed);
     }
     Ok(())
+}
+
+/// Imports into a remote Cohort over HTTP, one file per request, with a `write` API
+/// token read from `token_file` (never from the command line, where `ps` shows it).
+pub async fn run_remote(url: &str, token_file: &Path, path: PathBuf) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", token_file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", token_file.display());
+    }
+    let endpoint = format!("{}/api/patients/import", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder().build()?;
+    let files = if path.is_dir() { files_under(&path)? } else { vec![path.clone()] };
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut total = ImportReport::default();
+    for file in &files {
+        let name = file.strip_prefix(&path).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file).display().to_string();
+        let content_type = if is_zip(file)? { "application/zip" } else { "application/octet-stream" };
+        let length = std::fs::metadata(file)?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::open(file).await?));
+        let answer = client
+            .post(&endpoint)
+            .bearer_auth(&token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{endpoint}: {e}"))?;
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        if status.is_success() {
+            let report: ImportReport = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: unexpected answer: {e}"))?;
+            merge(&mut total, report, &name);
+        } else {
+            let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let code = error["error"]["code"].as_str().unwrap_or("");
+            let message = error["error"]["message"].as_str().unwrap_or(&text);
+            match code {
+                // Not DICOM: the server says so, and the walk goes on.
+                "no_dicom" => {
+                    total.skipped += 1;
+                    total.errors.push(FileError { file: name.clone(), error: message.to_string() });
+                }
+                // The credential or the server is wrong: stop at once.
+                _ if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN => {
+                    bar.finish_and_clear();
+                    anyhow::bail!("{endpoint}: {status} {code}: {message}");
+                }
+                _ => {
+                    // A refused file counts as one failed instance when it is not a ZIP.
+                    total.instances.received += 1;
+                    total.instances.failed += 1;
+                    total.errors.push(FileError { file: name.clone(), error: format!("{status} {code}: {message}") });
+                }
+            }
+        }
+        bar.inc(1);
+        bar.set_message(name);
+    }
+    bar.finish_and_clear();
+    print_summary(&total);
+    if total.instances.received == 0 {
+        anyhow::bail!("nothing under {} is DICOM", path.display());
+    }
+    if total.instances.failed > 0 {
+        anyhow::bail!("{} instance(s) failed", total.instances.failed);
+    }
+    Ok(())
+}
+
+/// Adds one request's report to the running total; entry names are prefixed with the
+/// file they came from.
+fn merge(total: &mut ImportReport, r: ImportReport, file: &str) {
+    let (t, i) = (&mut total.instances, &r.instances);
+    t.received += i.received;
+    t.stored += i.stored;
+    t.already_stored += i.already_stored;
+    t.failed += i.failed;
+    total.skipped += r.skipped;
+    for p in r.patients {
+        if let Some(known) = total.patients.iter_mut().find(|k| k.id == p.id) {
+            known.created |= p.created;
+        } else {
+            total.patients.push(p);
+        }
+    }
+    for e in r.errors {
+        let name = if e.file == file || e.file.is_empty() { e.file } else { format!("{file}/{}", e.file) };
+        total.errors.push(FileError { file: name, error: e.error });
+    }
 }
 
 fn print_summary(r: &ImportReport) {

@@ -15,9 +15,10 @@ use axum::response::Response;
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use cohort_core::config::LogFormat;
-use cohort_core::domain::Role;
+use cohort_core::domain::{Role, TokenScope};
 use cohort_core::pacs::{OrthancPacs, Pacs};
 use cohort_core::services::registry;
+use cohort_core::services::tokens::{self, TokenRequest};
 use cohort_core::services::users::NewUserInput;
 use cohort_core::services::Actor;
 use cohort_core::{App, ClientAddr, Config, Host};
@@ -47,10 +48,47 @@ enum Command {
     Import {
         path: std::path::PathBuf,
         /// Research group of the patients this import creates (default: none, for
-        /// admins to triage).
-        #[arg(long)]
+        /// admins to triage). Local imports only: a remote import puts new patients in
+        /// the token owner's group.
+        #[arg(long, conflicts_with = "url")]
         group: Option<String>,
+        /// Import into the Cohort at this URL (e.g. https://cohort.example.org) over
+        /// HTTP instead of this server's database and Orthanc.
+        #[arg(long, requires = "token_file")]
+        url: Option<String>,
+        /// A file holding a personal API token with the `write` scope (for --url).
+        #[arg(long, requires = "url")]
+        token_file: Option<std::path::PathBuf>,
     },
+    /// Manage personal API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a personal API token for a user and print it once (audited as made by
+    /// the system).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum)]
+        scope: ScopeArg,
+        /// Days until it expires (1 to 365).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// What the token is for.
+        #[arg(long, default_value = "command line")]
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScopeArg {
+    Read,
+    Write,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,7 +139,11 @@ fn main() -> ExitCode {
             Command::User { command: UserCommand::Add { email, role, group, first_name, last_name } } => {
                 add_user(config, email, role, group, first_name, last_name).await
             }
-            Command::Import { path, group } => import::run(config, path, group).await,
+            Command::Import { path, url: Some(url), token_file: Some(token_file), .. } => import::run_remote(&url, &token_file, path).await,
+            Command::Import { path, group, .. } => import::run(config, path, group).await,
+            Command::Token { command: TokenCommand::Create { email, scope, days, name } } => {
+                create_token(config, email, scope, days, name).await
+            }
         }
     });
     match result {
@@ -210,5 +252,27 @@ async fn add_user(
     let user = cohort_core::services::users::create(&app, &Actor::system(), input).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     println!("created {} user {} (id {})", user.role, user.email, user.id);
     app.store.close().await;
+    Ok(())
+}
+
+async fn create_token(config: Config, email: String, scope: ScopeArg, days: u32, name: String) -> anyhow::Result<()> {
+    let app = App::start(config, None, Host::Sidecar).await?;
+    let scope = match scope {
+        ScopeArg::Read => TokenScope::Read,
+        ScopeArg::Write => TokenScope::Write,
+    };
+    let request = TokenRequest { name, scope, expires_in_days: days };
+    let (user, token) = tokens::create_for_email(&app, &email, request).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    app.store.close().await;
+    eprintln!(
+        "created {} token {} for {} (id {}), expires {}",
+        token.scope,
+        token.name,
+        user.email,
+        token.id,
+        token.expires_at.to_rfc3339()
+    );
+    // The token alone on standard output, so `cohort token create ... > token.txt` works.
+    println!("{}", token.token);
     Ok(())
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{access_token, cookie, csrf_header, origin_allowed, ApiJson, ApiPath, Caller, Client};
+use super::extract::{access_token, cookie, csrf_header, origin_allowed, ApiJson, ApiPath, Caller, Client, SessionCaller};
 use crate::app::SharedApp;
 use crate::auth::cookies;
 use crate::error::{ApiError, ErrorBody};
@@ -108,7 +108,7 @@ async fn me(Caller(who): Caller) -> Json<User> {
     (status = 200, body = Vec<Session>),
     (status = 401, body = ErrorBody),
 ))]
-async fn sessions(State(app): State<SharedApp>, Caller(who): Caller) -> Result<Json<Vec<Session>>, ApiError> {
+async fn sessions(State(app): State<SharedApp>, SessionCaller(who): SessionCaller) -> Result<Json<Vec<Session>>, ApiError> {
     Ok(Json(service::list_sessions(&app, &who).await?))
 }
 
@@ -117,7 +117,11 @@ async fn sessions(State(app): State<SharedApp>, Caller(who): Caller) -> Result<J
     (status = 204, description = "Revoked"),
     (status = 404, description = "No such session of the caller", body = ErrorBody),
 ))]
-async fn revoke_session(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_session(
+    State(app): State<SharedApp>,
+    SessionCaller(who): SessionCaller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     service::revoke_session(&app, &who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -103,6 +103,10 @@ impl FromRequestParts<SharedApp> for Caller {
         let (token, via) =
             access_token(&parts.headers).ok_or_else(|| ApiError::unauthorized("not_authenticated", "authentication required"))?;
         let who = auth_service::authenticate(app, token, via, client_info(parts)).await?;
+        if !who.may_use(&parts.method) {
+            audit_denied(app, &who, "insufficient_scope", parts).await;
+            return Err(ApiError::forbidden("insufficient_scope", "this token's scope is read: it allows GET and HEAD only"));
+        }
         if via == Via::Cookie && is_mutating(&parts.method) {
             if !origin_allowed(app, &parts.headers) {
                 audit_denied(app, &who, "origin_not_allowed", parts).await;
@@ -116,6 +120,41 @@ impl FromRequestParts<SharedApp> for Caller {
         }
         Ok(Caller(who))
     }
+}
+
+/// A caller signed in with a session (cookie or access JWT): personal API tokens may
+/// not manage tokens, sessions or the profile (403 `session_required`, audited).
+#[derive(Clone, Debug)]
+pub struct SessionCaller(pub Principal);
+
+impl FromRequestParts<SharedApp> for SessionCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &SharedApp) -> Result<Self, ApiError> {
+        let Caller(who) = Caller::from_request_parts(parts, app).await?;
+        require_session(app, who, parts).await.map(SessionCaller)
+    }
+}
+
+/// An admin signed in with a session (managing other users' API tokens).
+#[derive(Clone, Debug)]
+pub struct SessionAdmin(pub Principal);
+
+impl FromRequestParts<SharedApp> for SessionAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &SharedApp) -> Result<Self, ApiError> {
+        let Admin(who) = Admin::from_request_parts(parts, app).await?;
+        require_session(app, who, parts).await.map(SessionAdmin)
+    }
+}
+
+async fn require_session(app: &SharedApp, who: Principal, parts: &Parts) -> Result<Principal, ApiError> {
+    if who.token.is_some() {
+        audit_denied(app, &who, "session_required", parts).await;
+        return Err(ApiError::forbidden("session_required", "API tokens cannot manage tokens, sessions or the profile; sign in"));
+    }
+    Ok(who)
 }
 
 /// A caller with the admin role; others get 403 (audited).

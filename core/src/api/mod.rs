@@ -7,6 +7,7 @@ pub mod extract;
 pub mod groups;
 pub mod health;
 pub mod patients;
+pub mod tokens;
 pub mod users;
 
 use std::sync::OnceLock;
@@ -38,6 +39,7 @@ use crate::store::{Page, PageRequest};
         (name = "auth", description = "Login, refresh, logout and sessions"),
         (name = "users", description = "Accounts and profiles"),
         (name = "groups", description = "Research groups"),
+        (name = "tokens", description = "Personal API tokens for scripts"),
         (name = "audit", description = "Audit trail"),
         (name = "patients", description = "Patient registry, DICOM import/export, images, statistics"),
         (name = "health", description = "Service health"),
@@ -53,7 +55,9 @@ impl utoipa::Modify for SecuritySchemes {
         components.add_security_scheme("cookie", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("access_token"))));
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT access token, or a personal API token coh_…").build(),
+            ),
         );
         components.add_security_scheme("csrf", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-CSRF-Token"))));
     }
@@ -63,7 +67,8 @@ impl utoipa::Modify for SecuritySchemes {
 fn documented_routes() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/auth", auth::router())
-        .nest("/api/users", users::router())
+        .nest("/api/users", users::router().merge(tokens::me_router()))
+        .nest("/api/tokens", tokens::admin_router())
         .nest("/api/groups", groups::router())
         .nest("/api/audit", audit::router())
         .nest("/api/patients", patients::router())

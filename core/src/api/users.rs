@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, SessionCaller};
 use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, Role, UserStatus};
@@ -159,7 +159,7 @@ pub struct ProfileBody {
 ))]
 async fn update_profile(
     State(app): State<SharedApp>,
-    Caller(who): Caller,
+    SessionCaller(who): SessionCaller,
     ApiJson(b): ApiJson<ProfileBody>,
 ) -> Result<Json<User>, ApiError> {
     let refused: Vec<&str> = [("role", &b.role), ("status", &b.status), ("group_id", &b.group_id)]

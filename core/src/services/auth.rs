@@ -43,7 +43,7 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
     let now = store::now();
     let window = Duration::minutes(i64::from(app.config.login_failure_window_minutes));
     let ip = client.ip.as_deref();
-    let attempt = Actor { user_id: None, email: Some(key.clone()), ip: client.ip.clone() };
+    let attempt = Actor { user_id: None, email: Some(key.clone()), ip: client.ip.clone(), token_id: None };
 
     let mut db = app.store.conn().await?;
     let counts = db.login_failures_since(&key, ip, now - window).await?;
@@ -117,7 +117,7 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
     .await?;
     tx.clear_login_failures(&key).await?;
     tx.reset_user_login_failures(user.id).await?;
-    let actor = Actor { user_id: Some(user.id), email: Some(user.email.clone()), ip: client.ip.clone() };
+    let actor = Actor { user_id: Some(user.id), email: Some(user.email.clone()), ip: client.ip.clone(), token_id: None };
     tx.insert_audit(&actor.audit(action::LOGIN, Outcome::Success).on("session", &session_id)).await?;
     tx.commit().await?;
 
@@ -161,7 +161,7 @@ pub async fn refresh(app: &App, refresh_token: Option<&str>, csrf_header: Option
         return Err(session_gone());
     }
     let user = tx.user_by_id(session.user_id).await?.ok_or_else(session_gone)?;
-    let actor = Actor { user_id: Some(user.id), email: Some(user.email.clone()), ip: client.ip.clone() };
+    let actor = Actor { user_id: Some(user.id), email: Some(user.email.clone()), ip: client.ip.clone(), token_id: None };
     if claims.jti != session.refresh_jti {
         return Err(refresh_reused(app, tx, &actor, &session.id).await);
     }
@@ -241,7 +241,7 @@ pub async fn logout(
         return Err(csrf_failed());
     }
     let email = tx.user_by_id(session.user_id).await?.map(|u| u.email);
-    let actor = Actor { user_id: Some(session.user_id), email, ip: client.ip.clone() };
+    let actor = Actor { user_id: Some(session.user_id), email, ip: client.ip.clone(), token_id: None };
     tx.revoke_session(&session.id, "logout").await?;
     tx.insert_audit(&actor.audit(action::LOGOUT, Outcome::Success).on("session", &session.id)).await?;
     tx.commit().await?;
@@ -249,8 +249,12 @@ pub async fn logout(
     Ok(())
 }
 
-/// Turns an access token into the caller, checking the session is live on the way.
+/// Turns a credential into the caller: a personal API token (`coh_…`, Bearer only) or
+/// an access JWT, checking the session is live on the way.
 pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) -> ApiResult<Principal> {
+    if via == Via::Bearer && super::tokens::is_api_token(token) {
+        return super::tokens::authenticate(app, token, client).await;
+    }
     let claims = app.jwt.verify(token, TokenType::Access).map_err(token_error)?;
     let now = store::now();
     let session = match app.sessions.get(&claims.sid) {
@@ -277,7 +281,7 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
 }
 
 fn principal(s: SessionAuth, via: Via, client: ClientInfo) -> Principal {
-    Principal { user: User::from(&s), session_id: s.session_id, via, csrf_hash: s.csrf_hash, client }
+    Principal { user: User::from(&s), session_id: s.session_id, via, csrf_hash: s.csrf_hash, client, token: None }
 }
 
 /// The caller's live sessions, newest first, the current one flagged.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 use zip::result::ZipError;
@@ -29,7 +29,7 @@ use crate::pacs::{Pacs, PacsError, StoreStatus, StoredInstance};
 use crate::store::patients::Scope;
 
 /// Counts of DICOM instances in an import.
-#[derive(Clone, Debug, Default, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct InstanceCounts {
     /// Files that look like DICOM (`stored + already_stored + failed`).
     pub received: u64,
@@ -38,7 +38,7 @@ pub struct InstanceCounts {
     pub failed: u64,
 }
 
-#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ImportedPatient {
     pub id: Id,
     pub external_id: String,
@@ -46,14 +46,14 @@ pub struct ImportedPatient {
     pub created: bool,
 }
 
-#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct FileError {
     pub file: String,
     pub error: String,
 }
 
 /// The answer of `POST /api/patients/import`.
-#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct ImportReport {
     pub instances: InstanceCounts,
     /// Entries that are not DICOM (macOS metadata, DICOMDIR, PDFs...), each named in `errors`.

@@ -11,9 +11,10 @@ pub mod import;
 pub mod patients;
 pub mod registry;
 pub mod stats;
+pub mod tokens;
 pub mod users;
 
-use crate::domain::{Id, Role};
+use crate::domain::{Id, Role, TokenScope};
 use crate::model::User;
 use crate::store::audit::NewAudit;
 
@@ -39,6 +40,16 @@ pub struct Principal {
     pub via: Via,
     pub csrf_hash: String,
     pub client: ClientInfo,
+    /// The personal API token the request came with, if any (then `session_id` and
+    /// `csrf_hash` are empty).
+    pub token: Option<TokenUse>,
+}
+
+/// A request authenticated by a personal API token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenUse {
+    pub id: Id,
+    pub scope: TokenScope,
 }
 
 impl Principal {
@@ -51,7 +62,21 @@ impl Principal {
     }
 
     pub fn actor(&self) -> Actor {
-        Actor { user_id: Some(self.user.id), email: Some(self.user.email.clone()), ip: self.client.ip.clone() }
+        Actor {
+            user_id: Some(self.user.id),
+            email: Some(self.user.email.clone()),
+            ip: self.client.ip.clone(),
+            token_id: self.token.map(|t| t.id),
+        }
+    }
+
+    /// Whether this request may use `method`: sessions and `write` tokens may use any,
+    /// `read` tokens GET and HEAD only.
+    pub fn may_use(&self, method: &http::Method) -> bool {
+        match self.token {
+            Some(TokenUse { scope: TokenScope::Read, .. }) => matches!(*method, http::Method::GET | http::Method::HEAD),
+            _ => true,
+        }
     }
 }
 
@@ -62,6 +87,8 @@ pub struct Actor {
     pub user_id: Option<Id>,
     pub email: Option<String>,
     pub ip: Option<String>,
+    /// The personal API token the actor used, recorded in the row's details.
+    pub token_id: Option<Id>,
 }
 
 /// Audit outcomes.
@@ -93,6 +120,7 @@ impl Actor {
             user_id: self.user_id,
             actor_email: self.email.clone(),
             ip: self.ip.clone(),
+            token_id: self.token_id,
             action,
             outcome: outcome.as_str(),
             ..NewAudit::default()
@@ -129,4 +157,6 @@ pub mod action {
     pub const PASSWORD_CHANGE: &str = "PASSWORD_CHANGE";
     pub const SESSION_REVOKE: &str = "SESSION_REVOKE";
     pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
+    pub const TOKEN_CREATE: &str = "TOKEN_CREATE";
+    pub const TOKEN_REVOKE: &str = "TOKEN_REVOKE";
 }

@@ -131,17 +131,18 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
     }
     tx.save_user(&mut row).await?;
     let after = User::from(&row);
-    let revoked = if before.status == UserStatus::Active && after.status == UserStatus::Inactive {
-        tx.revoke_user_sessions(id, None, "user_deactivated").await?
+    let (revoked, tokens_revoked) = if before.status == UserStatus::Active && after.status == UserStatus::Inactive {
+        (tx.revoke_user_sessions(id, None, "user_deactivated").await?, tx.revoke_user_tokens(id).await?)
     } else {
-        Vec::new()
+        (Vec::new(), 0)
     };
     tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("user", id).details(json!({
-        "changes": changed_fields(&before, &after), "sessions_revoked": revoked.len()
+        "changes": changed_fields(&before, &after), "sessions_revoked": revoked.len(), "tokens_revoked": tokens_revoked
     })))
     .await?;
     tx.commit().await?;
     app.sessions.forget_where(|s| s.user_id == id);
+    app.tokens.forget_where(|t| t.user_id == id);
     Ok(after)
 }
 
@@ -172,6 +173,7 @@ pub async fn delete(app: &App, who: &Principal, id: Id) -> ApiResult<()> {
     tx.delete_user(id).await?;
     tx.commit().await?;
     app.sessions.forget_where(|s| s.user_id == id);
+    app.tokens.forget_where(|t| t.user_id == id);
     Ok(())
 }
 
@@ -248,7 +250,7 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
     Ok(after)
 }
 
-async fn check_current_password(app: &App, who: &Principal, row: &UserRow, current: &str) -> ApiResult<()> {
+pub(crate) async fn check_current_password(app: &App, who: &Principal, row: &UserRow, current: &str) -> ApiResult<()> {
     if verify(&app.passwords, current, &row.hashed_password).await? {
         return Ok(());
     }

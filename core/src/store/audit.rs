@@ -30,6 +30,8 @@ pub struct NewAudit {
     pub outcome: &'static str,
     pub ip: Option<String>,
     pub details: serde_json::Value,
+    /// The personal API token the actor used; added to `details` as `token_id`.
+    pub token_id: Option<Id>,
 }
 
 /// Filters of `GET /api/audit`.
@@ -59,7 +61,11 @@ impl super::Store {
 
 impl Db {
     pub async fn insert_audit(&mut self, a: &NewAudit) -> StoreResult<()> {
-        let details = if a.details.is_null() { "{}".to_string() } else { a.details.to_string() };
+        let mut details = if a.details.is_null() { serde_json::json!({}) } else { a.details.clone() };
+        if let (Some(id), Some(map)) = (a.token_id, details.as_object_mut()) {
+            map.insert("token_id".into(), id.into());
+        }
+        let details = details.to_string();
         on_db!(self, |c| sqlx::query(
             "INSERT INTO audit_logs (at, user_id, actor_email, action, resource_type, resource_id, outcome, ip, details) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"

@@ -43,6 +43,7 @@ pub mod patients;
 pub mod sessions;
 pub mod settings;
 pub mod throttle;
+pub mod tokens;
 pub mod users;
 
 /// A storage failure. Whether it means "the database is down" (503) or a bug (500) is

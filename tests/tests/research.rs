@@ -1,0 +1,275 @@
+//! Research access (issue 10) against each deployment: personal API tokens (scopes,
+//! session-only routes, revocation, expiry, death with their user, the plugin's native
+//! routes, audit), the `cohort token create` and remote `cohort import` commands.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cohort_e2e::deploy::sidecar_command;
+use cohort_e2e::dicom::{self, Generated, StudySpec};
+use cohort_e2e::{per_deployment, Backend, Client, Deployment, Host, TestDatabase};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+const ALICE: &str = "alice@cohort.test";
+const ALICE_PW: &str = "alice-password-1";
+
+fn marc() -> &'static Generated {
+    static G: OnceLock<Generated> = OnceLock::new();
+    G.get_or_init(|| dicom::study(&StudySpec::new("IPP-TOKEN-MARC").name("Martin^Marc").studies(1).series(1).instances(2).seed(31)))
+}
+
+/// Runs one statement on the deployment's database, behind Cohort's back.
+async fn sql(db: &TestDatabase, statement: &str) {
+    match db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.expect("sqlite");
+            sqlx::query(statement).execute(&mut c).await.expect("sql");
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.expect("postgres");
+            sqlx::query(statement).execute(&mut c).await.expect("sql");
+        }
+    }
+}
+
+async fn new_token(c: &Client, name: &str, scope: &str) -> (i64, String) {
+    let body = json!({"name": name, "scope": scope, "expires_in_days": 30, "current_password": ALICE_PW});
+    let t = c.post("/api/users/me/tokens", &body).await.expect_status(201);
+    (t["id"].as_i64().expect("id"), t["token"].as_str().expect("token").to_string())
+}
+
+async fn audit_rows(admin: &Client, action: &str) -> Vec<Value> {
+    admin.get(&format!("/api/audit?action={action}&page_size=200")).await.expect_status(200)["items"].as_array().expect("items").clone()
+}
+
+async fn api_tokens(d: Deployment) {
+    let admin = d.admin().await;
+    let group = admin.post("/api/groups", &json!({"name": "Tokens"})).await.expect_status(201);
+    let alice_id = admin
+        .post("/api/users", &json!({"email": ALICE, "password": ALICE_PW, "role": "user", "group_id": group["id"]}))
+        .await
+        .expect_status(201)["id"]
+        .as_i64()
+        .expect("id");
+    let alice = d.client();
+    alice.login(ALICE, ALICE_PW).await.expect_status(200);
+
+    // Creating a token takes the password, a known scope, 1 to 365 days, and no other field.
+    let good = json!({"name": "nightly", "scope": "read", "expires_in_days": 30, "current_password": ALICE_PW});
+    let mut missing = good.clone();
+    missing.as_object_mut().expect("object").remove("current_password");
+    alice.post("/api/users/me/tokens", &missing).await.expect_error(422, "validation_error");
+    let wrong = json!({"name": "nightly", "scope": "read", "expires_in_days": 30, "current_password": "not-her-password"});
+    alice.post("/api/users/me/tokens", &wrong).await.expect_error(403, "invalid_current_password");
+    for (field, value) in [("scope", json!("admin")), ("expires_in_days", json!(0)), ("expires_in_days", json!(366)), ("name", json!(""))] {
+        let mut bad = good.clone();
+        bad[field] = value;
+        let e = alice.post("/api/users/me/tokens", &bad).await.expect_error(422, "validation_error");
+        assert!(e["error"]["message"].as_str().unwrap_or_default().contains(field), "{field}: {e}");
+    }
+    let mut extra = good.clone();
+    extra["scopes"] = json!(["write"]);
+    alice.post("/api/users/me/tokens", &extra).await.expect_error(422, "validation_error");
+    alice.req(Method::POST, "/api/users/me/tokens").json(&good).without_csrf().send().await.expect_error(403, "csrf_failed");
+
+    let (read_id, read) = new_token(&alice, "reader", "read").await;
+    let (write_id, write) = new_token(&alice, "importer", "write").await;
+    assert!(read.starts_with("coh_") && read.len() == 47, "{read}");
+    assert_ne!(read, write);
+    let mine = alice.get("/api/users/me/tokens").await.expect_status(200);
+    let names: Vec<&str> = mine.as_array().expect("list").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["importer", "reader"], "newest first");
+    assert!(!mine.to_string().contains(&read[4..]), "the secret is shown once only");
+    assert!(mine[0].get("token").is_none() && mine[0].get("token_hash").is_none());
+
+    // A read token reads, and nothing else.
+    let reader = d.client().with_bearer(&read);
+    assert_eq!(reader.get("/api/auth/me").await.expect_status(200)["email"], ALICE);
+    reader.get("/api/patients").await.expect_status(200);
+    let r = reader
+        .req(Method::POST, "/api/patients/import")
+        .body("application/dicom", std::fs::read(&marc().files[0].path).expect("read"))
+        .send()
+        .await;
+    r.expect_error(403, "insufficient_scope");
+    reader.get("/api/users/me/tokens").await.expect_error(403, "session_required");
+
+    // A write token does what Alice may do (an import into her group), except managing
+    // tokens, sessions and the profile.
+    let writer = d.client().with_bearer(&write);
+    for f in &marc().files {
+        let r =
+            writer.req(Method::POST, "/api/patients/import").body("application/dicom", std::fs::read(&f.path).expect("read")).send().await;
+        r.expect_status(200);
+    }
+    let patients = writer.get("/api/patients?q=IPP-TOKEN").await.expect_status(200);
+    assert_eq!(patients["total"], 1);
+    assert_eq!(patients["items"][0]["group_id"], group["id"]);
+    writer.post("/api/users/me/tokens", &good).await.expect_error(403, "session_required");
+    writer.get("/api/auth/sessions").await.expect_error(403, "session_required");
+    writer.put("/api/users/me/profile", &json!({"first_name": "Mallory"})).await.expect_error(403, "session_required");
+    writer.get("/api/users").await.expect_error(403, "forbidden");
+
+    // Requests made with a token are audited with its id.
+    let imports = audit_rows(&admin, "IMPORT").await;
+    assert!(imports.iter().any(|r| r["details"]["token_id"] == write_id && r["actor_email"] == ALICE), "{imports:?}");
+    let denied = audit_rows(&admin, "ACCESS_DENIED").await;
+    assert!(denied.iter().any(|r| r["details"]["reason"] == "insufficient_scope" && r["details"]["token_id"] == read_id), "{denied:?}");
+
+    // Malformed and unknown tokens.
+    for bad in ["coh_", "coh_short", &format!("coh_{}", "A".repeat(43)), &format!("{}x", &read[..46])] {
+        d.client().with_bearer(bad).get("/api/auth/me").await.expect_error(401, "invalid_token");
+    }
+    // A token in the access cookie is not a session.
+    let cookie_thief = d.client();
+    cookie_thief.set_cookie("/", "access_token", &read);
+    cookie_thief.get("/api/auth/me").await.expect_error(401, "invalid_token");
+
+    // last_used_at is recorded.
+    let listed = admin.get(&format!("/api/tokens?user_id={alice_id}")).await.expect_status(200);
+    assert_eq!(listed["total"], 2);
+    assert!(
+        listed["items"].as_array().expect("items").iter().all(|t| t["last_used_at"].is_string() && t["user_id"] == alice_id),
+        "{listed}"
+    );
+
+    // Admins manage tokens with a session only; an admin's own token cannot.
+    let admin_token = {
+        let body = json!({"name": "admin script", "scope": "write", "expires_in_days": 1, "current_password": cohort_e2e::ADMIN_PASSWORD});
+        admin.post("/api/users/me/tokens", &body).await.expect_status(201)["token"].as_str().expect("token").to_string()
+    };
+    let admin_script = d.client().with_bearer(&admin_token);
+    admin_script.get("/api/tokens").await.expect_error(403, "session_required");
+    admin_script.get("/api/users").await.expect_status(200);
+
+    // Revocation takes effect at once; another user's token is not found.
+    admin.delete(&format!("/api/users/me/tokens/{read_id}")).await.expect_error(404, "not_found");
+    alice.delete(&format!("/api/users/me/tokens/{read_id}")).await.expect_status(204);
+    reader.get("/api/auth/me").await.expect_error(401, "token_revoked");
+    alice.delete(&format!("/api/users/me/tokens/{read_id}")).await.expect_error(404, "not_found");
+    let revokes = audit_rows(&admin, "TOKEN_REVOKE").await;
+    assert_eq!(revokes.len(), 1);
+    assert_eq!((revokes[0]["resource_id"].as_str(), revokes[0]["actor_email"].as_str()), (Some(read_id.to_string().as_str()), Some(ALICE)));
+    let creates = audit_rows(&admin, "TOKEN_CREATE").await;
+    assert_eq!(creates.len(), 3);
+    assert!(!creates.iter().any(|r| r.to_string().contains(&write[4..])), "the audit trail never holds a secret");
+
+    // An expired token stops working (once the 2 s cache has passed).
+    let (exp_id, expiring) = new_token(&alice, "expiring", "read").await;
+    let expiring_client = d.client().with_bearer(&expiring);
+    expiring_client.get("/api/auth/me").await.expect_status(200);
+    sql(&d.db, &format!("UPDATE api_tokens SET expires_at = '2001-01-01T00:00:00Z' WHERE id = {exp_id}")).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    expiring_client.get("/api/auth/me").await.expect_error(401, "token_expired");
+
+    // The plugin's native routes: an admin's write token passes, a read token for GET
+    // only; a user's token never.
+    if d.host == Host::Plugin {
+        let orthanc = Client::new(&d.orthanc_url());
+        orthanc.req(Method::GET, "/system").bearer(&admin_token).send().await.expect_status(200);
+        let find = json!({"Level": "Patient", "Query": {}});
+        orthanc.req(Method::POST, "/tools/find").bearer(&admin_token).json(&find).send().await.expect_status(200);
+        let admin_read = {
+            let body =
+                json!({"name": "admin reader", "scope": "read", "expires_in_days": 1, "current_password": cohort_e2e::ADMIN_PASSWORD});
+            admin.post("/api/users/me/tokens", &body).await.expect_status(201)["token"].as_str().expect("token").to_string()
+        };
+        orthanc.req(Method::GET, "/patients").bearer(&admin_read).send().await.expect_status(200);
+        orthanc.req(Method::POST, "/tools/find").bearer(&admin_read).json(&find).send().await.expect_status(403);
+        orthanc.req(Method::GET, "/system").bearer(&write).send().await.expect_status(403);
+    }
+
+    // Tokens die with their user: deactivated (revoked for good), or deleted.
+    admin.put(&format!("/api/users/{alice_id}"), &json!({"status": "inactive"})).await.expect_status(200);
+    writer.get("/api/auth/me").await.expect_error(401, "token_revoked");
+    admin.put(&format!("/api/users/{alice_id}"), &json!({"status": "active"})).await.expect_status(200);
+    writer.get("/api/auth/me").await.expect_error(401, "token_revoked");
+    let bob_id = admin
+        .post("/api/users", &json!({"email": "bob@cohort.test", "password": ALICE_PW, "role": "user", "group_id": group["id"]}))
+        .await
+        .expect_status(201)["id"]
+        .clone();
+    let bob = d.client();
+    bob.login("bob@cohort.test", ALICE_PW).await.expect_status(200);
+    let (_, bobs) = new_token(&bob, "bob", "read").await;
+    let bob_script = d.client().with_bearer(&bobs);
+    bob_script.get("/api/auth/me").await.expect_status(200);
+    admin.delete(&format!("/api/users/{bob_id}")).await.expect_status(204);
+    bob_script.get("/api/auth/me").await.expect_error(401, "invalid_token");
+}
+per_deployment!(api_tokens);
+
+fn env() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+/// `cohort token create` prints a token once; `cohort import --url --token-file` pushes
+/// a folder into a running deployment with it, and refuses without a valid one.
+async fn token_command_and_remote_import(d: Deployment) {
+    let admin = d.admin().await;
+    let group = admin.post("/api/groups", &json!({"name": "Lab"})).await.expect_status(201);
+    admin
+        .post("/api/users", &json!({"email": ALICE, "password": ALICE_PW, "role": "user", "group_id": group["id"]}))
+        .await
+        .expect_status(201);
+
+    let out = sidecar_command(&d.db.url, &d.orthanc_url(), &env())
+        .args(["token", "create", "--email", "ALICE@cohort.test", "--scope", "write", "--days", "2"])
+        .output()
+        .expect("token create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    assert!(token.starts_with("coh_") && token.len() == 47, "only the token on stdout: {token:?}");
+    let me = d.client().with_bearer(&token).get("/api/auth/me").await.expect_status(200);
+    assert_eq!(me["email"], ALICE);
+    let bad = sidecar_command(&d.db.url, &d.orthanc_url(), &env())
+        .args(["token", "create", "--email", "nobody@cohort.test", "--scope", "read"])
+        .output()
+        .expect("token create");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not found"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write token");
+    let folder = marc().files[0].path.parent().expect("series folder").parent().expect("study").parent().expect("patient").to_path_buf();
+    std::fs::write(folder.join("notes.txt"), "not DICOM").expect("junk");
+    let run = |token_file: &std::path::Path| {
+        sidecar_command(&d.db.url, &d.orthanc_url(), &env())
+            .args(["import", folder.to_str().expect("path"), "--url", &d.url, "--token-file", token_file.to_str().expect("path")])
+            .output()
+            .expect("remote import")
+    };
+    let out = run(&token_file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 received, 2 stored") && stdout.contains("1 other file(s) skipped"), "{stdout}");
+    assert!(stdout.contains("IPP-TOKEN-MARC"), "{stdout}");
+    let p = admin.get("/api/patients?q=IPP-TOKEN-MARC").await.expect_status(200);
+    assert_eq!(p["items"][0]["group_id"], group["id"], "new patients land in the token owner's group");
+
+    std::fs::write(&token_file, format!("coh_{}", "B".repeat(43))).expect("write token");
+    let out = run(&token_file);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_token"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+mod cli {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_create_and_remote_import_sqlite() {
+        token_command_and_remote_import(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_create_and_remote_import_plugin_postgres() {
+        if cohort_e2e::postgres_skipped() {
+            return;
+        }
+        token_command_and_remote_import(Deployment::start(Host::Plugin, Backend::Postgres).await).await;
+    }
+}
