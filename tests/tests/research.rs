@@ -199,8 +199,53 @@ async fn api_tokens(d: Deployment) {
     bob_script.get("/api/auth/me").await.expect_status(200);
     admin.delete(&format!("/api/users/{bob_id}")).await.expect_status(204);
     bob_script.get("/api/auth/me").await.expect_error(401, "invalid_token");
+
+    audit_export(&d, &admin).await;
 }
 per_deployment!(api_tokens);
+
+/// `GET /api/audit/export`: admins only, the list's filters, oldest first, CSV safe to
+/// open in a spreadsheet, JSON Lines, and audited itself. Runs on the deployment of
+/// `api_tokens`, whose trail it exports.
+async fn audit_export(d: &Deployment, admin: &Client) {
+    // An attacker picks the email of a failed login: it must not become a formula.
+    d.client().login("=HYPERLINK(\"http://evil.test\")@x.test", "whatever-password").await.expect_error(401, "invalid_credentials");
+    let carol = d.client();
+    admin.post("/api/users", &json!({"email": "carol@cohort.test", "password": ALICE_PW, "role": "user"})).await.expect_status(201);
+    carol.login("carol@cohort.test", ALICE_PW).await.expect_status(200);
+    carol.get("/api/audit/export?format=csv").await.expect_error(403, "forbidden");
+    admin.get("/api/audit/export?format=xml").await.expect_error(422, "validation_error");
+    admin.get("/api/audit/export?from=yesterday").await.expect_error(422, "validation_error");
+
+    let r = admin.get("/api/audit/export?format=jsonl").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert!(r
+        .header("content-disposition")
+        .is_some_and(|v| v.starts_with("attachment; filename=\"cohort-audit-") && v.ends_with(".jsonl\"")));
+    let lines: Vec<Value> =
+        String::from_utf8(r.body.to_vec()).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let ids: Vec<i64> = lines.iter().map(|l| l["id"].as_i64().expect("id")).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+    let total = admin.get("/api/audit?page_size=1").await.expect_status(200)["total"].as_i64().expect("total");
+    assert_eq!(lines.len() as i64, total, "every row, this export's own included");
+    let last = lines.last().expect("rows");
+    assert_eq!((last["action"].as_str(), last["resource_type"].as_str()), (Some("EXPORT"), Some("audit")), "the export is audited first");
+    assert_eq!(last["details"]["format"], "jsonl");
+
+    let r = admin.get("/api/audit/export?format=csv&action=token_create").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+    let csv = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    let rows: Vec<&str> = csv.split_terminator("\r\n").collect();
+    assert_eq!(rows[0], "id,at,user_id,actor_email,action,resource_type,resource_id,outcome,ip,details");
+    assert!(rows.len() > 2 && rows[1..].iter().all(|r| r.contains(",TOKEN_CREATE,")), "{csv}");
+
+    let r = admin.get("/api/audit/export?action=LOGIN_FAILED").await;
+    let csv = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    assert!(csv.contains(",\"'=hyperlink(\"\"http://evil.test\"\")@x.test\","), "a formula is quoted and defused: {csv}");
+    assert!(!csv.to_lowercase().contains(",=hyperlink"), "{csv}");
+}
 
 fn env() -> BTreeMap<String, String> {
     BTreeMap::new()

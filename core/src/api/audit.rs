@@ -1,6 +1,10 @@
-//! `/api/audit` (admins): the audit trail, newest first.
+//! `/api/audit` (admins): the audit trail, newest first, and its export (CSV or JSON
+//! Lines, oldest first, streamed by the sidecar).
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -13,10 +17,11 @@ use crate::app::SharedApp;
 use crate::domain::Id;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{AuditEntry, PageParams, Paginated};
-use crate::services::audit::{self as service, AuditQuery};
+use crate::services::audit::{self as service, AuditQuery, ExportFormat};
+use crate::services::export::ExportBody;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
-    OpenApiRouter::new().routes(routes!(list_audit))
+    OpenApiRouter::new().routes(routes!(list_audit)).routes(routes!(export_audit))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,4 +51,48 @@ async fn list_audit(
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
     Ok(Json(paginated(service::list(&app, query, page).await?, page)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditExportQuery {
+    /// `csv` (default) or `jsonl`.
+    #[param(inline)]
+    pub format: Option<ExportFormat>,
+    pub user_id: Option<Id>,
+    /// An action name such as `LOGIN` or `EXPORT`.
+    pub action: Option<String>,
+    /// Inclusive lower bound: `YYYY-MM-DD` or an RFC 3339 date-time.
+    pub from: Option<String>,
+    /// Exclusive upper bound: `YYYY-MM-DD` or an RFC 3339 date-time.
+    pub to: Option<String>,
+}
+
+/// Download the audit rows matching the filters, oldest first, as CSV or JSON Lines.
+/// The export is itself audited.
+#[utoipa::path(get, path = "/export", tag = "audit", params(AuditExportQuery), responses(
+    (status = 200, description = "CSV (`text/csv`, a header line, CRLF) or JSON Lines (`application/x-ndjson`, one AuditEntry per line)", content((String = "text/csv"), (String = "application/x-ndjson"))),
+    (status = 403, description = "Not an admin", body = ErrorBody),
+    (status = 413, description = "Larger than MaxExportBytes (plugin)", body = ErrorBody),
+    (status = 422, description = "Invalid filter or format", body = ErrorBody),
+))]
+async fn export_audit(
+    State(app): State<SharedApp>,
+    Admin(who): Admin,
+    ApiQuery(q): ApiQuery<AuditExportQuery>,
+) -> Result<Response, ApiError> {
+    let format = q.format.unwrap_or(ExportFormat::Csv);
+    let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
+    let export = service::export(&app, &who, query, format).await?;
+    let mut resp = match export.body {
+        ExportBody::Stream(stream) => Body::from_stream(stream).into_response(),
+        ExportBody::Buffered(bytes) => Body::from(bytes).into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.filename)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }

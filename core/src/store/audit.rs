@@ -108,6 +108,24 @@ impl Db {
         Ok(Page { items, total })
     }
 
+    /// Up to `limit` rows after `after_id`, oldest first (by id, which is insertion
+    /// order): one page of a streamed export, read without OFFSET.
+    pub async fn audit_batch(&mut self, f: &AuditFilter, after_id: Id, limit: i64) -> StoreResult<Vec<AuditRow>> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT id, at, user_id, actor_email, action, resource_type, resource_id, outcome, ip, details \
+             FROM audit_logs WHERE id > $5 AND ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR action = $2) \
+             AND ($3 IS NULL OR at >= $3) AND ($4 IS NULL OR at < $4) ORDER BY id LIMIT $6"
+        )
+        .bind(f.user_id)
+        .bind(&f.action)
+        .bind(f.from)
+        .bind(f.to)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(c)
+        .await)?)
+    }
+
     pub async fn activity_since(&mut self, since: DateTime<Utc>) -> StoreResult<ActivityCounts> {
         Ok(on_db!(self, |c| sqlx::query_as(
             "SELECT COALESCE(SUM(CASE WHEN action = 'LOGIN' THEN 1 ELSE 0 END), 0) AS logins, \
