@@ -3,8 +3,10 @@
 //! - `/api/...` requests become `http::Request`s for the core router, driven with
 //!   `oneshot` on the Orthanc HTTP thread (`block_on`: those threads are not tokio's);
 //!   the answer goes back through the SDK.
-//! - Every other route (Orthanc's REST API, Orthanc Explorer, DICOMweb...) passes the
-//!   HTTP filter only with a Cohort admin session, unless `ProtectOrthancApi` is false.
+//! - The HTTP filter applies [`guard::decide`] to every request before Orthanc reads its
+//!   body: `/api` bodies are bounded there, method faking is refused, and every other
+//!   route (Orthanc's REST API, Orthanc Explorer, DICOMweb...) needs a Cohort admin
+//!   session unless `ProtectOrthancApi` is false.
 //! - Change events only wake the change follower, which does its work on the runtime:
 //!   Orthanc's single change thread is never blocked.
 
@@ -16,16 +18,18 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::Router;
 use bytes::Bytes;
-use cohort_core::api::extract::{access_token, origin_allowed};
+use cohort_core::api::request_rules::MethodOverrideSeen;
+use cohort_core::auth::token_matches_hash;
 use cohort_core::pacs::OrthancPacs;
 use cohort_core::services::{auth, registry, ClientInfo, Via};
 use cohort_core::{App, ClientAddr, Config, Host, SharedApp};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+use crate::guard;
 use crate::sdk::{self, ChangeEvent, ChangeType, FilterDecision, FilterRequest, Registrar, RestRequest, SdkError};
 use crate::transport::InProcess;
 
@@ -41,10 +45,19 @@ static COHORT: OnceLock<Cohort> = OnceLock::new();
 /// The runtime itself, taken out and shut down by [`shutdown`].
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
+/// What the filter learnt of a request that its `/api` callback cannot see.
+#[derive(Clone, Copy, Debug, Default)]
+struct Filtered {
+    /// The client address.
+    ip: Option<IpAddr>,
+    /// A refusal the callback must answer (Orthanc already applied the method override).
+    refusal: Option<guard::Refusal>,
+}
+
 thread_local! {
-    /// The client address of the request this HTTP thread is serving: the filter sees
-    /// it, the REST callback (same thread, right after) does not.
-    static CLIENT_IP: Cell<Option<IpAddr>> = const { Cell::new(None) };
+    /// Set by the filter for the request this HTTP thread is serving; its REST callback
+    /// runs next on the same thread and takes it.
+    static FILTERED: Cell<Filtered> = const { Cell::new(Filtered { ip: None, refusal: None }) };
 }
 
 /// Set by the test harness only: adds a route that panics, to prove a panic in a
@@ -123,8 +136,15 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
         Ok(r) => r.map(Body::from),
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read"),
     };
-    if let Some(ip) = CLIENT_IP.with(Cell::take) {
+    let filtered = FILTERED.with(Cell::take);
+    if let Some(ip) = filtered.ip {
         req.extensions_mut().insert(ClientAddr(ip));
+    }
+    match filtered.refusal {
+        Some(guard::Refusal::MethodOverride) => {
+            req.extensions_mut().insert(MethodOverrideSeen);
+        }
+        None => {}
     }
     // The request runs on the runtime; its answer's body is then read here, on the
     // Orthanc thread, so a DICOM file is read by the thread that sends it.
@@ -164,54 +184,51 @@ fn run<T: Send + 'static>(
     cohort.handle.block_on(cohort.handle.spawn(work))
 }
 
-/// Guards every route that is not `/api/...`: Orthanc's REST API, Orthanc Explorer,
-/// DICOMweb... need a Cohort admin session (cookie or Bearer), unless
-/// `ProtectOrthancApi` is false. `/api` routes do their own checks.
+/// Applies [`guard::decide`] to every HTTP request Orthanc receives, before it reads a
+/// body: Orthanc's REST API, Orthanc Explorer, DICOMweb... and Cohort's own `/api`.
 fn filter(request: FilterRequest) -> FilterDecision {
     let ip = request.ip.parse::<IpAddr>().ok();
-    CLIENT_IP.with(|c| c.set(ip));
-    if request.uri == "/api" || request.uri.starts_with("/api/") {
-        return FilterDecision::Allow;
-    }
-    let Some(cohort) = COHORT.get() else {
-        return FilterDecision::Deny;
-    };
-    if !cohort.app.config.protect_orthanc_api {
-        return FilterDecision::Allow;
-    }
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             headers.append(n, v);
         }
     }
-    let Some((token, via)) = access_token(&headers) else {
+    let Some(cohort) = COHORT.get() else {
         return FilterDecision::Deny;
     };
-    // No CSRF header on native routes (Orthanc Explorer cannot send one): the SameSite
-    // access cookie and the Origin check protect cookie-authenticated writes.
-    let writes = !matches!(request.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if via == Via::Cookie && writes && !origin_allowed(&cohort.app, &headers) {
-        return FilterDecision::Deny;
-    }
-    let client = ClientInfo {
-        ip: ip.map(|i| i.to_string()),
-        user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+    let config = &cohort.app.config;
+    let policy = guard::Policy {
+        protect_native: config.protect_orthanc_api,
+        max_upload_bytes: config.max_upload_bytes,
+        allowed_origins: &config.allowed_origins,
     };
-    let (app, token, method) = (cohort.app.clone(), token.to_string(), request.method.clone());
-    // An admin's session or `write` API token passes; an admin's `read` token only for
-    // GET and HEAD; other users' credentials never.
-    let admin =
-        run(
-            cohort,
-            async move { auth::authenticate(&app, &token, via, client).await.is_ok_and(|who| who.is_admin() && who.may_use(&method)) },
-        )
-        .unwrap_or(false);
-    if admin {
-        FilterDecision::Allow
-    } else {
-        FilterDecision::Deny
-    }
+    let facts = guard::Facts { method: &request.method, uri: &request.uri, headers: &headers, query: &request.query };
+    let authenticate = |token: &str, via: Via, csrf: Option<&str>| {
+        let client = ClientInfo {
+            ip: ip.map(|i| i.to_string()),
+            user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        };
+        let (app, token, csrf, method) = (cohort.app.clone(), token.to_string(), csrf.map(str::to_string), request.method.clone());
+        run(cohort, async move {
+            let who = auth::authenticate(&app, &token, via, client).await.ok()?;
+            let csrf_ok = via == Via::Cookie && csrf.is_some_and(|c| token_matches_hash(&c, &who.csrf_hash));
+            Some(guard::Who { admin: who.is_admin(), csrf_ok, method_allowed: who.may_use(&method) })
+        })
+        .ok()
+        .flatten()
+    };
+    let decision = guard::decide(&facts, &policy, authenticate);
+    let refusal = match decision {
+        guard::Decision::Allow => None,
+        guard::Decision::Refuse(refusal) => Some(refusal),
+        guard::Decision::Deny(reason) => {
+            tracing::info!(method = %request.method, uri = %request.uri, %reason, "request denied (403)");
+            return FilterDecision::Deny;
+        }
+    };
+    FILTERED.with(|f| f.set(Filtered { ip, refusal }));
+    FilterDecision::Allow
 }
 
 /// Change events: start the follower once Orthanc's REST API is up, and wake it on

@@ -4,6 +4,7 @@
 //! [`sys`] (bindings generated from the installed SDK header), [`sdk`] (the safe wrapper,
 //! which owns every invariant) and the four C entry points below.
 
+pub mod guard;
 mod host;
 pub mod sdk;
 mod selftest;

@@ -53,7 +53,10 @@ async fn native_routes_need_an_admin_session() {
         .send()
         .await
         .expect_status(403);
-    admin.req(Method::POST, "/instances").body("application/dicom", file).send().await.expect_status(200);
+    // Without any Origin or Referer too: browsers always send one on such requests.
+    admin.req(Method::POST, "/instances").body("application/dicom", file.clone()).send().await.expect_status(403);
+    let own_origin = d.orthanc.url();
+    admin.req(Method::POST, "/instances").body("application/dicom", file).header("origin", &own_origin).send().await.expect_status(200);
     // Logging out closes Orthanc again.
     admin.req(Method::POST, "/api/auth/logout").send().await.expect_status(204);
     admin.get("/patients").await.expect_status(403);

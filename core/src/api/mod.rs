@@ -7,6 +7,7 @@ pub mod extract;
 pub mod groups;
 pub mod health;
 pub mod patients;
+pub mod request_rules;
 pub mod tokens;
 pub mod users;
 
@@ -94,6 +95,7 @@ pub fn router(app: SharedApp) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_rules::enforce))
         .layer(middleware::from_fn_with_state(app.clone(), cors_and_headers))
         .with_state(app)
 }

@@ -54,15 +54,25 @@ impl CookieJar {
     }
 }
 
-/// Finds a cookie's value in `Cookie` request headers.
+/// Finds a cookie's value in `Cookie` request headers. A name sent twice with different
+/// values counts as absent: a sibling site may have "tossed" its own cookie of that
+/// name (browsers send the more specific path first), and picking either one could make
+/// the victim act as the attacker's account.
 pub fn find<'a>(cookie_headers: impl IntoIterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    cookie_headers
+    let mut found: Option<&'a str> = None;
+    let values = cookie_headers
         .into_iter()
         .flat_map(|h| h.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
+        .filter(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"'));
+    for value in values {
+        match found {
+            Some(seen) if seen != value => return None,
+            _ => found = Some(value),
+        }
+    }
+    found.filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -88,5 +98,13 @@ mod tests {
         assert_eq!(find(headers, "csrf_token"), Some("xyz"));
         assert_eq!(find(headers, "refresh_token"), None);
         assert_eq!(find(["access_token="], "access_token"), None);
+    }
+
+    #[test]
+    fn a_tossed_cookie_makes_the_name_ambiguous() {
+        assert_eq!(find(["access_token=evil; access_token=mine"], "access_token"), None);
+        assert_eq!(find(["access_token=evil", "access_token=mine"], "access_token"), None);
+        // The same value twice is not ambiguous.
+        assert_eq!(find(["access_token=mine; access_token=mine"], "access_token"), Some("mine"));
     }
 }
