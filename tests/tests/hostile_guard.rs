@@ -365,6 +365,7 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
         c("admin bearer", bearer(&admin_token), true, true),
         c("admin bearer, foreign origin", format!("{}\r\nOrigin: https://evil.example", bearer(&admin_token)), true, true),
         c("tossed cookie", format!("\r\nCookie: access_token={user_token}; access_token={admin_token}\r\nOrigin: {own}"), false, false),
+        c("tossed cookie after", format!("\r\nCookie: access_token={admin_token}; access_token={user_token}\r\nOrigin: {own}"), false, false),
         c("forged bearer", bearer(&sign(&claims, b"not-the-server-secret-not-the-server-secret")), false, false),
         c("expired bearer", bearer(&sign(&expired, JWT_SECRET.as_bytes())), false, false),
         c("unsigned bearer", bearer(&unsigned), false, false),
