@@ -267,7 +267,10 @@ mod tests {
         assert_eq!(import(&[("content-length", &big), COOKIE, ("x-csrf-token", "c"), OWN], USER), Decision::Allow);
         let denied = Decision::Deny(DenyReason::BodyTooLarge);
         // A cookie without its CSRF token, a foreign origin, a bad token, nobody.
-        assert_eq!(import(&[("content-length", &big), COOKIE], Some(Some(Who { admin: true, csrf_ok: false, method_allowed: true }))), denied);
+        assert_eq!(
+            import(&[("content-length", &big), COOKIE], Some(Some(Who { admin: true, csrf_ok: false, method_allowed: true }))),
+            denied
+        );
         assert_eq!(import(&[("content-length", &big), COOKIE, ("origin", "https://evil.example")], NO_AUTH), denied);
         assert_eq!(import(&[("content-length", &big), ("authorization", "Bearer forged")], NOBODY), denied);
         assert_eq!(import(&[("content-length", &big), ("authorization", "Bearer coh_read")], ADMIN_READ_TOKEN), denied);
@@ -277,7 +280,10 @@ mod tests {
         assert_eq!(import(&[("content-length", &huge), ("authorization", "Bearer t")], NO_AUTH), denied);
         assert_eq!(import(&[("transfer-encoding", "chunked"), ("authorization", "Bearer t")], NO_AUTH), denied);
         // Only POST to the import route.
-        assert_eq!(run(Method::PUT, "/api/patients/import", &[("content-length", &big), ("authorization", "Bearer t")], &[], NO_AUTH), denied);
+        assert_eq!(
+            run(Method::PUT, "/api/patients/import", &[("content-length", &big), ("authorization", "Bearer t")], &[], NO_AUTH),
+            denied
+        );
     }
 
     #[test]
@@ -300,7 +306,10 @@ mod tests {
         assert_eq!(run(Method::GET, "/patients", &[COOKIE], &[], USER), Decision::Deny(DenyReason::NotAdmin));
         assert_eq!(run(Method::GET, "/patients", &[COOKIE], &[], ADMIN), Decision::Allow);
         assert_eq!(run(Method::DELETE, "/patients/x", &[("authorization", "Bearer t")], &[], ADMIN), Decision::Allow);
-        assert_eq!(run(Method::DELETE, "/patients/x", &[("authorization", "Bearer coh_t")], &[], ADMIN_READ_TOKEN), Decision::Deny(DenyReason::NotAdmin));
+        assert_eq!(
+            run(Method::DELETE, "/patients/x", &[("authorization", "Bearer coh_t")], &[], ADMIN_READ_TOKEN),
+            Decision::Deny(DenyReason::NotAdmin)
+        );
         let open = Policy { protect_native: false, ..policy() };
         let h = headers(&[]);
         let facts = Facts { method: &Method::DELETE, uri: "/patients/x", headers: &h, query: &[] };
@@ -312,7 +321,10 @@ mod tests {
         let untrusted = Decision::Deny(DenyReason::UntrustedOrigin);
         for method in [Method::POST, Method::PUT, Method::DELETE] {
             assert_eq!(run(method.clone(), "/patients/x", &[COOKIE, OWN], &[], ADMIN), Decision::Allow);
-            assert_eq!(run(method.clone(), "/patients/x", &[COOKIE, ("referer", "http://PACS.example:8042/app/explorer.html")], &[], ADMIN), Decision::Allow);
+            assert_eq!(
+                run(method.clone(), "/patients/x", &[COOKIE, ("referer", "http://PACS.example:8042/app/explorer.html")], &[], ADMIN),
+                Decision::Allow
+            );
             assert_eq!(run(method.clone(), "/patients/x", &[COOKIE], &[], NO_AUTH), untrusted);
             for origin in ["https://evil.example", "null", "http://pacs.example:8042.evil.example", "http://pacs.example", "file://x"] {
                 assert_eq!(run(method.clone(), "/patients/x", &[COOKIE, ("origin", origin)], &[], NO_AUTH), untrusted, "{origin}");
@@ -321,7 +333,10 @@ mod tests {
             let h = [COOKIE, ("origin", "https://evil.example"), ("referer", "http://pacs.example:8042/")];
             assert_eq!(run(method.clone(), "/patients/x", &h, &[], NO_AUTH), untrusted);
             // Bearer callers are not browsers.
-            assert_eq!(run(method.clone(), "/patients/x", &[("authorization", "Bearer t"), ("origin", "https://evil.example")], &[], ADMIN), Decision::Allow);
+            assert_eq!(
+                run(method.clone(), "/patients/x", &[("authorization", "Bearer t"), ("origin", "https://evil.example")], &[], ADMIN),
+                Decision::Allow
+            );
         }
         let allowed = ["https://console.example".to_string()];
         let policy = Policy { allowed_origins: &allowed, ..policy() };

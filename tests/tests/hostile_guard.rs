@@ -176,14 +176,19 @@ async fn oversized_bodies_are_refused_before_reading(d: Deployment) {
     let token = admin.cookie("access_token").expect("access token");
     let csrf = admin.cookie("csrf_token").expect("csrf token");
     let junk = vec![b'j'; (2 * MIB) as usize];
-    let import = |headers: &str| format!("POST /api/patients/import HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {}{headers}", junk.len());
+    let import = |headers: &str| {
+        format!("POST /api/patients/import HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: {}{headers}", junk.len())
+    };
     // Read and judged (nothing DICOM in it): Bearer, and cookie with its CSRF token.
     let r = raw(&base, &import(&format!("\r\nAuthorization: Bearer {token}")), &junk).await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "no_dicom"), "bearer import: {}", r.text());
     let r = raw(&base, &import(&format!("\r\nCookie: access_token={token}\r\nX-CSRF-Token: {csrf}")), &junk).await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "no_dicom"), "cookie import: {}", r.text());
     // A cookie without the CSRF token, or from a foreign origin, does not get its body read.
-    for extra in [format!("\r\nCookie: access_token={token}"), format!("\r\nCookie: access_token={token}\r\nX-CSRF-Token: {csrf}\r\nOrigin: https://evil.example")] {
+    for extra in [
+        format!("\r\nCookie: access_token={token}"),
+        format!("\r\nCookie: access_token={token}\r\nX-CSRF-Token: {csrf}\r\nOrigin: https://evil.example"),
+    ] {
         let r = raw(&base, &import(&extra), &junk).await;
         if plugin {
             assert!(r.is_filter_denial(), "{extra:?}: {} {}", r.status, r.text());
@@ -192,7 +197,10 @@ async fn oversized_bodies_are_refused_before_reading(d: Deployment) {
         }
     }
     // Over MaxUploadBytes (set to 8 MiB for this suite) nobody's body is read.
-    let head = format!("POST /api/patients/import HTTP/1.1\r\nContent-Type: application/zip\r\nAuthorization: Bearer {token}\r\nContent-Length: {}", 9 * MIB);
+    let head = format!(
+        "POST /api/patients/import HTTP/1.1\r\nContent-Type: application/zip\r\nAuthorization: Bearer {token}\r\nContent-Length: {}",
+        9 * MIB
+    );
     refused(&raw(&base, &head, b"").await, "import over MaxUploadBytes");
 }
 
@@ -252,7 +260,8 @@ async fn orthanc_memory_stays_flat_under_oversized_requests() {
     for i in 0..50u64 {
         let size = if i == 49 { 1_500_000_000 } else { 24 * MIB + i * MIB / 2 };
         let mut stream = TcpStream::connect(&addr).await.expect("connect");
-        let head = format!("POST /api/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n");
+        let head =
+            format!("POST /api/auth/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n");
         stream.write_all(head.as_bytes()).await.expect("send headers");
         stream.write_all(&[b'{'; 4096]).await.expect("send a little body");
         held.push(stream);
@@ -298,7 +307,12 @@ async fn method_faking_is_refused_on_api(d: Deployment) {
     }
     if d.host == Host::Sidecar {
         // (Orthanc drops the query string of a POST before anyone sees it.)
-        admin.req(Method::POST, "/api/groups?_method=put").json(&json!({"name": "faked"})).send().await.expect_error(400, "method_override_refused");
+        admin
+            .req(Method::POST, "/api/groups?_method=put")
+            .json(&json!({"name": "faked"}))
+            .send()
+            .await
+            .expect_error(400, "method_override_refused");
     }
     admin.get(&path).await.expect_status(200);
     assert_eq!(admin.get("/api/groups").await.expect_status(200)["total"], 0);
@@ -340,7 +354,8 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
     let mut expired = claims.clone();
     expired["iat"] = json!(now - 3600);
     expired["exp"] = json!(now - 1800);
-    let unsigned = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), admin_token.split('.').nth(1).unwrap_or_default());
+    let unsigned =
+        format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#), admin_token.split('.').nth(1).unwrap_or_default());
 
     // Something to attack: one instance in Orthanc.
     let orthanc = d.orthanc_client().await;
@@ -365,7 +380,12 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
         c("admin bearer", bearer(&admin_token), true, true),
         c("admin bearer, foreign origin", format!("{}\r\nOrigin: https://evil.example", bearer(&admin_token)), true, true),
         c("tossed cookie", format!("\r\nCookie: access_token={user_token}; access_token={admin_token}\r\nOrigin: {own}"), false, false),
-        c("tossed cookie after", format!("\r\nCookie: access_token={admin_token}; access_token={user_token}\r\nOrigin: {own}"), false, false),
+        c(
+            "tossed cookie after",
+            format!("\r\nCookie: access_token={admin_token}; access_token={user_token}\r\nOrigin: {own}"),
+            false,
+            false,
+        ),
         c("forged bearer", bearer(&sign(&claims, b"not-the-server-secret-not-the-server-secret")), false, false),
         c("expired bearer", bearer(&sign(&expired, JWT_SECRET.as_bytes())), false, false),
         c("unsigned bearer", bearer(&unsigned), false, false),
@@ -398,7 +418,13 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
             let r = raw(&base, &head, body.as_bytes()).await;
             let allowed = if *method == "GET" { caller.reads } else { caller.writes };
             if allowed == r.is_filter_denial() {
-                failures.push(format!("{}: {method} {path} -> {} {} (expected {})", caller.name, r.status, r.text().chars().take(80).collect::<String>(), if allowed { "through" } else { "403" }));
+                failures.push(format!(
+                    "{}: {method} {path} -> {} {} (expected {})",
+                    caller.name,
+                    r.status,
+                    r.text().chars().take(80).collect::<String>(),
+                    if allowed { "through" } else { "403" }
+                ));
             }
         }
     }
@@ -433,7 +459,10 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
             (format!("GET /patients/{pid}?_method=DELETE HTTP/1.1{}", caller.headers), "_method"),
             (format!("GET /patients/{pid}?_method=delete&x=1 HTTP/1.1{}", caller.headers), "_method"),
             (format!("GET /patients/{pid} HTTP/1.1{}\r\nX-HTTP-Method-Override: DELETE", caller.headers), "override header"),
-            (format!("POST /patients/{pid} HTTP/1.1{}\r\nX-HTTP-Method-Override: DELETE\r\nContent-Length: 0", caller.headers), "override header on POST"),
+            (
+                format!("POST /patients/{pid} HTTP/1.1{}\r\nX-HTTP-Method-Override: DELETE\r\nContent-Length: 0", caller.headers),
+                "override header on POST",
+            ),
             (format!("GET /patients/{pid} HTTP/1.1{}\r\nX-HTTP-Method: DELETE", caller.headers), "X-HTTP-Method"),
             (format!("GET /patients/{pid} HTTP/1.1{}\r\nX-Method-Override: DELETE", caller.headers), "X-Method-Override"),
         ] {
