@@ -11,9 +11,11 @@ as_root() {
 }
 
 # Debian packages: Orthanc 1.10.1 and its SDK header, libclang for bindgen, dcmtk for
-# DICOM test tools, PostgreSQL server binaries (for a throwaway cluster when none runs).
+# DICOM test tools, PostgreSQL server binaries (for a throwaway cluster when none runs),
+# Chromium, its WebDriver and fonts for the web console's browser tests.
 ensure_packages() {
-  local want=(orthanc orthanc-dev libclang-dev dcmtk postgresql python3-pip pkg-config)
+  local want=(orthanc orthanc-dev libclang-dev dcmtk postgresql python3-pip pkg-config
+              chromium chromium-driver fonts-liberation fonts-dejavu-core)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -171,6 +171,8 @@ pub trait Pacs: Send + Sync + 'static {
     async fn instance_study(&self, orthanc_instance_id: &str) -> PacsResult<String>;
     /// The raw DICOM file of an instance.
     async fn instance_file(&self, orthanc_instance_id: &str) -> PacsResult<DicomFile>;
+    /// Orthanc's rendered preview of an instance (PNG).
+    async fn instance_preview(&self, orthanc_instance_id: &str) -> PacsResult<Bytes>;
     async fn delete_patient(&self, orthanc_patient_id: &str) -> PacsResult<()>;
     async fn delete_instance(&self, orthanc_instance_id: &str) -> PacsResult<()>;
     async fn statistics(&self) -> PacsResult<Statistics>;
@@ -349,6 +351,11 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
     async fn instance_file(&self, orthanc_instance_id: &str) -> PacsResult<DicomFile> {
         let id = check_id(orthanc_instance_id)?;
         self.transport.get_stream(&format!("/instances/{id}/file")).await
+    }
+
+    async fn instance_preview(&self, orthanc_instance_id: &str) -> PacsResult<Bytes> {
+        let id = check_id(orthanc_instance_id)?;
+        self.transport.get(&format!("/instances/{id}/preview")).await
     }
 
     async fn delete_patient(&self, orthanc_patient_id: &str) -> PacsResult<()> {

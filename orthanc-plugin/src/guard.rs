@@ -12,6 +12,8 @@
 //! - **Method faking** (`_method`, `X-HTTP-Method-Override` and its cousins), which Orthanc
 //!   honours before the filter sees the request: native routes are denied (403); `/api`
 //!   requests go on to Cohort's callback, which answers 400 `method_override_refused`.
+//! - **The web console** (`/`, `/ui`, `/ui/...`, served by Cohort's router from the
+//!   binary) is public for GET: the page gets everything it shows from `/api`.
 //! - **Native routes** need a Cohort admin (cookie or Bearer). A cookie-authenticated
 //!   request other than GET/HEAD must also come from Orthanc's own origin or an
 //!   `AllowedOrigins` one (`Origin`, else `Referer`); without either it is denied.
@@ -102,6 +104,16 @@ pub fn is_api(uri: &str) -> bool {
     uri.strip_prefix('/').and_then(|rest| rest.split('/').next()) == Some("api")
 }
 
+/// Whether a request reads the web console's files, which Cohort's `/ui(/.*)?` and `/`
+/// routes serve without a session. No `.` or `..` component, no empty one: those never
+/// name a console file, and the rule must not be a way around the native-route one.
+pub fn is_console_read(method: &Method, uri: &str) -> bool {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let console = uri == "/" || uri == "/ui" || uri.starts_with("/ui/");
+    let clean = !uri.contains("//") && !uri.split('/').any(|c| c == "." || c == "..");
+    read && console && clean
+}
+
 /// Decides one request. `authenticate(token, via, csrf_header)` is called at most once,
 /// and only when a rule needs the caller.
 pub fn decide(facts: &Facts<'_>, policy: &Policy<'_>, authenticate: impl FnOnce(&str, Via, Option<&str>) -> Option<Who>) -> Decision {
@@ -120,6 +132,9 @@ pub fn decide(facts: &Facts<'_>, policy: &Policy<'_>, authenticate: impl FnOnce(
     }
     if faked {
         return Decision::Deny(DenyReason::MethodOverride);
+    }
+    if is_console_read(facts.method, facts.uri) {
+        return Decision::Allow;
     }
     if !policy.protect_native {
         return Decision::Allow;
@@ -241,6 +256,20 @@ mod tests {
         }
         for uri in ["/", "/apix", "/API/patients", "/app/api", "/patients", ""] {
             assert!(!is_api(uri), "{uri}");
+        }
+    }
+
+    #[test]
+    fn console_files_are_public_reads_and_nothing_more() {
+        for uri in ["/", "/ui", "/ui/", "/ui/js/app.js", "/ui/app.css"] {
+            assert_eq!(run(Method::GET, uri, &[], &[], NO_AUTH), Decision::Allow, "{uri}");
+        }
+        // Writes, faked methods and path tricks fall to the native-route rules.
+        assert_eq!(run(Method::POST, "/ui/", &[], &[], NO_AUTH), Decision::Deny(DenyReason::NoCredentials));
+        assert_eq!(run(Method::DELETE, "/", &[], &[], NO_AUTH), Decision::Deny(DenyReason::NoCredentials));
+        assert_eq!(run(Method::GET, "/ui/", &[], &[("_method", "DELETE")], NO_AUTH), Decision::Deny(DenyReason::MethodOverride));
+        for uri in ["/ui/../app/explorer.html", "/ui/./x", "/ui//app", "/uix", "/app/explorer.html", "/ui.."] {
+            assert_eq!(run(Method::GET, uri, &[], &[], NO_AUTH), Decision::Deny(DenyReason::NoCredentials), "{uri}");
         }
     }
 

@@ -7,6 +7,8 @@
 //!   body: `/api` bodies are bounded there, method faking is refused, and every other
 //!   route (Orthanc's REST API, Orthanc Explorer, DICOMweb...) needs a Cohort admin
 //!   session unless `ProtectOrthancApi` is false.
+//! - `/ui/...` (the web console's files) and `/` (a redirect to it) go to the same
+//!   router; the guard lets their reads through without a session.
 //! - Change events only wake the change follower, which does its work on the runtime:
 //!   Orthanc's single change thread is never blocked.
 
@@ -102,6 +104,9 @@ pub fn setup(plugin: &Registrar) -> Result<(), SdkError> {
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
 
     plugin.register_rest_route("/api(/.*)?", handle_api)?;
+    // The web console, and `/` sending browsers to it (instead of Orthanc Explorer).
+    plugin.register_rest_route("/ui(/.*)?", handle_api)?;
+    plugin.register_rest_route("/", handle_api)?;
     plugin.register_http_filter(filter)?;
     plugin.register_on_change(on_change)?;
     tracing::info!(protect_orthanc_api = protect, "cohort serves /api inside Orthanc");

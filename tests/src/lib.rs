@@ -7,6 +7,7 @@
 //! PostgreSQL that cannot be reached fails the test, unless `COHORT_TEST_SKIP_POSTGRES=1`
 //! is set, in which case the PostgreSQL variants print that they were skipped.
 
+pub mod browser;
 pub mod client;
 pub mod db;
 pub mod deploy;

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod docs;
 pub mod extract;
 pub mod groups;
 pub mod health;
@@ -75,6 +76,7 @@ fn documented_routes() -> OpenApiRouter<SharedApp> {
         .nest("/api/patients", patients::router())
         .nest("/api", health::router().merge(patients::stats_router()))
         .routes(routes!(openapi_json))
+        .routes(routes!(docs::docs))
 }
 
 /// The OpenAPI document, generated from the route annotations.
@@ -89,10 +91,12 @@ async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
-/// The `/api` router with its state, CORS and fallbacks.
+/// The `/api` router with its state, CORS and fallbacks, and the web console (`/ui/`,
+/// and `/` redirecting to it).
 pub fn router(app: SharedApp) -> Router {
     let (routes, _) = documented_routes().split_for_parts();
     routes
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_rules::enforce))

@@ -22,6 +22,7 @@ use crate::domain::{Id, PatientStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
 use crate::services::export::{self, Export, ExportBody};
+use crate::services::images;
 use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource};
 use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
 use crate::services::stats::{self, Stats};
@@ -33,6 +34,7 @@ pub fn router() -> OpenApiRouter<SharedApp> {
         .routes(routes!(import))
         .routes(routes!(export_many))
         .routes(routes!(image))
+        .routes(routes!(image_preview))
         .routes(routes!(get_patient, update_patient, delete_patient))
         .routes(routes!(patient_instances))
         .routes(routes!(export_one))
@@ -256,13 +258,34 @@ async fn export_many(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(
     (status = 404, body = ErrorBody),
 ))]
 async fn image(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(instance_id): ApiPath<String>) -> Result<Response, ApiError> {
-    let file = stats::image(&app, &who, &instance_id).await?;
+    let file = images::file(&app, &who, &instance_id).await?;
     let mut resp = Body::from_stream(file.body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
     if let Some(size) = file.size {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
+    Ok(resp)
+}
+
+/// Orthanc's rendered preview of an instance, as PNG; same visibility as the file.
+#[utoipa::path(get, path = "/images/{instance_id}/preview", tag = "patients", params(("instance_id" = String, Path, description = "Orthanc instance id")), responses(
+    (status = 200, description = "PNG preview", content_type = "image/png"),
+    (status = 404, description = "Unknown, or not visible to the caller", body = ErrorBody),
+    (status = 422, description = "Orthanc cannot render this instance (`preview_unavailable`)", body = ErrorBody),
+    (status = 503, description = "Orthanc unavailable", body = ErrorBody),
+))]
+async fn image_preview(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiPath(instance_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let png = images::preview(&app, &who, &instance_id).await?;
+    let mut resp = Body::from(png).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    // Private: the image is personal data; the browser may keep it for the page's life.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
     Ok(resp)
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod export;
 pub mod groups;
+pub mod images;
 pub mod import;
 pub mod patients;
 pub mod registry;

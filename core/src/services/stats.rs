@@ -1,4 +1,4 @@
-//! `GET /api/stats` and the image proxy's access check.
+//! `GET /api/stats`.
 
 use std::collections::BTreeMap;
 
@@ -6,12 +6,11 @@ use chrono::Duration;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::patients::{audit_hidden, scope_of};
+use super::patients::scope_of;
 use super::Principal;
 use crate::app::App;
 use crate::domain::PatientStatus;
-use crate::error::{ApiError, ApiResult};
-use crate::pacs::{DicomFile, PacsError};
+use crate::error::ApiResult;
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct PatientStats {
@@ -73,40 +72,5 @@ pub async fn stats(app: &App, who: &Principal) -> ApiResult<Stats> {
         users: Some(UserStats { total: u.total, active: u.active, admins: u.admins }),
         activity: Some(ActivityStats { logins_30d: a.logins, imports_30d: a.imports, exports_30d: a.exports }),
         storage: Some(StorageStats { instances: s.instances, studies: s.studies, disk_size_mb: s.disk_size_mb }),
-    })
-}
-
-/// The raw DICOM file of an instance whose patient the caller may see; anything else
-/// answers 404.
-pub async fn image(app: &App, who: &Principal, instance_id: &str) -> ApiResult<DicomFile> {
-    let pacs = app.pacs()?.clone();
-    let owner = match app.instance_owners.get(instance_id) {
-        Some(owner) => owner,
-        None => {
-            let mut db = app.store.conn().await?;
-            let owner = match db.instance_owner(instance_id).await? {
-                Some(owner) => owner,
-                None => {
-                    // Not registered (yet): ask Orthanc which study it belongs to.
-                    let orthanc_study = match pacs.instance_study(instance_id).await {
-                        Ok(s) => s,
-                        Err(PacsError::NotFound) => return Err(ApiError::not_found("instance")),
-                        Err(e) => return Err(e.into()),
-                    };
-                    db.study_owner(&orthanc_study).await?.ok_or_else(|| ApiError::not_found("instance"))?
-                }
-            };
-            app.instance_owners.put(instance_id.to_string(), owner);
-            owner
-        }
-    };
-    let (patient_id, group_id) = owner;
-    if !scope_of(who).allows(group_id) {
-        audit_hidden(app, who, patient_id).await;
-        return Err(ApiError::not_found("instance"));
-    }
-    pacs.instance_file(instance_id).await.map_err(|e| match e {
-        PacsError::NotFound => ApiError::not_found("instance"),
-        other => other.into(),
     })
 }
