@@ -20,7 +20,6 @@ export async function features() {
   return {
     tokens: has('/api/users/me/tokens'),
     deidentify: JSON.stringify(paths['/api/patients/{id}/export'] || {}).includes('deidentify'),
-    auditExport: has('/api/audit/export'),
     preview: has('/api/patients/images/{instance_id}/preview'),
   };
 }

@@ -116,7 +116,8 @@ fn operation(path: &str, method: &str, op: &Value, out: &mut String) {
     );
     for key in ["summary", "description"] {
         let text = str_of(op, key);
-        if !text.is_empty() && !(key == "description" && text == str_of(op, "summary")) {
+        let repeats_summary = key == "description" && text == str_of(op, "summary");
+        if !text.is_empty() && !repeats_summary {
             let _ = write!(out, "<p>{}</p>", esc(text).replace("\n\n", "</p><p>"));
         }
     }
