@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::auth::cookies::CookieJar;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::passwords::Passwords;
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::domain::Id;
 use crate::pacs::Pacs;
@@ -26,6 +27,9 @@ pub struct App {
     /// Personal API token lookups, keyed by the token's hash.
     pub tokens: TokenCache,
     pub instance_owners: OwnerCache,
+    /// What answers built in memory (the plugin's exports) may hold at once, all
+    /// together: `MaxExportBytes`.
+    pub export_memory: Arc<ByteBudget>,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -99,6 +103,7 @@ impl App {
             sessions: SessionCache::new(CACHE_TTL),
             tokens: TokenCache::new(CACHE_TTL),
             instance_owners: OwnerCache::new(CACHE_TTL),
+            export_memory: ByteBudget::new(config.max_export_bytes),
             store,
             config,
             pacs,

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod console;
 pub mod domain;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use cohort_e2e::dicom::{StudySpec, ZipOptions};
 use cohort_e2e::{dicom, per_deployment, Backend, Client, Deployment, Host, JWT_SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -204,11 +205,20 @@ async fn oversized_bodies_are_refused_before_reading(d: Deployment) {
     refused(&raw(&base, &head, b"").await, "import over MaxUploadBytes");
 }
 
-/// The deployments of this suite: `MaxUploadBytes` of 8 MiB, to test the import's limit.
+/// The deployments of this suite: `MaxUploadBytes` of 8 MiB and `MaxZipEntries` of 50,
+/// to test the import's limits.
 async fn deployment(host: Host, backend: Backend) -> Deployment {
-    let settings: BTreeMap<String, Value> = [("MaxUploadBytes".to_string(), json!(8 * MIB))].into();
+    deployment_with(host, backend, &[]).await
+}
+
+async fn deployment_with(host: Host, backend: Backend, extra: &[(&str, Value)]) -> Deployment {
+    let mut settings: BTreeMap<String, Value> =
+        [("MaxUploadBytes".to_string(), json!(8 * MIB)), ("MaxZipEntries".to_string(), json!(MAX_ZIP_ENTRIES))].into();
+    settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Deployment::start_with(host, backend, settings).await
 }
+
+const MAX_ZIP_ENTRIES: u64 = 50;
 
 macro_rules! per_deployment_limited {
     ($scenario:ident) => {
@@ -476,3 +486,237 @@ async fn native_routes_hold_against_every_caller(backend: Backend) {
 }
 
 cohort_e2e::per_backend!(native_routes_hold_against_every_caller);
+
+/// A stored (uncompressed) ZIP written byte by byte. With `dicm_in_extra`, the first
+/// entry's local header carries an extra field that puts `DICM` at offset 128: the
+/// archive then also looks like a DICOM file (issue 8, item 4).
+fn stored_zip(entries: &[(&str, Vec<u8>)], dicm_in_extra: bool) -> Vec<u8> {
+    let u16le = |v: usize| u16::try_from(v).expect("u16").to_le_bytes();
+    let u32le = |v: usize| u32::try_from(v).expect("u32").to_le_bytes();
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (i, (name, data)) in entries.iter().enumerate() {
+        let offset = out.len();
+        let crc = crc32fast::hash(data);
+        let mut extra = Vec::new();
+        if dicm_in_extra && i == 0 {
+            let extra_start = 30 + name.len();
+            let payload = 132 + 16 - (extra_start + 4);
+            extra.extend_from_slice(&[0xfe, 0xca]);
+            extra.extend_from_slice(&u16le(payload));
+            extra.resize(4 + payload, 0);
+            extra[128 - extra_start..132 - extra_start].copy_from_slice(b"DICM");
+        }
+        let fields = |sig: &[u8]| {
+            let mut h = sig.to_vec();
+            h.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]); // version, flags, stored, time, 1980-01-01
+            h.extend_from_slice(&crc.to_le_bytes());
+            h.extend_from_slice(&u32le(data.len()));
+            h.extend_from_slice(&u32le(data.len()));
+            h.extend_from_slice(&u16le(name.len()));
+            h
+        };
+        out.extend(fields(b"PK\x03\x04"));
+        out.extend_from_slice(&u16le(extra.len()));
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&extra);
+        out.extend_from_slice(data);
+        let mut c = b"PK\x01\x02".to_vec();
+        c.extend_from_slice(&[20, 0]); // made by
+        c.extend(fields(b"")[..].iter().copied());
+        c.extend_from_slice(&[0; 12]); // extra and comment lengths, disk, attributes
+        c.extend_from_slice(&u32le(offset));
+        c.extend_from_slice(name.as_bytes());
+        central.extend(c);
+    }
+    let (cd_offset, cd_len) = (out.len(), central.len());
+    out.extend(central);
+    out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+    out.extend_from_slice(&u16le(entries.len()));
+    out.extend_from_slice(&u16le(entries.len()));
+    out.extend_from_slice(&u32le(cd_len));
+    out.extend_from_slice(&u32le(cd_offset));
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// A ZIP whose first entry's extra field makes it look like DICOM is a ZIP to Cohort:
+/// imported entry by entry, registered in the importer's name and audited; never handed
+/// to Orthanc whole (Orthanc would unzip it itself, behind Cohort's back). Nested too.
+async fn a_zip_that_looks_like_dicom_is_imported_as_a_zip(d: Deployment) {
+    let admin = d.admin().await;
+    let group = admin.post("/api/groups", &json!({"name": "pk"})).await.expect_status(201);
+    let body = json!({"email": "pk@e2e.test", "password": "user-password-1", "role": "user", "group_id": group["id"]});
+    admin.post("/api/users", &body).await.expect_status(201);
+    let user = d.client();
+    user.login("pk@e2e.test", "user-password-1").await.expect_status(200);
+
+    let first = dicom::study(&StudySpec::new("IPP-PK-1").seed(81));
+    let second = dicom::study(&StudySpec::new("IPP-PK-2").seed(82));
+    let crafted = |g: &dicom::Generated| stored_zip(&[("a.dcm", std::fs::read(&g.files[0].path).expect("read"))], true);
+    let looks_like_dicom = crafted(&first);
+    assert_eq!(&looks_like_dicom[128..132], b"DICM");
+    for content_type in ["application/dicom", "application/octet-stream"] {
+        let r = user.req(Method::POST, "/api/patients/import").body(content_type, looks_like_dicom.clone()).send().await;
+        let report = r.expect_status(200);
+        assert_eq!(report["instances"]["received"], 1, "{content_type}: {report}");
+        assert_eq!(report["patients"][0]["external_id"], "IPP-PK-1", "{report}");
+    }
+    // The same trick one level down, inside an ordinary archive.
+    let outer = stored_zip(&[("inner.zip", crafted(&second))], false);
+    let report = user.req(Method::POST, "/api/patients/import").body("application/zip", outer).send().await.expect_status(200);
+    assert_eq!(
+        (report["instances"]["stored"].as_u64(), report["patients"][0]["external_id"].as_str()),
+        (Some(1), Some("IPP-PK-2")),
+        "{report}"
+    );
+
+    let mine = user.get("/api/patients").await.expect_status(200);
+    let mut ids: Vec<&str> = mine["items"].as_array().expect("items").iter().filter_map(|p| p["external_id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["IPP-PK-1", "IPP-PK-2"], "both patients are in the importer's group");
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    assert_eq!(audit["total"], 3, "every import is audited: {audit}");
+    assert_eq!(d.orthanc_instances().await, 2);
+}
+
+per_deployment_limited!(a_zip_that_looks_like_dicom_is_imported_as_a_zip);
+
+/// The entry count is read from the end of the archive before its central directory is
+/// parsed: a directory claiming 65,535 entries is refused for the claim alone.
+async fn zip_entry_count_is_checked_first(d: Deployment) {
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-COUNT").seed(83));
+    let data = std::fs::read(&files.files[0].path).expect("read");
+    let mut forged = stored_zip(&[("a.dcm", data.clone())], false);
+    let eocd = forged.len() - 22;
+    forged[eocd + 8..eocd + 12].copy_from_slice(&[0xff, 0xfe, 0xff, 0xfe]);
+    let r = admin.req(Method::POST, "/api/patients/import").body("application/zip", forged).send().await;
+    r.expect_error(413, "too_large");
+    // Over MaxZipEntries for real, and just within it.
+    let many: Vec<(String, Vec<u8>)> = (0..=MAX_ZIP_ENTRIES).map(|i| (format!("junk{i}.txt"), b"junk".to_vec())).collect();
+    let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/zip", stored_zip(&many, false))
+        .send()
+        .await
+        .expect_error(413, "too_large");
+    let mut fits = many[..(MAX_ZIP_ENTRIES - 1) as usize].to_vec();
+    fits.push(("a.dcm", data));
+    let report =
+        admin.req(Method::POST, "/api/patients/import").body("application/zip", stored_zip(&fits, false)).send().await.expect_status(200);
+    assert_eq!(report["instances"]["stored"], 1, "{report}");
+    assert_eq!(d.orthanc_instances().await, 1, "nothing of the refused archives was stored");
+}
+
+per_deployment_limited!(zip_entry_count_is_checked_first);
+
+/// `multipart/form-data` imports (sidecar only: Orthanc swallows them): part headers and
+/// skipped fields are bounded, and so is the number of parts.
+async fn multipart_imports_are_bounded(backend: Backend) {
+    let d = deployment(Host::Sidecar, backend).await;
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-FORM").seed(84));
+    let data = std::fs::read(&files.files[0].path).expect("read");
+    let part = |headers: &str, body: &[u8]| {
+        let mut v = format!("--XB\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\n{headers}Content-Type: application/dicom\r\n\r\n").into_bytes();
+        v.extend_from_slice(body);
+        v.extend_from_slice(b"\r\n");
+        v
+    };
+    let token = admin.cookie("access_token").expect("token");
+    let url = format!("{}/api/patients/import", d.url);
+    let send = |body: Vec<u8>| {
+        reqwest::Client::new().post(&url).bearer_auth(&token).header("content-type", "multipart/form-data; boundary=XB").body(body).send()
+    };
+    // A refusal may cut the upload short: then the client sees the connection close
+    // instead of the 413 (the answer is lost to the TCP reset), and nothing is stored.
+    let refused = |what: &str, r: Result<reqwest::Response, reqwest::Error>| match r {
+        Ok(resp) => assert_eq!(resp.status().as_u16(), 413, "{what}"),
+        Err(e) => assert!(e.is_request(), "{what}: {e}"),
+    };
+    let mut ok = part("", &data);
+    ok.extend_from_slice(b"--XB--\r\n");
+    let r = send(ok).await.expect("form import");
+    assert_eq!(r.status().as_u16(), 200);
+
+    let mut huge_headers = part(&format!("X-Junk: {}\r\n", "j".repeat(2 * MIB as usize)), &data);
+    huge_headers.extend_from_slice(b"--XB--\r\n");
+    refused("huge part headers", send(huge_headers).await);
+
+    let mut endless = b"--XB\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.dcm\"\r\nX-Junk: ".to_vec();
+    endless.extend(vec![b'j'; 4 * MIB as usize]);
+    refused("endless headers", send(endless).await);
+
+    let mut skipped = b"--XB\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n".to_vec();
+    skipped.extend(vec![b'n'; 3 * MIB as usize]);
+    skipped.extend_from_slice(b"\r\n");
+    skipped.extend(part("", &data));
+    skipped.extend_from_slice(b"--XB--\r\n");
+    refused("huge skipped field", send(skipped).await);
+
+    let mut many = Vec::new();
+    for i in 0..=MAX_ZIP_ENTRIES {
+        many.extend(format!("--XB\r\nContent-Disposition: form-data; name=\"n{i}\"\r\n\r\nx\r\n").into_bytes());
+    }
+    many.extend(part("", &data));
+    many.extend_from_slice(b"--XB--\r\n");
+    let r = send(many).await.expect("small form");
+    assert_eq!(r.status().as_u16(), 413, "too many parts");
+    let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
+    assert_eq!(audit["total"], 1, "only the valid form imported anything: {audit}");
+}
+
+cohort_e2e::per_backend!(multipart_imports_are_bounded);
+
+/// The plugin builds exports in memory (Orthanc 1.10.1 cannot stream them): all those
+/// in memory at once share `MaxExportBytes`, and the ones beyond wait for a 503 `busy`
+/// with `Retry-After`, rather than adding up to many times the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_plugin_exports_share_max_export_bytes() {
+    let d = deployment_with(Host::Plugin, Backend::Sqlite, &[("MaxExportBytes", json!(6 * MIB))]).await;
+    let admin = d.admin().await;
+    // About 4 MiB of DICOM: one export fits, two at once do not.
+    let files = dicom::study(&StudySpec::new("IPP-EXPORT").instances(8).size(512, 512).seed(85));
+    let zip = dicom::zip(&files.paths(), ZipOptions::default());
+    let report = admin.req(Method::POST, "/api/patients/import").body("application/zip", zip.bytes()).send().await.expect_status(200);
+    let id = report["patients"][0]["id"].clone();
+    let path = format!("/api/patients/{id}/export");
+    let one = admin.get(&path).await;
+    assert_eq!(one.status.as_u16(), 200, "{}", String::from_utf8_lossy(&one.body));
+    assert!(one.body.len() as u64 > 3 * MIB, "the export is {} bytes", one.body.len());
+
+    let mut busy = 0;
+    for _round in 0..5 {
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let (admin, path) = (admin.clone(), path.clone());
+                tokio::spawn(async move { admin.get(&path).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.expect("export task"));
+        }
+        for r in &answers {
+            match r.status.as_u16() {
+                200 => assert_eq!(r.body.len(), one.body.len()),
+                503 => {
+                    r.expect_error(503, "busy");
+                    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "{:?}", r.headers);
+                    busy += 1;
+                }
+                other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+            }
+        }
+        if busy > 0 {
+            break;
+        }
+    }
+    assert!(busy > 0, "six exports of 4 MiB at once never met the 6 MiB limit");
+    // The memory is given back: one at a time, they all work.
+    for _ in 0..3 {
+        admin.get(&path).await.expect_status(200);
+    }
+}

@@ -1,10 +1,9 @@
 //! `/api/audit` (admins): the audit trail, newest first, and its export (CSV or JSON
 //! Lines, oldest first, streamed by the sidecar).
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -18,7 +17,6 @@ use crate::domain::Id;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{AuditEntry, PageParams, Paginated};
 use crate::services::audit::{self as service, AuditQuery, ExportFormat};
-use crate::services::export::ExportBody;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new().routes(routes!(list_audit)).routes(routes!(export_audit))
@@ -85,10 +83,7 @@ async fn export_audit(
     let format = q.format.unwrap_or(ExportFormat::Csv);
     let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
     let export = service::export(&app, &who, query, format).await?;
-    let mut resp = match export.body {
-        ExportBody::Stream(stream) => Body::from_stream(stream).into_response(),
-        ExportBody::Buffered(bytes) => Body::from(bytes).into_response(),
-    };
+    let mut resp = super::export_body(export.body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.filename)) {

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod extract;
 pub mod groups;
 pub mod health;
+pub mod multipart_limits;
 pub mod patients;
 pub mod request_rules;
 pub mod tokens;
@@ -148,6 +149,20 @@ async fn cors_and_headers(State(app): State<SharedApp>, req: Request, next: Next
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// The answer for an archive or export: streamed, or built in memory, in which case its
+/// share of `MaxExportBytes` stays held (in the answer's extensions) until it is sent.
+pub fn export_body(body: crate::services::export::ExportBody) -> Response {
+    use crate::services::export::ExportBody;
+    match body {
+        ExportBody::Stream(stream) => axum::body::Body::from_stream(stream).into_response(),
+        ExportBody::Buffered(bytes, held) => {
+            let mut resp = axum::body::Body::from(bytes).into_response();
+            resp.extensions_mut().insert(crate::budget::Held(std::sync::Arc::new(held)));
+            resp
+        }
+    }
 }
 
 /// Wraps a page from a service in the list shape of the API.

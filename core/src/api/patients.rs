@@ -16,12 +16,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::multipart_limits::PartWatch;
 use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, PatientStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
-use crate::services::export::{self, Export, ExportBody};
+use crate::services::export::{self, Export};
 use crate::services::images;
 use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource};
 use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
@@ -215,10 +216,7 @@ fn attachment(filename: &str) -> HeaderValue {
 
 fn zip_response(export: Export) -> Response {
     let disposition = attachment(&export.filename);
-    let mut resp = match export.body {
-        ExportBody::Stream(stream) => Body::from_stream(stream).into_response(),
-        ExportBody::Buffered(bytes) => Body::from(bytes).into_response(),
-    };
+    let mut resp = super::export_body(export.body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
     h.insert(header::CONTENT_DISPOSITION, disposition);
@@ -444,9 +442,21 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
     let stream = body.into_data_stream();
     match declared {
         Declared::Multipart(boundary) => {
-            let mut form = multer::Multipart::new(stream, boundary);
-            let mut parts = 0;
-            while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))? {
+            let watch = PartWatch::default();
+            let mut form = multer::Multipart::new(watch.watch(stream), boundary);
+            let (mut parts, mut fields) = (0u64, 0u64);
+            loop {
+                watch.between_parts();
+                let next = form.next_field().await;
+                watch.in_part();
+                let Some(field) = next.map_err(|e| watch.refusal(e))? else { break };
+                fields += 1;
+                if fields > app.config.max_zip_entries {
+                    return Err(ApiError::too_large(format!(
+                        "the form has more than {} parts (MaxZipEntries)",
+                        app.config.max_zip_entries
+                    )));
+                }
                 if field.file_name().is_none() {
                     continue;
                 }

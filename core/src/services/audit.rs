@@ -185,7 +185,11 @@ pub async fn export(app: &App, who: &Principal, q: AuditQuery, format: ExportFor
     } else {
         let limit = app.config.max_export_bytes;
         let mut buf = bytes::BytesMut::new();
+        let mut held = app.export_memory.reserve();
         if format == ExportFormat::Csv {
+            if !held.grow(CSV_HEADER.len() as u64) {
+                return Err(crate::services::export::export_memory_busy());
+            }
             buf.extend_from_slice(CSV_HEADER.as_bytes());
         }
         app.store.audit(&row).await?;
@@ -195,7 +199,11 @@ pub async fn export(app: &App, who: &Principal, q: AuditQuery, format: ExportFor
             let batch = db.audit_batch(&filter, after, EXPORT_BATCH).await?;
             let full = batch.len() as i64 == EXPORT_BATCH;
             after = batch.last().map_or(after, |r| r.id);
-            buf.extend_from_slice(&render(format, batch));
+            let rendered = render(format, batch);
+            if buf.len() as u64 + rendered.len() as u64 <= limit && !held.grow(rendered.len() as u64) {
+                return Err(crate::services::export::export_memory_busy());
+            }
+            buf.extend_from_slice(&rendered);
             if buf.len() as u64 > limit {
                 return Err(ApiError::too_large(format!(
                     "the export exceeds MaxExportBytes ({limit} bytes); narrow it with from, to, action or user_id"
@@ -205,6 +213,6 @@ pub async fn export(app: &App, who: &Principal, q: AuditQuery, format: ExportFor
                 break;
             }
         }
-        Ok(AuditExport { filename, format, body: crate::services::export::ExportBody::Buffered(buf.freeze()) })
+        Ok(AuditExport { filename, format, body: crate::services::export::ExportBody::Buffered(buf.freeze(), held) })
     }
 }

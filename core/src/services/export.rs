@@ -16,6 +16,7 @@ use serde_json::json;
 use super::patients::visible_patient;
 use super::{action, Outcome, Principal};
 use crate::app::App;
+use crate::budget::Reservation;
 use crate::domain::Id;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Patient, Study};
@@ -37,7 +38,13 @@ impl std::fmt::Debug for Export {
 
 pub enum ExportBody {
     Stream(ByteStream),
-    Buffered(Bytes),
+    /// Built in memory, holding its share of `MaxExportBytes` until it is sent.
+    Buffered(Bytes, Reservation),
+}
+
+/// 503 `busy`: the in-memory answers being built or sent already hold `MaxExportBytes`.
+pub fn export_memory_busy() -> ApiError {
+    ApiError::busy("other exports being built in memory are using MaxExportBytes", 5)
 }
 
 /// One patient to put in an archive, everything read from the registry up front.
@@ -157,9 +164,13 @@ async fn build(app: &App, who: &Principal, items: Vec<Item>, filename: String) -
     } else {
         let limit = app.config.max_export_bytes;
         let mut buf = bytes::BytesMut::new();
+        let mut held = app.export_memory.reserve();
         write_archive(pacs, who, &items, Some(limit), |b| {
-            buf.extend_from_slice(&b);
-            async { Ok(()) }
+            let taken = held.grow(b.len() as u64);
+            if taken {
+                buf.extend_from_slice(&b);
+            }
+            std::future::ready(if taken { Ok(()) } else { Err(WriteStop::Failed(export_memory_busy())) })
         })
         .await
         .map_err(|e| match e {
@@ -167,7 +178,7 @@ async fn build(app: &App, who: &Principal, items: Vec<Item>, filename: String) -
             WriteStop::ClientGone => ApiError::internal("export buffer closed"),
         })?;
         audit(app, who, &items).await?;
-        Ok(Export { filename, body: ExportBody::Buffered(buf.freeze()) })
+        Ok(Export { filename, body: ExportBody::Buffered(buf.freeze(), held) })
     }
 }
 

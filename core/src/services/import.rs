@@ -345,6 +345,10 @@ fn orthanc_message(raw: &str) -> String {
         .unwrap_or_else(|| raw.chars().take(200).collect())
 }
 
+/// What every ZIP starts with (a local header `PK\x03\x04`, an empty archive's
+/// `PK\x05\x06`, a spanned one's `PK\x07\x08`): anything starting so is a ZIP to Cohort.
+const ZIP_MAGIC: &[u8] = b"PK";
+
 /// What an entry is, from its name and first bytes.
 #[derive(Debug, PartialEq, Eq)]
 enum Kind {
@@ -366,11 +370,14 @@ fn classify(name: &str, head: &[u8]) -> Kind {
     if base.eq_ignore_ascii_case("DICOMDIR") {
         return Kind::Junk("skipped: DICOMDIR index (the images are imported on their own)");
     }
+    // `PK` first: a ZIP can also carry `DICM` at offset 128 (in its first entry's extra
+    // field), and Orthanc unzips whatever starts like a ZIP. Such a file is an archive
+    // to Cohort, checked and imported entry by entry, never handed over whole.
+    if head.starts_with(ZIP_MAGIC) {
+        return Kind::Zip;
+    }
     if head.len() >= 132 && &head[128..132] == b"DICM" {
         return Kind::Dicom;
-    }
-    if head.starts_with(b"PK\x03\x04") {
-        return Kind::Zip;
     }
     if head.starts_with(b"%PDF") {
         return Kind::Other("skipped: PDF document, not DICOM");
@@ -468,7 +475,13 @@ fn plan_archive(source: ZipSource, limits: ZipLimits) -> ApiResult<Plan> {
 
 /// First pass over an archive (blocking): inflates every entry once, within the limits,
 /// verifying CRCs; spools a nested archive to a temporary file and checks it too.
-fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> ApiResult<Plan> {
+fn plan(mut reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> ApiResult<Plan> {
+    // The entry count the archive declares, read before its central directory is: the
+    // directory is parsed (and allocated for) only when the count is within the limit.
+    let declared = declared_entries(&mut reader)?;
+    if budget.entries.saturating_add(declared) > limits.max_entries {
+        return Err(too_many_entries(limits));
+    }
     let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
     let mut entries = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
@@ -478,7 +491,7 @@ fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> Ap
         }
         budget.entries += 1;
         if budget.entries > limits.max_entries {
-            return Err(ApiError::too_large(format!("the archive has more than {} entries", limits.max_entries)));
+            return Err(too_many_entries(limits));
         }
         let name = file.name().to_string();
         if file.encrypted() {
@@ -520,7 +533,7 @@ fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> Ap
             if head.len() < 132 {
                 let take = (132 - head.len()).min(n);
                 head.extend_from_slice(&chunk[..take]);
-                if head.len() >= 4 && head.starts_with(b"PK\x03\x04") && depth == 0 && spool.is_none() {
+                if head.len() >= ZIP_MAGIC.len() && head.starts_with(ZIP_MAGIC) && depth == 0 && spool.is_none() {
                     spool = Some(tempfile::tempfile().map_err(ApiError::internal)?);
                     if let Some(f) = spool.as_mut() {
                         std::io::Write::write_all(f, &head).map_err(ApiError::internal)?;
@@ -556,6 +569,63 @@ fn plan(reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -> Ap
         entries.push(PlannedEntry { name, what });
     }
     Ok(Plan { archive, entries })
+}
+
+fn too_many_entries(limits: ZipLimits) -> ApiError {
+    ApiError::too_large(format!("the archive has more than {} entries", limits.max_entries))
+}
+
+/// End of central directory: signature, then the entry count at offset 10 (u16).
+const EOCD_SIGNATURE: &[u8; 4] = b"PK\x05\x06";
+const EOCD_LEN: usize = 22;
+/// The ZIP64 locator (20 bytes, just before the EOCD) points at the ZIP64 EOCD, whose
+/// entry count is a u64 at offset 32.
+const ZIP64_LOCATOR_SIGNATURE: &[u8; 4] = b"PK\x06\x07";
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_EOCD_SIGNATURE: &[u8; 4] = b"PK\x06\x06";
+
+/// How many entries (directories included) an archive says it holds, from its
+/// end-of-central-directory record (or the ZIP64 one), without reading the central
+/// directory itself. Leaves the reader at the start.
+fn declared_entries<R: Read + Seek>(reader: &mut R) -> ApiResult<u64> {
+    use std::io::SeekFrom;
+    let io = |e: std::io::Error| invalid_zip(e);
+    let len = reader.seek(SeekFrom::End(0)).map_err(io)?;
+    // The record is the last thing in the file, followed by a comment of up to 64 KiB.
+    let tail_len = len.min((EOCD_LEN + u16::MAX as usize) as u64);
+    let tail_start = len - tail_len;
+    reader.seek(SeekFrom::Start(tail_start)).map_err(io)?;
+    let mut tail = vec![0u8; tail_len as usize];
+    reader.read_exact(&mut tail).map_err(io)?;
+    let at = (0..=tail.len().saturating_sub(EOCD_LEN))
+        .rev()
+        .find(|&i| tail.len() >= i + EOCD_LEN && &tail[i..i + 4] == EOCD_SIGNATURE)
+        .ok_or_else(|| invalid_zip("no end of central directory record"))?;
+    let u16_at = |i: usize| u64::from(u16::from_le_bytes([tail[at + i], tail[at + i + 1]]));
+    let mut entries = u16_at(10).max(u16_at(8));
+    let eocd_offset = tail_start + at as u64;
+    if entries == u64::from(u16::MAX) && eocd_offset >= ZIP64_LOCATOR_LEN {
+        // ZIP64: the real count is in the ZIP64 record the locator points at.
+        let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
+        reader.seek(SeekFrom::Start(eocd_offset - ZIP64_LOCATOR_LEN)).map_err(io)?;
+        reader.read_exact(&mut locator).map_err(io)?;
+        if &locator[..4] == ZIP64_LOCATOR_SIGNATURE {
+            let offset = u64::from_le_bytes(locator[8..16].try_into().map_err(io_bytes)?);
+            let mut record = [0u8; 56];
+            reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+            reader.read_exact(&mut record).map_err(|_| invalid_zip("the ZIP64 end of central directory is out of the file"))?;
+            if &record[..4] != ZIP64_EOCD_SIGNATURE {
+                return Err(invalid_zip("the ZIP64 end of central directory record is missing"));
+            }
+            entries = u64::from_le_bytes(record[32..40].try_into().map_err(io_bytes)?);
+        }
+    }
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
+    Ok(entries)
+}
+
+fn io_bytes(e: std::array::TryFromSliceError) -> ApiError {
+    ApiError::internal(e)
 }
 
 fn bomb(name: &str, limits: ZipLimits) -> ApiError {
@@ -697,6 +767,42 @@ mod tests {
         let small = ZipLimits { max_uncompressed: 1 << 20, max_ratio: 100_000, ..LIMITS };
         let e = planned(zip_of(&[("zeros.dcm", zeros)], zip::CompressionMethod::Deflated), small).expect_err("total size");
         assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+    }
+
+    #[test]
+    fn the_entry_count_is_read_before_the_central_directory() {
+        let entries: Vec<(String, Vec<u8>)> = (0..11).map(|i| (format!("{i}.dcm"), dicom_like(b"x"))).collect();
+        let entries: Vec<(&str, Vec<u8>)> = entries.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        let bytes = zip_of(&entries, zip::CompressionMethod::Stored);
+        assert_eq!(declared_entries(&mut std::io::Cursor::new(&bytes)).expect("count"), 11);
+        // A central directory that would not even parse is refused for its count alone.
+        let mut forged = bytes.clone();
+        let eocd = forged.len() - EOCD_LEN;
+        forged[eocd + 8..eocd + 12].copy_from_slice(&[0xfe, 0xff, 0xfe, 0xff]);
+        forged[eocd + 12..eocd + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = planned(forged, LIMITS).expect_err("too many entries declared");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+        // ZIP64 archives are read through their ZIP64 record.
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..3 {
+            let options = zip::write::SimpleFileOptions::default().large_file(true);
+            w.start_file(format!("{i}.dcm"), options).expect("start");
+            std::io::Write::write_all(&mut w, &dicom_like(b"x")).expect("write");
+        }
+        let zip64 = w.finish().expect("finish").into_inner();
+        assert_eq!(declared_entries(&mut std::io::Cursor::new(&zip64)).expect("count"), 3);
+        assert_eq!(planned(b"not a zip at all".to_vec(), LIMITS).expect_err("no EOCD").code, "invalid_zip");
+    }
+
+    #[test]
+    fn a_zip_that_also_looks_like_dicom_is_a_zip() {
+        // A stored ZIP whose first entry's extra field puts DICM at offset 128.
+        let mut crafted = b"PK\x03\x04".to_vec();
+        crafted.resize(128, 0);
+        crafted.extend_from_slice(b"DICM");
+        assert_eq!(classify("upload", &crafted), Kind::Zip);
+        assert_eq!(sniff(&crafted), Some("zip"));
+        assert_eq!(classify("x.dcm", b"PK\x05\x06"), Kind::Zip);
     }
 
     #[test]
