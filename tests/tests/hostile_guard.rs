@@ -720,3 +720,78 @@ async fn concurrent_plugin_exports_share_max_export_bytes() {
         admin.get(&path).await.expect_status(200);
     }
 }
+
+/// The SQLite file holds the JWT secret and the session ids: 0600, and so are its WAL
+/// and shared-memory files, whichever host created them.
+async fn sqlite_files_are_private(host: Host) {
+    use std::os::unix::fs::PermissionsExt;
+    let d = deployment(host, Backend::Sqlite).await;
+    d.admin().await;
+    let path = d.db.url.trim_start_matches("sqlite://").to_string();
+    for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+        let mode = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{file}: {e}")).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_private_sidecar() {
+    sqlite_files_are_private(Host::Sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_private_plugin() {
+    sqlite_files_are_private(Host::Plugin).await;
+}
+
+fn repository_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf();
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The compose files ship no admin password and publish nothing beyond loopback.
+#[test]
+fn compose_files_publish_on_loopback_and_ship_no_admin_password() {
+    for file in ["docker/compose.plugin.yml", "docker/compose.sidecar.yml"] {
+        let text = repository_file(file);
+        assert!(!text.contains("ADMIN_PASSWORD"), "{file} sets an admin password");
+        for line in text.lines().filter(|l| l.trim_start().starts_with("ports:")) {
+            let mappings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+            assert!(!mappings.is_empty(), "{file}: {line}");
+            for m in mappings {
+                assert!(m.starts_with("127.0.0.1:"), "{file} publishes {m} beyond loopback");
+            }
+        }
+    }
+    let config: Value = serde_json::from_str(&repository_file("docker/orthanc-cohort.json")).expect("JSON");
+    assert_eq!(config["Cohort"]["BootstrapAdminPassword"], "${COHORT_ADMIN_PASSWORD}");
+}
+
+/// The images' entry point generates the admin password on first start, prints it once,
+/// keeps it private, and reads it back afterwards; a password given by the operator wins.
+#[test]
+fn the_entrypoint_generates_a_private_admin_password_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").to_path_buf();
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let run = |given: Option<&str>| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg(root.join("docker/entrypoint.sh")).args(["sh", "-c", "printf %s \"$COHORT_ADMIN_PASSWORD\""]);
+        cmd.env("COHORT_SECRETS_DIR", secrets.path()).env_remove("COHORT_ADMIN_PASSWORD");
+        if let Some(p) = given {
+            cmd.env("COHORT_ADMIN_PASSWORD", p);
+        }
+        let out = cmd.output().expect("run entrypoint.sh");
+        assert!(out.status.success(), "{out:?}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (first, log) = run(None);
+    assert!(first.len() >= 20 && first.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{first:?}");
+    assert!(log.contains(&first), "the first start prints the password: {log}");
+    let file = secrets.path().join("admin-password");
+    assert_eq!(std::fs::metadata(&file).expect("kept").permissions().mode() & 0o777, 0o600);
+    let (again, log) = run(None);
+    assert_eq!(again, first, "later starts read it back");
+    assert!(log.is_empty(), "and do not print it again: {log}");
+    assert_eq!(run(Some("operator-chosen-password")).0, "operator-chosen-password");
+}

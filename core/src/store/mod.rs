@@ -117,6 +117,39 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// How long a request waits for a pooled connection before the database counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `sqlite::memory:` and `?mode=memory` databases have no file.
+fn sqlite_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+}
+
+/// The SQLite file holds the JWT secret and session ids: only its owner may read it.
+/// Creates it with mode 0600 when missing (SQLite gives its `-wal` and `-shm` files the
+/// mode of the database), and narrows an existing one, and those files, that others
+/// could read.
+fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %std::path::Path::new(&file).display(), "the database file was readable by others; narrowing it to 0600");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the database named by `url` (`sqlite://file.db`, created if missing, or
     /// `postgres://...`). Does not migrate; see [`Store::migrate`].
@@ -130,7 +163,11 @@ impl Store {
                 PgPoolOptions::new().max_connections(16).min_connections(1).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
             Ok(Store::Postgres(pool))
         } else {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = SqliteConnectOptions::from_str(url)?;
+            if !sqlite_in_memory(url) {
+                make_private(options.get_filename()).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
+            }
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -271,4 +308,39 @@ impl PageRequest {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub total: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn in_memory_databases_are_recognised() {
+        assert!(sqlite_in_memory("sqlite::memory:"));
+        assert!(sqlite_in_memory("sqlite://:memory:"));
+        assert!(sqlite_in_memory("sqlite://x.db?mode=memory"));
+        assert!(!sqlite_in_memory("sqlite:///var/lib/cohort/cohort.db"));
+        assert!(!sqlite_in_memory("sqlite://cohort.db?mode=rwc"));
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_file_and_its_companions_are_private() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let fresh = dir.path().join("fresh.db");
+        let store = Store::connect(&format!("sqlite://{}", fresh.display())).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        for file in ["fresh.db", "fresh.db-wal", "fresh.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        store.close().await;
+        // A file left readable by an older version is narrowed.
+        let old = dir.path().join("old.db");
+        std::fs::write(&old, b"").expect("create");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = Store::connect(&format!("sqlite://{}", old.display())).await.expect("connect");
+        assert_eq!(mode(&old), 0o600);
+        store.close().await;
+    }
 }
