@@ -301,7 +301,9 @@ impl Drop for Browser {
                 }
             }
         }
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.driver.id())).status();
+        // `--` first: procps-ng 4.0.2's `kill -KILL -12345` reads `-12345` as options and
+        // calls kill(-1, SIGKILL), which kills every process of the machine.
+        let _ = Command::new("kill").args(["-s", "KILL", "--"]).arg(format!("-{}", self.driver.id())).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
