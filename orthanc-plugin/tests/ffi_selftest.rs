@@ -1,11 +1,13 @@
 //! Loads the built plugin into a real Orthanc (`/usr/sbin/Orthanc`, Debian's 1.10.1) and
-//! drives the temporary selftest routes (`src/selftest.rs`) over HTTP. Each test starts
-//! its own Orthanc on a free port with a throwaway storage directory and kills it on drop.
+//! drives the temporary selftest routes (`src/selftest.rs`) over HTTP. The tests that
+//! only read share one Orthanc ([`shared`]); a test that stops Orthanc starts its own.
+//! Orthanc runs under `setpriv --pdeathsig KILL`, so it dies with the thread that
+//! started it (the test binary at the latest), and its handle kills it on drop.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, Response};
@@ -13,36 +15,94 @@ use reqwest::header::{ALLOW, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICAT
 use serde_json::{json, Value};
 
 const ORTHANC_BIN: &str = "/usr/sbin/Orthanc";
+const SETPRIV: &str = "/usr/bin/setpriv";
 const INTERNAL_ERROR: &str = r#"{"error":{"code":"internal_error","message":"internal error"}}"#;
 
 /// A running Orthanc with the plugin loaded.
 struct Orthanc {
     child: Option<Child>,
     port: u16,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Removes `dir` on drop (`None` for the shared instance, whose directory is removed by
+    /// the next run, see [`shared`]).
+    _tmp: Option<tempfile::TempDir>,
     http: Client,
 }
 
+/// One Orthanc for the tests that only read: started on first use from a thread that
+/// lives as long as the test binary (its death signal follows that thread).
+fn shared() -> &'static Orthanc {
+    static SHARED: OnceLock<Orthanc> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        // Directories of earlier runs whose process is gone.
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("ffi-shared-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(format!("ffi-shared-{}", std::process::id()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Orthanc::start_in(dir, None));
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared Orthanc started")
+    })
+}
+
 impl Orthanc {
+    /// An Orthanc of this test's own, in a temporary directory.
     fn start() -> Orthanc {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tmp.path().to_path_buf(), Some(tmp))
+    }
+
+    /// Starts Orthanc on a random port, another one when the port is taken.
+    fn start_in(dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Orthanc {
         assert!(Path::new(ORTHANC_BIN).exists(), "{ORTHANC_BIN} is missing: apt-get install orthanc");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
+        std::fs::create_dir_all(&dir).expect("Orthanc directory");
+        let http =
+            Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().expect("HTTP client");
+        let mut orthanc = Orthanc { child: None, port: 0, dir, _tmp: tmp, http };
+        for _ in 0..8 {
+            orthanc.port = random_port();
+            if orthanc.spawn() {
+                return orthanc;
+            }
+        }
+        panic!("Orthanc found no free port in 8 attempts; its log:\n{}", orthanc.log());
+    }
+
+    /// Starts the process; false when its port was taken.
+    fn spawn(&mut self) -> bool {
         let config = json!({
             "Name": "cohort-ffi-selftest",
-            "HttpPort": port,
+            "HttpPort": self.port,
             "DicomServerEnabled": false,
             "AuthenticationEnabled": false,
             "RemoteAccessAllowed": true,
             "HttpCompressionEnabled": false,
-            "StorageDirectory": dir.path().join("storage"),
-            "IndexDirectory": dir.path().join("storage"),
+            "StorageDirectory": self.dir.join("storage"),
+            "IndexDirectory": self.dir.join("storage"),
             "Plugins": [plugin_path()],
         });
-        let config_path = dir.path().join("orthanc.json");
+        let config_path = self.dir.join("orthanc.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
-        let log = std::fs::File::create(dir.path().join("orthanc.log")).expect("log file");
-        let child = Command::new(ORTHANC_BIN)
+        let log = std::fs::File::create(self.dir.join("orthanc.log")).expect("log file");
+        let mut cmd = if Path::new(SETPRIV).exists() {
+            let mut cmd = Command::new(SETPRIV);
+            cmd.args(["--pdeathsig", "KILL", "--", ORTHANC_BIN]);
+            cmd
+        } else {
+            Command::new(ORTHANC_BIN)
+        };
+        let child = cmd
             // The FFI layer's demo routes instead of Cohort.
             .env("COHORT_PLUGIN_SELFTEST", "1")
             // Info lines show plugin messages written with LogInfo.
@@ -52,24 +112,27 @@ impl Orthanc {
             .stderr(log)
             .spawn()
             .expect("start Orthanc");
-        let http =
-            Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().expect("HTTP client");
-        let mut orthanc = Orthanc { child: Some(child), port, dir, http };
-        orthanc.wait_until_up();
-        orthanc
+        self.child = Some(child);
+        self.wait_until_up()
     }
 
-    fn wait_until_up(&mut self) {
+    /// Waits for this process's own "Orthanc has started" line, then an answer; false
+    /// when it exited because its port was taken.
+    fn wait_until_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.get("/system").is_ok_and(|response| response.status() == 200) {
-                return;
-            }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                if self.log().contains("already in use") {
+                    return false;
+                }
                 panic!("Orthanc exited during start-up ({status}); its log:\n{}", self.log());
             }
+            if self.log().contains("Orthanc has started") && self.get("/system").is_ok_and(|response| response.status() == 200) {
+                return true;
+            }
             assert!(Instant::now() < deadline, "Orthanc did not answer within 60 s; its log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -82,7 +145,7 @@ impl Orthanc {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("orthanc.log")).unwrap_or_default()
     }
 
     /// Sends SIGTERM, as a service manager would, and waits for the exit.
@@ -134,8 +197,12 @@ fn plugin_path() -> PathBuf {
         .unwrap_or_else(|| panic!("libcohort_orthanc.so not found near {}", deps.display()))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").port()
+/// A port below the kernel's ephemeral range (32768 by default), so that no outgoing
+/// connection holds it; not reserved, hence the retries in [`Orthanc::start_in`].
+fn random_port() -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mixed = nanos ^ std::process::id().rotate_left(16);
+    10_000 + (mixed % 22_000) as u16
 }
 
 fn json_body(response: Response) -> Value {
@@ -144,7 +211,7 @@ fn json_body(response: Response) -> Value {
 
 #[test]
 fn echo_route_copies_the_request_and_sets_both_cookies() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let response = orthanc
         .http
         .get(orthanc.url("/cohort-ffi-selftest/a/b?x=1&name=%C3%A9"))
@@ -170,7 +237,7 @@ fn echo_route_copies_the_request_and_sets_both_cookies() {
 
 #[test]
 fn echo_route_receives_the_post_body() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let response = orthanc.http.post(orthanc.url("/cohort-ffi-selftest")).body("hello").send().expect("echo");
     assert_eq!(response.status(), 200);
     let echo = json_body(response);
@@ -182,7 +249,7 @@ fn echo_route_receives_the_post_body() {
 
 #[test]
 fn orthanc_started_event_with_null_id_reaches_the_change_callback() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     // OrthancStarted may be signalled just after the HTTP server answers.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -198,7 +265,7 @@ fn orthanc_started_event_with_null_id_reaches_the_change_callback() {
 
 #[test]
 fn json_401_keeps_its_body_and_has_no_www_authenticate() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let response = orthanc.get("/cohort-ffi-selftest-status/401").expect("401");
     assert_eq!(response.status(), 401);
     assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
@@ -208,7 +275,7 @@ fn json_401_keeps_its_body_and_has_no_www_authenticate() {
 
 #[test]
 fn each_status_goes_out_through_the_sdk_call_it_needs() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     for code in [201, 403, 404, 409, 422, 503] {
         let response = orthanc.get(&format!("/cohort-ffi-selftest-status/{code}")).expect("status");
         assert_eq!(response.status(), code);
@@ -230,7 +297,7 @@ fn each_status_goes_out_through_the_sdk_call_it_needs() {
 
 #[test]
 fn statuses_orthanc_does_not_know_are_substituted_or_become_500() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let too_many = orthanc.get("/cohort-ffi-selftest-status/429").expect("429");
     assert_eq!(too_many.status(), 503);
     assert_eq!(json_body(too_many), json!({"status": 429}));
@@ -242,7 +309,7 @@ fn statuses_orthanc_does_not_know_are_substituted_or_become_500() {
 
 #[test]
 fn panicking_handler_answers_json_500_and_orthanc_keeps_serving() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let response = orthanc.get("/cohort-ffi-selftest-panic").expect("panic route");
     assert_eq!(response.status(), 500);
     assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
@@ -253,7 +320,7 @@ fn panicking_handler_answers_json_500_and_orthanc_keeps_serving() {
 
 #[test]
 fn filter_denies_with_403_and_lets_other_requests_through() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     assert_eq!(orthanc.get("/cohort-ffi-selftest-denied").expect("denied").status(), 403);
     assert_eq!(orthanc.get("/cohort-ffi-selftest").expect("allowed").status(), 200);
     // The filter also sees GET arguments, undecoded like the route's.
@@ -263,7 +330,7 @@ fn filter_denies_with_403_and_lets_other_requests_through() {
 
 #[test]
 fn in_process_calls_reach_orthanc_and_report_missing_resources_as_not_found() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let report = json_body(orthanc.get("/cohort-ffi-selftest-in-process").expect("in-process"));
     assert_eq!(report["orthanc_version"], "1.10.1");
     assert_eq!(report["configured_name"], "cohort-ffi-selftest");
@@ -275,7 +342,7 @@ fn in_process_calls_reach_orthanc_and_report_missing_resources_as_not_found() {
 
 #[test]
 fn dicom_file_read_in_process_matches_orthancs_own() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     let created = orthanc
         .http
         .post(orthanc.url("/tools/create-dicom"))
@@ -297,7 +364,7 @@ fn dicom_file_read_in_process_matches_orthancs_own() {
 
 #[test]
 fn tracing_events_land_in_orthancs_log() {
-    let orthanc = Orthanc::start();
+    let orthanc = shared();
     assert!(orthanc.log().contains("cohort_orthanc: cohort plugin initialised"), "{}", orthanc.log());
 }
 

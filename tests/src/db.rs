@@ -1,10 +1,16 @@
-//! Throwaway databases: a SQLite file in a temporary directory, or a fresh PostgreSQL
-//! database created for one test and dropped after it.
+//! Throwaway databases: a SQLite file in a temporary directory, or a PostgreSQL database
+//! created for one test and dropped after it.
+//!
+//! PostgreSQL test databases are copies of a template migrated once (`cohort_tpl_<hash
+//! of the migrations>`, shared by every test binary and kept between runs), so a test
+//! does not pay for the migrations; [`TestDatabase::empty`] gives an unmigrated one.
 
+use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
+use tokio::sync::OnceCell;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -14,7 +20,7 @@ pub enum Backend {
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("COHORT_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string())
 }
 
@@ -28,7 +34,18 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A database with Cohort's schema already applied on PostgreSQL (SQLite files start
+    /// empty: migrating one costs little).
     pub async fn create(backend: Backend) -> TestDatabase {
+        Self::create_from(backend, true).await
+    }
+
+    /// A database without any table, for tests of the migrations themselves.
+    pub async fn empty(backend: Backend) -> TestDatabase {
+        Self::create_from(backend, false).await
+    }
+
+    async fn create_from(backend: Backend, migrated: bool) -> TestDatabase {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -37,38 +54,95 @@ impl TestDatabase {
             }
             Backend::Postgres => {
                 let admin = admin_url();
-                let name = format!("cohort_test_{}", rand::random::<u64>());
-                let mut conn = PgConnectOptions::from_str(&admin).expect("COHORT_TEST_POSTGRES_URL").connect().await.unwrap_or_else(|e| {
-                    panic!(
-                        "PostgreSQL is not reachable at {admin} ({e}). Start it, point COHORT_TEST_POSTGRES_URL at one, \
-                         or set COHORT_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL variants explicitly."
-                    )
-                });
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+                let name = format!("cohort_test_{}_{}", std::process::id(), rand::random::<u32>());
+                let mut conn = connect_admin().await;
+                let create = if migrated {
+                    let template = template().await;
+                    format!("CREATE DATABASE {name} TEMPLATE {template}")
+                } else {
+                    format!("CREATE DATABASE {name}")
+                };
+                sqlx::query(&create).execute(&mut conn).await.unwrap_or_else(|e| panic!("{create}: {e}"));
                 let _ = conn.close().await;
-                let mut url = url::Url::parse(&admin).expect("PostgreSQL URL");
-                url.set_path(&name);
-                TestDatabase { url: url.to_string(), backend, _dir: None, pg_name: Some(name) }
+                TestDatabase { url: database_url(&admin, &name), backend, _dir: None, pg_name: Some(name) }
             }
         }
     }
+}
+
+fn database_url(admin: &str, name: &str) -> String {
+    let mut url = url::Url::parse(admin).expect("PostgreSQL URL");
+    url.set_path(name);
+    url.to_string()
+}
+
+async fn connect_admin() -> PgConnection {
+    let admin = admin_url();
+    PgConnectOptions::from_str(&admin).expect("COHORT_TEST_POSTGRES_URL").connect().await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {admin} ({e}). Start it, point COHORT_TEST_POSTGRES_URL at one, \
+             or set COHORT_TEST_SKIP_POSTGRES=1 to skip the PostgreSQL variants explicitly."
+        )
+    })
+}
+
+/// The migrated template's name, creating it the first time (once per migration set,
+/// across processes: an advisory lock serialises the creators).
+async fn template() -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
+            let migrator = sqlx::migrate::Migrator::new(dir.as_path()).await.expect("read migrations/postgres");
+            let mut hasher = std::hash::DefaultHasher::new();
+            for m in migrator.iter() {
+                std::hash::Hash::hash(&(m.version, m.checksum.as_ref()), &mut hasher);
+            }
+            let key = std::hash::Hasher::finish(&hasher);
+            let name = format!("cohort_tpl_{key:016x}");
+            let lock = i64::from_ne_bytes(key.to_ne_bytes());
+            let mut conn = connect_admin().await;
+            sqlx::query("SELECT pg_advisory_lock($1)").bind(lock).execute(&mut conn).await.expect("advisory lock");
+            let ready: Option<bool> = sqlx::query_scalar("SELECT datistemplate FROM pg_database WHERE datname = $1")
+                .bind(&name)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("pg_database");
+            if ready != Some(true) {
+                // A half-made template (a creator that died) is made again.
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.expect("drop template");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create template");
+                let mut tpl = PgConnectOptions::from_str(&database_url(&admin_url(), &name)).expect("url").connect().await.expect("template");
+                migrator.run_direct(&mut tpl).await.expect("migrate the template");
+                let _ = tpl.close().await;
+                sqlx::query(&format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("mark the template");
+            }
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock).execute(&mut conn).await.expect("advisory unlock");
+            let _ = conn.close().await;
+            name
+        })
+        .await
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let Some(name) = self.pg_name.take() else { return };
         // Drop may run inside a runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             rt.block_on(async {
-                if let Ok(mut conn) = PgConnectOptions::from_str(&admin_url()).expect("url").connect().await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
-                    let _ = conn.close().await;
-                }
-            });
+                let mut conn = PgConnectOptions::from_str(&admin_url()).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.map_err(|e| e.to_string())?;
+                let _ = conn.close().await;
+                Ok::<(), String>(())
+            })
         })
         .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop the test database: {e}");
+        }
     }
 }

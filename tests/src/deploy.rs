@@ -51,7 +51,8 @@ fn env_value(v: &Value) -> String {
     }
 }
 
-/// The `cohort serve` process.
+/// The `cohort serve` process. It listens on port 0 and the harness reads the address it
+/// got from its "cohort listening" log line, so no port is ever handed out in advance.
 #[derive(Debug)]
 pub struct Sidecar {
     child: Option<Child>,
@@ -67,35 +68,44 @@ impl Sidecar {
     /// Starts `cohort serve` with the harness's settings plus `env`, and waits until it
     /// answers.
     pub async fn start(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Sidecar {
-        let port = crate::free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut sidecar = Sidecar {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
             db_url: db_url.to_string(),
             orthanc_url: orthanc_url.to_string(),
             env: env.clone(),
         };
-        sidecar.spawn().await;
+        if let Err(log) = sidecar.spawn("127.0.0.1:0").await {
+            panic!("the sidecar did not start; its log:\n{log}");
+        }
         sidecar
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the process listening on `listen`; on failure, returns its log.
+    async fn spawn(&mut self, listen: &str) -> Result<(), String> {
+        let from = crate::process::file_len(self.log.path());
         let mut cmd = sidecar_command(&self.db_url, &self.orthanc_url, &self.env);
-        cmd.arg("serve").env("COHORT_LISTEN", self.url.trim_start_matches("http://"));
+        cmd.arg("serve").env("COHORT_LISTEN", listen);
         let log = std::fs::OpenOptions::new().append(true).open(self.log.path()).expect("log");
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start cohort serve"));
-        self.wait_until_up().await;
+        self.wait_until_up(from).await
     }
 
-    /// Kills the sidecar and starts it again on the same port and database.
+    /// Kills the sidecar and starts it again on the same database, on the same port when
+    /// it is still free (else on another: [`Sidecar::url`] says where).
     pub async fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.spawn().await;
+        let same = self.url.trim_start_matches("http://").to_string();
+        if self.spawn(&same).await.is_err() {
+            if let Err(log) = self.spawn("127.0.0.1:0").await {
+                panic!("the sidecar did not start again; its log:\n{log}");
+            }
+        }
     }
 
     pub fn log(&self) -> String {
@@ -106,17 +116,45 @@ impl Sidecar {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    async fn wait_until_up(&self) {
+    /// Waits until the process logs (after byte `from`) the address it listens on while
+    /// alive, and its `/api/health` answers with the health document. A process that
+    /// exits first is an error carrying its log.
+    async fn wait_until_up(&mut self, from: u64) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client");
         loop {
-            if http.get(format!("{}/api/health", self.url)).send().await.is_ok() {
-                return;
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("(exited with {status})\n{}", crate::process::read_from(self.log.path(), from)));
+            }
+            if let Some(address) = listening_address(&crate::process::read_from(self.log.path(), from)) {
+                self.url = format!("http://{address}");
+                let health = http.get(format!("{}/api/health", self.url)).send().await;
+                if let Ok(answer) = health {
+                    let body: Value = answer.json().await.unwrap_or(Value::Null);
+                    if body.get("database").is_some() {
+                        return Ok(());
+                    }
+                }
             }
             assert!(Instant::now() < deadline, "the sidecar did not start within 60 s; its log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// The address in a `cohort serve` log's "cohort listening" line (text or JSON logs).
+pub fn listening_address(log: &str) -> Option<String> {
+    let line = crate::process::strip_ansi(log.lines().find(|l| l.contains("cohort listening"))?);
+    let rest = match line.find("address=") {
+        Some(i) => &line[i + "address=".len()..],
+        None => {
+            let i = line.find("\"address\":\"")?;
+            &line[i + "\"address\":\"".len()..]
+        }
+    };
+    let end = rest.find(|c: char| c.is_whitespace() || c == '"' || c == ',').unwrap_or(rest.len());
+    Some(rest[..end].to_string())
 }
 
 impl Drop for Sidecar {
@@ -133,7 +171,7 @@ impl Drop for Sidecar {
 
 /// A `cohort` command with a clean environment: only the harness's `COHORT_*` settings.
 pub fn sidecar_command(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Command {
-    let mut cmd = Command::new(crate::built("cohort"));
+    let mut cmd = crate::process::command(crate::built("cohort"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
@@ -235,9 +273,13 @@ impl Deployment {
     }
 
     /// Restarts the Cohort side (the sidecar process; for the plugin, Orthanc itself).
+    /// The sidecar may come back on another port: clients made before keep the old one.
     pub async fn restart_cohort(&mut self) {
         match &mut self.sidecar {
-            Some(s) => s.restart().await,
+            Some(s) => {
+                s.restart().await;
+                self.url = s.url.clone();
+            }
             None => {
                 self.orthanc.stop();
                 self.orthanc.start_again().await;
@@ -256,5 +298,14 @@ impl Deployment {
             Some(s) => s.log(),
             None => self.orthanc.log(),
         }
+    }
+}
+
+impl Drop for Deployment {
+    /// The processes stop first, then the database is dropped (a field, dropped after
+    /// this): no process sees its database vanish under it.
+    fn drop(&mut self) {
+        drop(self.sidecar.take());
+        self.orthanc.kill();
     }
 }

@@ -10,6 +10,13 @@
 //!
 //! The interpreter is `python3`, or `COHORT_TEST_PYTHON` when set; it needs pydicom,
 //! highdicom and pynetdicom (`scripts/test` installs them).
+//!
+//! Deterministic outputs (seeded studies, archives of given files, pydicom's samples) are
+//! made once and then copied: each is kept in a cache directory under a key hashed from
+//! `gen.py`'s text, the arguments and the input files' names and bytes.
+//! `COHORT_TEST_DICOM_CACHE` names that directory (`scripts/test` uses a fresh one per
+//! run and removes it); by default it is `<target>/<profile>/cohort-dicom-cache` (delete
+//! it after upgrading pydicom or highdicom).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -281,8 +288,8 @@ impl StudySpec {
         self
     }
 
-    fn args(&self, out: &Path) -> Vec<String> {
-        let mut args = vec!["study".to_string(), "--out".to_string(), path_arg(out)];
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["study".to_string()];
         let mut opt = |name: &str, value: Option<String>| {
             if let Some(value) = value {
                 args.push(format!("--{name}={value}"));
@@ -311,8 +318,9 @@ impl StudySpec {
 /// Generates the patients, studies, series and instances of `spec`: one file per
 /// instance under `dir/<PatientID>/STnn/SEnn/IMnnnn.dcm`, in that order in `files`.
 pub fn study(spec: &StudySpec) -> Generated {
-    let dir = temp_dir();
-    let summary: Summary = run(&spec.args(dir.path()));
+    // Without a seed the tool draws one: a new study each time, never cached.
+    let (dir, summary) = generate(&spec.args(), &[], spec.seed.is_some());
+    let summary: Summary = parse(&summary, "study");
     Generated { dir, files: summary.files, seed: summary.seed }
 }
 
@@ -320,8 +328,8 @@ pub fn study(spec: &StudySpec) -> Generated {
 /// gen.py: CT, MR, JPEG lossy/baseline/2000, US multi-frame, RT plan/dose, SEG, ECG), one
 /// patient each.
 pub fn pydicom_samples() -> Generated {
-    let dir = temp_dir();
-    let summary: Summary = run(&["pydicom-samples".to_string(), "--out".to_string(), path_arg(dir.path())]);
+    let (dir, summary) = generate(&["pydicom-samples".to_string()], &[], true);
+    let summary: Summary = parse(&summary, "pydicom-samples");
     Generated { dir, files: summary.files, seed: None }
 }
 
@@ -406,8 +414,7 @@ impl GeneratedZip {
 
 /// A ZIP of `files` (files, or directories whose files are added relative to them).
 pub fn zip(files: &[PathBuf], opts: ZipOptions) -> GeneratedZip {
-    let dir = temp_dir();
-    let mut args = vec!["zip".to_string(), "--out".to_string(), path_arg(dir.path())];
+    let mut args = vec!["zip".to_string()];
     for (on, flag) in [(opts.junk, "--junk"), (opts.nested, "--nested"), (opts.dotdot, "--dotdot"), (opts.store, "--store")] {
         if on {
             args.push(flag.to_string());
@@ -415,7 +422,7 @@ pub fn zip(files: &[PathBuf], opts: ZipOptions) -> GeneratedZip {
     }
     args.push("--".to_string());
     args.extend(files.iter().map(|f| path_arg(f)));
-    zip_result(dir, &args)
+    zip_result(&args, files)
 }
 
 /// A broken or hostile archive. Unless said otherwise it holds a generated 4-instance
@@ -450,8 +457,7 @@ pub fn bad_zip(kind: BadZip) -> GeneratedZip {
 
 /// Like [`bad_zip`], with the DICOM files (or directories) to put in it.
 pub fn bad_zip_with(kind: BadZip, dicom: &[PathBuf]) -> GeneratedZip {
-    let dir = temp_dir();
-    let mut args = vec!["bad-zip".to_string(), "--out".to_string(), path_arg(dir.path())];
+    let mut args = vec!["bad-zip".to_string()];
     let kind_arg = match kind {
         BadZip::Truncated => "truncated",
         BadZip::CorruptCrc => "corrupt-crc",
@@ -469,7 +475,7 @@ pub fn bad_zip_with(kind: BadZip, dicom: &[PathBuf]) -> GeneratedZip {
     args.push(format!("--kind={kind_arg}"));
     args.push("--".to_string());
     args.extend(dicom.iter().map(|f| path_arg(f)));
-    zip_result(dir, &args)
+    zip_result(&args, dicom)
 }
 
 /// C-STOREs `files` (files or directories) to `aet` at `host:port` over one association
@@ -498,8 +504,9 @@ struct Summary {
     files: Vec<GeneratedFile>,
 }
 
-fn zip_result(dir: TempDir, args: &[String]) -> GeneratedZip {
-    let summary: Value = run(args);
+fn zip_result(args: &[String], inputs: &[PathBuf]) -> GeneratedZip {
+    let (dir, summary) = generate(args, inputs, true);
+    let summary: Value = parse(&summary, &args[0]);
     let file: GeneratedFile = summary
         .get("files")
         .and_then(|f| f.get(0))
@@ -531,20 +538,103 @@ fn command(args: &[String]) -> Command {
     cmd
 }
 
-/// Runs the tool, panics with its stderr if it fails, parses its JSON summary.
-fn run<T: serde::de::DeserializeOwned>(args: &[String]) -> T {
-    let output: Output = command(args).output().unwrap_or_else(|e| {
+/// Runs the tool's subcommand `args[0]` with `--out` a new temporary directory (the
+/// rest of `args` after it) and returns that directory and the tool's summary. When
+/// `cacheable`, the output comes from the cache when it is there (paths in the summary
+/// rewritten to the new directory), and goes into it otherwise.
+fn generate(args: &[String], inputs: &[PathBuf], cacheable: bool) -> (TempDir, String) {
+    let dir = temp_dir();
+    if !cacheable {
+        let summary = run(args, dir.path());
+        return (dir, summary);
+    }
+    let entry = cache_root().join(cache_key(args, inputs));
+    if !entry.join("summary.json").exists() {
+        let staging = cache_root().join(format!("tmp-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(staging.join("out")).expect("create the DICOM cache");
+        let summary = run(args, &staging.join("out"));
+        // Paths are plain JSON strings: the output directory becomes a placeholder.
+        let summary = summary.replace(&path_arg(&staging.join("out")), OUT_PLACEHOLDER);
+        std::fs::write(staging.join("summary.json"), &summary).expect("write the DICOM cache");
+        // Another process may have made the same entry meanwhile: either copy will do.
+        if std::fs::rename(&staging, &entry).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    copy_tree(&entry.join("out"), dir.path());
+    let summary = std::fs::read_to_string(entry.join("summary.json")).expect("read the DICOM cache");
+    let summary = summary.replace(OUT_PLACEHOLDER, &path_arg(dir.path()));
+    (dir, summary)
+}
+
+/// Stands for the output directory in a cached summary.
+const OUT_PLACEHOLDER: &str = "@COHORT_DICOM_OUT@";
+
+fn cache_root() -> PathBuf {
+    let root = std::env::var_os("COHORT_TEST_DICOM_CACHE").map(PathBuf::from).unwrap_or_else(|| crate::target_dir().join("cohort-dicom-cache"));
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+    root
+}
+
+/// A hash of the tool's text, the arguments (input paths by name and content, not by
+/// where they are).
+fn cache_key(args: &[String], inputs: &[PathBuf]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    std::fs::read(script()).expect("read gen.py").hash(&mut h);
+    let input_args: BTreeSet<String> = inputs.iter().map(|p| path_arg(p)).collect();
+    for a in args.iter().filter(|a| !input_args.contains(*a)) {
+        a.hash(&mut h);
+    }
+    for input in inputs {
+        input.file_name().hash(&mut h);
+        let mut files = Vec::new();
+        list_files(input, &mut files);
+        files.sort();
+        for f in files {
+            f.strip_prefix(input).unwrap_or(&f).hash(&mut h);
+            std::fs::read(&f).unwrap_or_else(|e| panic!("read {}: {e}", f.display())).hash(&mut h);
+        }
+    }
+    format!("{:016x}", h.finish())
+}
+
+fn list_files(path: &Path, out: &mut Vec<PathBuf>) {
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())).flatten() {
+            list_files(&e.path(), out);
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())).flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("create dir");
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap_or_else(|err| panic!("copy {}: {err}", e.path().display()));
+        }
+    }
+}
+
+/// Runs the tool with `--out out`, panics with its stderr if it fails, returns its JSON
+/// summary.
+fn run(args: &[String], out: &Path) -> String {
+    let mut full = vec![args[0].clone(), "--out".to_string(), path_arg(out)];
+    full.extend(args[1..].iter().cloned());
+    let output: Output = command(&full).output().unwrap_or_else(|e| {
         panic!("cannot run {} {}: {e} (Python 3 with pydicom, highdicom, pynetdicom is needed)", python(), script().display())
     });
     if !output.status.success() {
-        panic!("gen.py {} failed ({}):\n{}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr));
+        panic!("gen.py {} failed ({}):\n{}", full.join(" "), output.status, String::from_utf8_lossy(&output.stderr));
     }
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "gen.py {}: unreadable summary ({e}):\n{}\nstderr:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+    String::from_utf8(output.stdout).unwrap_or_else(|e| panic!("gen.py {}: summary is not UTF-8: {e}", full.join(" ")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(summary: &str, what: &str) -> T {
+    serde_json::from_str(summary).unwrap_or_else(|e| panic!("gen.py {what}: unreadable summary ({e}):\n{summary}"))
 }

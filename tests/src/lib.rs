@@ -5,7 +5,9 @@
 //! PostgreSQL comes from `COHORT_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. A
 //! PostgreSQL that cannot be reached fails the test, unless `COHORT_TEST_SKIP_POSTGRES=1`
-//! is set, in which case the PostgreSQL variants print that they were skipped.
+//! is set, in which case each PostgreSQL variant says it was skipped on the terminal
+//! (past libtest's output capture) and in `COHORT_TEST_SKIP_LOG` when set, which
+//! `scripts/test` sums up at the end.
 
 pub mod browser;
 pub mod client;
@@ -13,19 +15,15 @@ pub mod db;
 pub mod deploy;
 pub mod dicom;
 pub mod orthanc;
+pub mod process;
 
 pub use client::{Client, Resp};
 pub use db::{Backend, TestDatabase};
 pub use deploy::{Deployment, Host, ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
 pub use orthanc::Orthanc;
 
-use std::net::TcpListener;
+use std::io::Write;
 use std::path::PathBuf;
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
-}
 
 /// The cargo profile directory of the running program (`target/debug` for tests,
 /// `target/release` for the benchmarks), where the workspace's binaries and the plugin
@@ -49,14 +47,27 @@ pub fn built(name: &str) -> PathBuf {
     path
 }
 
-/// Runs a test body once per requested backend, skipping PostgreSQL only when the
-/// developer said so explicitly.
-pub fn postgres_skipped() -> bool {
-    if std::env::var("COHORT_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: PostgreSQL variant (COHORT_TEST_SKIP_POSTGRES=1)");
-        return true;
+/// Whether the PostgreSQL variant `test` is skipped: only when the developer said so
+/// (`COHORT_TEST_SKIP_POSTGRES=1`), and never silently. The line goes to the process's
+/// stderr directly (libtest captures `eprintln!`, not the stream) and to the file named
+/// by `COHORT_TEST_SKIP_LOG`. Skipping while `COHORT_TEST_POSTGRES_URL` names a server
+/// is a contradiction and fails.
+pub fn postgres_skipped(test: &str) -> bool {
+    if !std::env::var("COHORT_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        return false;
     }
-    false
+    assert!(
+        std::env::var_os("COHORT_TEST_POSTGRES_URL").is_none(),
+        "COHORT_TEST_SKIP_POSTGRES=1 and COHORT_TEST_POSTGRES_URL are both set: run the PostgreSQL variants or skip them, not both"
+    );
+    let line = format!("SKIPPED {test} (PostgreSQL variant; COHORT_TEST_SKIP_POSTGRES=1)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("COHORT_TEST_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    true
 }
 
 /// Declares one `#[tokio::test]` per deployment (host x database) for a scenario
@@ -74,7 +85,7 @@ macro_rules! per_deployment {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sidecar_postgres() {
-                if $crate::postgres_skipped() {
+                if $crate::postgres_skipped(concat!(module_path!(), "::sidecar_postgres")) {
                     return;
                 }
                 super::$scenario(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
@@ -87,7 +98,7 @@ macro_rules! per_deployment {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn plugin_postgres() {
-                if $crate::postgres_skipped() {
+                if $crate::postgres_skipped(concat!(module_path!(), "::plugin_postgres")) {
                     return;
                 }
                 super::$scenario(Deployment::start(Host::Plugin, Backend::Postgres).await).await;
@@ -110,7 +121,7 @@ macro_rules! per_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if $crate::postgres_skipped() {
+                if $crate::postgres_skipped(concat!(module_path!(), "::postgres")) {
                     return;
                 }
                 super::$scenario(Backend::Postgres).await;

@@ -2,12 +2,13 @@
 //! graceful stop of `serve`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cohort_e2e::deploy::{sidecar_command, Sidecar};
+use cohort_e2e::deploy::{listening_address, sidecar_command, Sidecar};
 use cohort_e2e::{per_backend, Backend, Client, TestDatabase};
+use sqlx::Connection;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -39,14 +40,33 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("COHORT_ADMIN_PASSWORD"));
 }
 
-async fn migrate_add_user_and_stop(backend: Backend) {
-    let db = TestDatabase::create(backend).await;
+/// How many migrations the database has applied (`None`: no migration table).
+async fn applied_migrations(db: &TestDatabase) -> Option<i64> {
+    let sql = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+    match db.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.expect("open SQLite");
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.ok()
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.expect("connect PostgreSQL");
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.ok()
+        }
+    }
+}
+
+async fn migrate_then_add_users_then_log_in(backend: Backend) {
+    let db = TestDatabase::empty(backend).await;
+    let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/postgres")).expect("migrations").count() as i64;
+    assert_eq!(applied_migrations(&db).await, None, "the database starts empty");
     let out = sidecar_command(&db.url, "http://127.0.0.1:9", &BTreeMap::new()).arg("migrate").output().expect("migrate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("database migrated"));
+    assert_eq!(applied_migrations(&db).await, Some(expected), "every migration applied");
     // Idempotent.
     let again = sidecar_command(&db.url, "http://127.0.0.1:9", &BTreeMap::new()).arg("migrate").output().expect("migrate");
     assert!(again.status.success());
+    assert_eq!(applied_migrations(&db).await, Some(expected));
 
     let add = |email: &str, password: &str, extra: &[&str]| {
         let mut child = sidecar_command(&db.url, "http://127.0.0.1:9", &BTreeMap::new())
@@ -85,23 +105,32 @@ async fn migrate_add_user_and_stop(backend: Backend) {
     c.get("/api/auth/me").await.expect_status(200);
     drop(sidecar);
 }
-per_backend!(migrate_add_user_and_stop);
+per_backend!(migrate_then_add_users_then_log_in);
 
 #[tokio::test]
 async fn serve_stops_gracefully_on_sigterm() {
     let db = TestDatabase::create(Backend::Sqlite).await;
-    let port = cohort_e2e::free_port();
-    let mut child = sidecar_command(&db.url, "http://127.0.0.1:9", &env(&[("COHORT_LISTEN", &format!("127.0.0.1:{port}"))]))
+    let mut child = sidecar_command(&db.url, "http://127.0.0.1:9", &env(&[("COHORT_LISTEN", "127.0.0.1:0")]))
         .arg("serve")
         .stderr(Stdio::piped())
         .spawn()
         .expect("serve");
-    let c = Client::new(&format!("http://127.0.0.1:{port}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("http://127.0.0.1:{port}/api/health")).await.is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The address it got is in its "cohort listening" line; the rest of stderr is kept.
+    let stderr = child.stderr.take().expect("stderr");
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(address) = listening_address(&line) {
+                let _ = address_tx.send(address);
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let address = address_rx.recv_timeout(Duration::from_secs(30)).expect("serve did not say where it listens");
+    let c = Client::new(&format!("http://{address}"));
     c.login(cohort_e2e::ADMIN_EMAIL, cohort_e2e::ADMIN_PASSWORD).await.expect_status(200);
     let status = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
     assert!(status.success());
@@ -113,5 +142,9 @@ async fn serve_stops_gracefully_on_sigterm() {
         assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(exit.success(), "{exit:?}");
+    let log = reader.join().expect("stderr reader");
+    assert!(exit.success(), "{exit:?}\n{log}");
+    // It stopped through its graceful path (the store closed after the server), not by
+    // dying on the signal.
+    assert!(log.contains("shutting down"), "{log}");
 }

@@ -1,7 +1,7 @@
 //! Account rules checked on the core router served in-process over real HTTP, on
 //! SQLite and PostgreSQL: throttling, inactive users, the last admin, deletions and the
 //! audit trail they leave, validation, pagination, search, groups, CORS, the OpenAPI
-//! document, and a database that goes down.
+//! document, and a closed store.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,7 @@ use cohort_core::{App, ClientAddr, Config, SharedApp};
 use cohort_e2e::{per_backend, Backend, Client, TestDatabase};
 use reqwest::Method;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 const ADMIN: &str = "root@rules.test";
 const ADMIN_PW: &str = "root-password-1";
@@ -18,7 +19,9 @@ const ADMIN_PW: &str = "root-password-1";
 struct Served {
     url: String,
     app: SharedApp,
-    _db: TestDatabase,
+    /// The database, when this node created it (a second node shares the first's).
+    _db: Option<TestDatabase>,
+    db_url: String,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -52,7 +55,14 @@ impl Served {
 /// The core router on a local port, configured like a deployment plus `tweak`.
 async fn serve(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Served {
     let db = TestDatabase::create(backend).await;
-    let mut config = Config { database_url: db.url.clone(), cookie_secure: false, bcrypt_cost: 10, ..Config::default() };
+    let mut served = serve_on(&db.url, tweak).await;
+    served._db = Some(db);
+    served
+}
+
+/// Another node on the database at `db_url`.
+async fn serve_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Served {
+    let mut config = Config { database_url: db_url.to_string(), cookie_secure: false, bcrypt_cost: 10, ..Config::default() };
     config.bootstrap_admin_email = Some(ADMIN.into());
     config.bootstrap_admin_password = Some(ADMIN_PW.into());
     tweak(&mut config);
@@ -68,7 +78,7 @@ async fn serve(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Served {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
-    Served { url, app, _db: db, server }
+    Served { url, app, _db: None, db_url: db_url.to_string(), server }
 }
 
 async fn login_throttling(backend: Backend) {
@@ -80,6 +90,11 @@ async fn login_throttling(backend: Backend) {
     let admin = s.admin().await;
     s.user(&admin, "victim@rules.test", json!({})).await;
     let c = s.client();
+    // Successful logins never count: more of them than either limit, from the same IP
+    // and on the same account, throttle nothing.
+    for _ in 0..6 {
+        c.login("victim@rules.test", "user-password-1").await.expect_status(200);
+    }
     for _ in 0..3 {
         c.login("victim@rules.test", "wrong-password-1").await.expect_error(401, "invalid_credentials");
     }
@@ -97,7 +112,7 @@ async fn login_throttling(backend: Backend) {
     let audit = admin.get("/api/audit?action=LOGIN_FAILED&page_size=50").await.expect_status(200);
     let denied = audit["items"].as_array().expect("items").iter().filter(|e| e["outcome"] == "denied").count();
     assert_eq!(denied, 2, "each throttled attempt is audited: {audit}");
-    // Successful logins never count: the admin's session (opened before) still works.
+    // Throttling refuses logins, not sessions: the admin's (opened before) still works.
     admin.get("/api/auth/me").await.expect_status(200);
 }
 per_backend!(login_throttling);
@@ -236,12 +251,13 @@ async fn groups_and_permissions(backend: Backend) {
     assert_eq!(denied["total"], 4, "{denied}");
     assert_eq!(denied["items"][0]["details"]["route"], "/api/audit");
 
+    // Leaving group_id out leaves it alone (the user is still in the group).
+    let same = admin.put(&format!("/api/users/{uid}"), &json!({"first_name": "M"})).await.expect_status(200);
+    assert_eq!((same["group_id"].as_i64(), same["first_name"].as_str()), (Some(gid), Some("M")));
+    assert_eq!(admin.get(&format!("/api/users/{uid}")).await.expect_status(200)["group_id"], gid);
     // Taking the user out of the group (explicit null) empties it.
     let out = admin.put(&format!("/api/users/{uid}"), &json!({"group_id": null})).await.expect_status(200);
     assert_eq!(out["group_id"], Value::Null);
-    // Leaving group_id out leaves it alone.
-    let same = admin.put(&format!("/api/users/{uid}"), &json!({"first_name": "M"})).await.expect_status(200);
-    assert_eq!(same["group_id"], Value::Null);
     admin.delete(&format!("/api/groups/{gid}")).await.expect_status(204);
     assert_eq!(admin.get("/api/groups").await.expect_status(200)["total"], 0);
 }
@@ -342,7 +358,9 @@ async fn openapi_lists_every_route(backend: Backend) {
 }
 per_backend!(openapi_lists_every_route);
 
-async fn a_database_that_goes_down(backend: Backend) {
+/// The store closed under a running app (as at shutdown, or a pool that gave up): 503s
+/// with a stable code and no internals.
+async fn a_closed_store_answers_503_without_internals(backend: Backend) {
     let s = serve(backend, |_| {}).await;
     let admin = s.admin().await;
     s.app.store.close().await;
@@ -354,4 +372,149 @@ async fn a_database_that_goes_down(backend: Backend) {
     assert_eq!(health.json()["status"], "degraded");
     assert!(!String::from_utf8_lossy(&health.body).contains("pool"), "5xx bodies do not leak internals");
 }
-per_backend!(a_database_that_goes_down);
+per_backend!(a_closed_store_answers_503_without_internals);
+
+/// A client holding the same cookies as `c` (another tab, or a thief).
+fn twin(s: &Served, c: &Client) -> Client {
+    let t = s.client();
+    for name in ["access_token", "csrf_token"] {
+        t.set_cookie("/", name, &c.cookie(name).expect("cookie"));
+    }
+    t.set_cookie("/api/auth", "refresh_token", &c.refresh_token().expect("refresh cookie"));
+    t
+}
+
+async fn a_refresh_race_has_one_winner_and_revokes_the_session(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    s.user(&admin, "racer@rules.test", json!({})).await;
+    let c = s.client();
+    c.login("racer@rules.test", "user-password-1").await.expect_status(200);
+    let t = twin(&s, &c);
+    // The same refresh token twice at once: one rotation wins, the other is a reuse.
+    let (a, b) = tokio::join!(c.req(Method::POST, "/api/auth/refresh").send(), t.req(Method::POST, "/api/auth/refresh").send());
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "{} / {}", String::from_utf8_lossy(&a.body), String::from_utf8_lossy(&b.body));
+    let (winner, loser) = if a.status == 200 { (&c, &b) } else { (&t, &a) };
+    assert_eq!(loser.json()["error"]["code"], "refresh_reused");
+    // The reuse revoked the whole session: the winner's fresh tokens are worthless too.
+    winner.get("/api/auth/me").await.expect_error(401, "session_revoked");
+    winner.req(Method::POST, "/api/auth/refresh").send().await.expect_error(401, "session_revoked");
+    let refreshes = admin.get("/api/audit?action=REFRESH").await.expect_status(200);
+    let reuses = admin.get("/api/audit?action=REFRESH_REUSE").await.expect_status(200);
+    assert_eq!((refreshes["total"].as_i64(), reuses["total"].as_i64()), (Some(1), Some(1)), "{refreshes} {reuses}");
+}
+per_backend!(a_refresh_race_has_one_winner_and_revokes_the_session);
+
+async fn refresh_needs_an_active_user_and_a_live_session(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let id = s.user(&admin, "sleeper@rules.test", json!({})).await;
+    let c = s.client();
+    c.login("sleeper@rules.test", "user-password-1").await.expect_status(200);
+    c.req(Method::POST, "/api/auth/refresh").send().await.expect_status(200);
+
+    // Deactivated: the refresh token stops working, and reactivation does not revive it.
+    admin.put(&format!("/api/users/{id}"), &json!({"status": "inactive"})).await.expect_status(200);
+    c.req(Method::POST, "/api/auth/refresh").send().await.expect_error(401, "session_revoked");
+    admin.put(&format!("/api/users/{id}"), &json!({"status": "active"})).await.expect_status(200);
+    c.req(Method::POST, "/api/auth/refresh").send().await.expect_error(401, "session_revoked");
+
+    // A session past its expiry cannot be refreshed, even with a refresh token that is
+    // still within its own lifetime.
+    let d = s.client();
+    d.login("sleeper@rules.test", "user-password-1").await.expect_status(200);
+    let expired = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let sql = "UPDATE user_sessions SET expires_at = $1 WHERE revoked_at IS NULL";
+    let changed = match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&s.db_url).await.expect("open SQLite");
+            sqlx::query(sql).bind(expired).execute(&mut conn).await.expect("expire").rows_affected()
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&s.db_url).await.expect("connect");
+            sqlx::query(sql).bind(expired).execute(&mut conn).await.expect("expire").rows_affected()
+        }
+    };
+    assert_eq!(changed, 2, "the admin's session and the new one");
+    d.req(Method::POST, "/api/auth/refresh").send().await.expect_error(401, "session_revoked");
+}
+per_backend!(refresh_needs_an_active_user_and_a_live_session);
+
+async fn a_second_node_sees_revocations_within_the_cache_time(backend: Backend) {
+    // No JwtSecret: the first node generates one and keeps it in the database.
+    let a = serve(backend, |c| c.jwt_secret = None).await;
+    let b = serve_on(&a.db_url, |c| c.jwt_secret = None).await;
+    let admin = a.admin().await;
+    a.user(&admin, "roamer@rules.test", json!({})).await;
+    let c = a.client();
+    c.login("roamer@rules.test", "user-password-1").await.expect_status(200);
+    let token = c.cookie("access_token").expect("access token");
+    // The second node verifies the first's tokens (same generated secret) and caches the
+    // session.
+    let on_b = b.client().with_bearer(&token);
+    on_b.get("/api/auth/me").await.expect_status(200);
+    c.req(Method::POST, "/api/auth/logout").send().await.expect_status(204);
+    a.client().with_bearer(&token).get("/api/auth/me").await.expect_error(401, "session_revoked");
+    let revoked = std::time::Instant::now();
+    loop {
+        let r = on_b.get("/api/auth/me").await;
+        if r.status == 401 {
+            r.expect_error(401, "session_revoked");
+            break;
+        }
+        assert!(revoked.elapsed() < std::time::Duration::from_millis(3500), "the second node still accepts a revoked session");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The generated secret survives a restart: a node started after both verifies the
+    // admin's token.
+    let admin_token = admin.cookie("access_token").expect("admin token");
+    drop(b);
+    let again = serve_on(&a.db_url, |c| c.jwt_secret = None).await;
+    again.client().with_bearer(&admin_token).get("/api/auth/me").await.expect_status(200);
+}
+per_backend!(a_second_node_sees_revocations_within_the_cache_time);
+
+async fn two_admins_demoting_each_other_at_once_leave_one(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let root = s.admin().await;
+    let root_id = root.get("/api/auth/me").await.expect_status(200)["id"].as_i64().expect("id");
+    let other_id = s.user(&root, "other@rules.test", json!({"role": "admin"})).await;
+    let mut conflicts = 0;
+    for round in 0..4 {
+        let other = s.client();
+        other.login("other@rules.test", "user-password-1").await.expect_status(200);
+        let (path1, path2, demote) = (format!("/api/users/{other_id}"), format!("/api/users/{root_id}"), json!({"role": "user"}));
+        let (r1, r2) = tokio::join!(root.put(&path1, &demote), other.put(&path2, &demote));
+        let mut outcomes = [r1.status.as_u16(), r2.status.as_u16()];
+        outcomes.sort_unstable();
+        // One demotion wins. The other meets the last-admin guard (409) when both were
+        // past their admin check, or is no longer an admin's (403) when it came after.
+        assert!(outcomes == [200, 409] || outcomes == [200, 403], "round {round}: {outcomes:?}");
+        for r in [&r1, &r2] {
+            match r.status.as_u16() {
+                409 => {
+                    r.expect_error(409, "last_admin");
+                    conflicts += 1;
+                }
+                403 => {
+                    r.expect_error(403, "forbidden");
+                }
+                _ => {}
+            }
+        }
+        let (admin, demoted_id) = if r1.status == 200 { (&root, other_id) } else { (&other, root_id) };
+        let users = admin.get("/api/users?page_size=50").await.expect_status(200);
+        let admins = users["items"].as_array().expect("items").iter().filter(|u| u["role"] == "admin").count();
+        assert_eq!(admins, 1, "round {round}: {users}");
+        admin.put(&format!("/api/users/{demoted_id}"), &json!({"role": "admin"})).await.expect_status(200);
+        if r1.status != 200 {
+            // The root was demoted and promoted again: its session is still valid.
+            root.get("/api/users").await.expect_status(200);
+        }
+    }
+    assert!(conflicts > 0, "no round ran the two demotions concurrently");
+}
+per_backend!(two_admins_demoting_each_other_at_once_leave_one);

@@ -34,7 +34,8 @@ fn not_found() -> ApiError {
 }
 
 /// Loads a patient the caller may see; another group's patient is a 404, as if it did
-/// not exist, and the attempt is audited.
+/// not exist, and the attempt is audited (on another connection: never call this with a
+/// write transaction open, see [`update`]).
 pub async fn visible_patient(app: &App, db: &mut Db, who: &Principal, id: Id) -> ApiResult<PatientRow> {
     let row = db.patient_by_id(id).await?.ok_or_else(not_found)?;
     if can_see(scope_of(who), &row) {
@@ -201,7 +202,15 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: PatientChanges)
     let last_name = changes.last_name.map(|n| name("last_name", n.as_deref())).transpose()?;
     check_birth_date(changes.date_of_birth.flatten())?;
     let mut tx = app.store.begin().await?;
-    let mut row = visible_patient(app, &mut tx, who, id).await?;
+    let mut row = tx.patient_by_id(id).await?.ok_or_else(not_found)?;
+    if !can_see(scope_of(who), &row) {
+        // The refusal is audited on another connection: give up the write transaction
+        // first (on SQLite it holds the write lock, and the audit row would wait for it
+        // until the busy timeout and be lost).
+        tx.rollback().await?;
+        audit_hidden(app, who, id).await;
+        return Err(not_found());
+    }
     if let Some(group_id) = changes.group_id {
         if group_id != row.group_id && !who.is_admin() {
             return Err(ApiError::forbidden("forbidden", "only admins move patients between groups"));

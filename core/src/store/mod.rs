@@ -278,6 +278,17 @@ impl Db {
         }
         Ok(())
     }
+
+    /// Rolls a transaction back now (on SQLite: releases the write lock before the caller
+    /// goes on); a no-op on a plain connection.
+    pub async fn rollback(self) -> StoreResult<()> {
+        match self.0 {
+            Inner::Sqlite(Handle::Tx(t)) => t.rollback().await?,
+            Inner::Postgres(Handle::Tx(t)) => t.rollback().await?,
+            Inner::Sqlite(Handle::Conn(_)) | Inner::Postgres(Handle::Conn(_)) => {}
+        }
+        Ok(())
+    }
 }
 
 /// The current time as both databases store it (microsecond precision, UTC), so a value
