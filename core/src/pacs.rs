@@ -178,6 +178,8 @@ pub trait Pacs: Send + Sync + 'static {
     async fn statistics(&self) -> PacsResult<Statistics>;
     /// Orthanc's change log after `since`.
     async fn changes(&self, since: i64, limit: u32) -> PacsResult<ChangesPage>;
+    /// The Orthanc ids of every study Orthanc holds.
+    async fn study_ids(&self) -> PacsResult<Vec<String>>;
 }
 
 /// How a host reaches Orthanc's REST API. Paths start with `/` (e.g. `/system`).
@@ -385,6 +387,10 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
             instances: s.count_instances,
             disk_size_mb: s.total_disk_size_mb,
         })
+    }
+
+    async fn study_ids(&self) -> PacsResult<Vec<String>> {
+        self.get_json("/studies").await
     }
 
     async fn changes(&self, since: i64, limit: u32) -> PacsResult<ChangesPage> {

@@ -117,8 +117,19 @@ impl Client {
 
     /// A client announcing itself as a particular device.
     pub fn with_user_agent(base: &str, user_agent: &str) -> Client {
+        Self::build(base, user_agent, None)
+    }
+
+    /// A client whose connections come from `local` (e.g. `127.0.0.2`, another loopback
+    /// address), so the server sees a peer address other than `127.0.0.1`.
+    pub fn from_address(base: &str, user_agent: &str, local: std::net::IpAddr) -> Client {
+        Self::build(base, user_agent, Some(local))
+    }
+
+    fn build(base: &str, user_agent: &str, local: Option<std::net::IpAddr>) -> Client {
         let jar = Arc::new(Jar::default());
-        let http = reqwest::Client::builder().cookie_provider(jar.clone()).user_agent(user_agent).build().expect("HTTP client");
+        let http =
+            reqwest::Client::builder().cookie_provider(jar.clone()).user_agent(user_agent).local_address(local).build().expect("HTTP client");
         Client { base: base.trim_end_matches('/').to_string(), http, jar, bearer: None }
     }
 

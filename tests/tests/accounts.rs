@@ -52,7 +52,9 @@ async fn account_lifecycle(d: Deployment) {
 
     // Alice on two devices.
     let laptop = d.client();
-    let phone = Client::with_user_agent(&d.url, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit Safari/604.1");
+    // The phone connects from another loopback address: its own client address.
+    let phone_ip: std::net::IpAddr = [127, 0, 0, 2].into();
+    let phone = Client::from_address(&d.url, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit Safari/604.1", phone_ip);
     let login = laptop.login(ALICE, ALICE_PW).await;
     let body = login.expect_status(200);
     assert_eq!(body["user"]["id"], alice_id);
@@ -72,6 +74,8 @@ async fn account_lifecycle(d: Deployment) {
     assert_eq!(current[0]["device"], "Firefox on Linux");
     let phone_session = sessions.iter().find(|s| s["current"] == false).expect("phone session");
     assert_eq!(phone_session["device"], "Safari on iOS");
+    // Each session keeps the address it was opened from.
+    assert_eq!((current[0]["ip"].as_str(), phone_session["ip"].as_str()), (Some("127.0.0.1"), Some("127.0.0.2")), "{sessions:?}");
     phone.get("/api/auth/me").await.expect_status(200);
     laptop.delete(&format!("/api/auth/sessions/{}", phone_session["id"].as_str().expect("id"))).await.expect_status(204);
     phone.get("/api/auth/me").await.expect_error(401, "session_revoked");
@@ -150,6 +154,11 @@ async fn account_lifecycle(d: Deployment) {
             "audit lacks {action} by {actor} ({outcome}); saw {seen:?}"
         );
     }
+    // Audit rows name the client address too.
+    let logins = admin.get(&format!("/api/audit?action=LOGIN&user_id={alice_id}&page_size=50")).await.expect_status(200);
+    let mut ips: Vec<&str> = logins["items"].as_array().expect("items").iter().filter_map(|e| e["ip"].as_str()).collect();
+    ips.sort_unstable();
+    assert_eq!(ips, ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2"], "{logins}");
     let at = |e: &Value| chrono::DateTime::parse_from_rfc3339(e["at"].as_str().expect("at")).expect("an RFC 3339 timestamp");
     assert!(audit["items"].as_array().expect("items").windows(2).all(|w| at(&w[0]) >= at(&w[1])), "newest first");
     // Alice logged in on the laptop, the phone, and twice more for the profile checks.

@@ -251,6 +251,16 @@ async fn groups_scope_every_route(d: Deployment) {
     let hidden = denied["items"].as_array().expect("items").iter().filter(|e| e["details"]["reason"] == "patient_not_visible").count();
     // Cardio: 6 routes plus the mixed bulk export; Neuro: the ungrouped patient.
     assert_eq!(hidden, HIDDEN_ACCESSES, "{denied}");
+
+    // The image proxy caches who owns an instance (both groups asked about this one):
+    // moving the patient to Cardio changes who may fetch it at once, and so does a
+    // deletion.
+    neuro.get(&format!("/api/patients/images/{instance}")).await.expect_status(200);
+    admin.put(&format!("/api/patients/{pid}"), &json!({"group_id": g2})).await.expect_status(200);
+    neuro.get(&format!("/api/patients/images/{instance}")).await.expect_error(404, "not_found");
+    cardio.get(&format!("/api/patients/images/{instance}")).await.expect_status(200);
+    admin.delete(&format!("/api/patients/{pid}")).await.expect_status(204);
+    cardio.get(&format!("/api/patients/images/{instance}")).await.expect_error(404, "not_found");
 }
 per_deployment!(groups_scope_every_route);
 
@@ -299,6 +309,14 @@ async fn status_workflow_and_deletion(d: Deployment) {
     assert_eq!(changes.len(), 5, "every change is audited");
     assert!(changes.iter().any(|c| c["status"] == json!(["in_progress", "validated"])));
     assert!(changes.iter().any(|c| c["first_name"] == json!(["Ana", "Anna"])));
+    // Search follows a rename (the trigram index on SQLite is kept by triggers).
+    let found = |q: &'static str| {
+        let admin = &admin;
+        async move { admin.get(&format!("/api/patients?q={q}")).await.expect_status(200)["total"].as_i64() }
+    };
+    assert_eq!((found("lopes").await, found("moreau").await), (Some(1), Some(0)));
+    admin.put(&format!("/api/patients/{id}"), &json!({"last_name": "Moreau"})).await.expect_status(200);
+    assert_eq!((found("lopes").await, found("moreau").await, found("mor").await), (Some(0), Some(1), Some(1)));
 
     // Deletion: admins only. Each form is tried on a patient that has images in Orthanc.
     let user = d.client();
@@ -318,6 +336,7 @@ async fn status_workflow_and_deletion(d: Deployment) {
     user.delete(&format!("/api/patients/{marc_id}")).await.expect_error(403, "forbidden");
     admin.delete(&format!("/api/patients/{id}")).await.expect_status(204);
     admin.get(&format!("/api/patients/{id}")).await.expect_error(404, "not_found");
+    assert_eq!((found("moreau").await, found("mor").await), (Some(0), Some(0)), "a deleted patient is not found by search");
 
     // Without purge: the record goes, Orthanc keeps Marc's images.
     admin.delete(&format!("/api/patients/{marc_id}")).await.expect_status(204);
@@ -609,8 +628,78 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
     assert_eq!(ids().await, ["IPP-AFTER", "IPP-ORTHANC"], "the deleted record did not come back");
     let audit = admin.get("/api/audit?action=IMPORT").await.expect_status(200);
     assert_eq!(audit["total"], 3, "each study audited once: {audit}");
+
+    // A patient deleted in Orthanc directly (its own API, or Orthanc Explorer) leaves
+    // the registry, audited as a deletion by the system. Orthanc's change log says
+    // nothing of it: the follower notices Orthanc's study count going down.
+    let orthanc = d.orthanc_client().await;
+    let gone = admin.get("/api/patients?q=IPP-ORTHANC").await.expect_status(200)["items"][0]["id"].as_i64().expect("IPP-ORTHANC");
+    let orthanc_patients = orthanc.get("/patients?expand").await.expect_status(200);
+    let orthanc_id = orthanc_patients
+        .as_array()
+        .expect("patients")
+        .iter()
+        .find(|p| p["MainDicomTags"]["PatientID"] == "IPP-ORTHANC")
+        .and_then(|p| p["ID"].as_str())
+        .expect("IPP-ORTHANC in Orthanc")
+        .to_string();
+    orthanc.req(Method::DELETE, &format!("/patients/{orthanc_id}")).without_csrf().send().await.expect_status(200);
+    eventually("the patient deleted in Orthanc leaves the registry", Duration::from_secs(15), || async {
+        ids().await == ["IPP-AFTER"]
+    })
+    .await;
+    admin.get(&format!("/api/patients/{gone}")).await.expect_error(404, "not_found");
+    let deletions = admin.get("/api/audit?action=DELETE").await.expect_status(200);
+    let by_orthanc: Vec<&Value> = deletions["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["resource_id"] == gone.to_string() && e["user_id"].is_null() && e["details"]["source"] == "orthanc")
+        .collect();
+    assert_eq!(by_orthanc.len(), 1, "{deletions}");
 }
 per_deployment!(dicom_arriving_without_cohort_is_registered);
+
+/// `AutoRegisterGroup`: patients that reach Orthanc without Cohort land in that group,
+/// created on first use, and its members see them.
+async fn auto_register_group(host: Host, backend: cohort_e2e::Backend) {
+    let settings: BTreeMap<String, Value> = [("AutoRegisterGroup".to_string(), json!("Inbox"))].into_iter().collect();
+    let d = Deployment::start_with(host, backend, settings).await;
+    let admin = d.admin().await;
+    let pushed = dicom::study(&StudySpec::new("IPP-INBOX").name("Inbox^Ines").studies(1).series(1).instances(2).seed(26));
+    dicom::storescu(&pushed.paths(), "127.0.0.1", d.orthanc.dicom_port, &d.orthanc.aet).expect("C-STORE");
+    let list = || async { admin.get("/api/patients").await.expect_status(200) };
+    eventually("the pushed patient registered", Duration::from_secs(30), || async { list().await["total"] == 1 }).await;
+    let groups = admin.get("/api/groups").await.expect_status(200);
+    let inbox = groups["items"].as_array().expect("items").iter().find(|g| g["name"] == "Inbox").unwrap_or_else(|| panic!("no Inbox group: {groups}"));
+    let p = &list().await["items"][0];
+    assert_eq!((p["external_id"].as_str(), p["group_id"].clone()), (Some("IPP-INBOX"), inbox["id"].clone()));
+    admin
+        .post("/api/users", &json!({"email": "inbox@e2e.test", "password": "user-password-1", "role": "user", "group_id": inbox["id"]}))
+        .await
+        .expect_status(201);
+    let member = d.client();
+    member.login("inbox@e2e.test", "user-password-1").await.expect_status(200);
+    assert_eq!(member.get("/api/patients").await.expect_status(200)["total"], 1);
+    // An import through Cohort still claims its patient for the importer's group.
+    let r = import_file(&admin, &marc().files[0].path).await.expect_status(200);
+    let marc_id = patient_id(&r, "IPP-MARC");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(admin.get(&format!("/api/patients/{marc_id}")).await.expect_status(200)["group_id"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_register_group_sidecar_sqlite() {
+    auto_register_group(Host::Sidecar, cohort_e2e::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_register_group_plugin_postgres() {
+    if cohort_e2e::postgres_skipped("auto_register_group_plugin_postgres") {
+        return;
+    }
+    auto_register_group(Host::Plugin, cohort_e2e::Backend::Postgres).await;
+}
 
 async fn search_pages_and_totals(d: Deployment) {
     let admin = d.admin().await;

@@ -518,3 +518,29 @@ async fn two_admins_demoting_each_other_at_once_leave_one(backend: Backend) {
     assert!(conflicts > 0, "no round ran the two demotions concurrently");
 }
 per_backend!(two_admins_demoting_each_other_at_once_leave_one);
+
+async fn the_audit_trail_is_append_only(backend: Backend) {
+    let s = serve(backend, |_| {}).await;
+    let admin = s.admin().await;
+    let before = admin.get("/api/audit").await.expect_status(200)["total"].as_i64().expect("total");
+    assert!(before > 0);
+    // Straight to the database, as a careless script or an intruder with SQL would. (Only
+    // user_id → NULL passes: what the foreign key does when a user is deleted.)
+    for sql in ["UPDATE audit_logs SET action = 'NOTHING'", "DELETE FROM audit_logs", "UPDATE audit_logs SET ip = '10.0.0.1'"] {
+        let refused = match backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&s.db_url).await.expect("open SQLite");
+                sqlx::query(sql).execute(&mut conn).await.is_err()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&s.db_url).await.expect("connect");
+                sqlx::query(sql).execute(&mut conn).await.is_err()
+            }
+        };
+        assert!(refused, "the database accepted {sql}");
+    }
+    let after = admin.get("/api/audit").await.expect_status(200);
+    assert_eq!(after["total"].as_i64(), Some(before), "nothing changed: {after}");
+    assert!(after["items"].as_array().expect("items").iter().all(|e| e["action"] != "NOTHING" && e["ip"] != "10.0.0.1"));
+}
+per_backend!(the_audit_trail_is_append_only);

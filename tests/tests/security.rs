@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use cohort_e2e::{per_deployment, Deployment, JWT_SECRET};
+use cohort_e2e::{per_deployment, Backend, Deployment, Host, JWT_SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -127,3 +127,51 @@ async fn csrf_and_tokens(d: Deployment) {
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
 }
 per_deployment!(csrf_and_tokens);
+
+/// CORS on the real binaries: only listed origins get `Access-Control-Allow-Origin`,
+/// every answer says `Vary: Origin` (a shared cache must not hand one origin's answer to
+/// another), and an unlisted origin cannot write with the browser's cookies.
+async fn cors_on_the_real_binary(host: Host) {
+    let settings = [("AllowedOrigins".to_string(), json!(["https://app.example.org"]))].into_iter().collect();
+    let d = Deployment::start_with(host, Backend::Sqlite, settings).await;
+    let c = d.client();
+    for origin in [Some("https://app.example.org"), Some("https://evil.example"), None] {
+        let mut req = c.req(Method::GET, "/api/health");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await;
+        assert_eq!(r.status.as_u16(), 200, "{origin:?}");
+        let allowed = origin.filter(|o| *o == "https://app.example.org");
+        assert_eq!(r.header("access-control-allow-origin"), allowed, "{origin:?}");
+        assert_eq!(r.header("access-control-allow-credentials"), allowed.map(|_| "true"), "{origin:?}");
+        let vary: Vec<&str> = r.headers.get_all("vary").iter().filter_map(|v| v.to_str().ok()).collect();
+        assert!(vary.iter().any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("origin"))), "{origin:?}: Vary {vary:?}");
+    }
+    let admin = d.admin().await;
+    admin
+        .req(Method::POST, "/api/groups")
+        .json(&json!({"name": "from-app"}))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .expect_status(201);
+    admin
+        .req(Method::POST, "/api/groups")
+        .json(&json!({"name": "from-evil"}))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect_error(403, "origin_not_allowed");
+    assert_eq!(admin.get("/api/groups").await.expect_status(200)["total"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_on_the_sidecar() {
+    cors_on_the_real_binary(Host::Sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_on_the_plugin() {
+    cors_on_the_real_binary(Host::Plugin).await;
+}

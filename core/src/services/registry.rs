@@ -143,17 +143,28 @@ const CURSOR_KEY: &str = "orthanc_changes_seq";
 const PAGE: u32 = 200;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How often an idle follower looks for studies deleted in Orthanc directly: at most
+/// this often when Orthanc's study count went down, at least this often anyway.
+const SWEEP_WHEN_FEWER: Duration = Duration::from_secs(2);
+const SWEEP_ANYWAY: Duration = Duration::from_secs(300);
 
 /// Follows Orthanc's change log for ever, from a cursor kept in the database (so a
 /// restart neither misses nor repeats work; repeats are harmless anyway, registration is
 /// idempotent). `wake` lets a host signal new changes before the next poll.
+///
+/// Orthanc's change log says nothing of deletions (deleting a resource even removes its
+/// earlier entries), so an idle follower also sweeps: see [`sweep_deleted`].
 pub async fn follow_changes(app: Arc<App>, wake: Arc<Notify>) {
     let mut backoff = Duration::from_millis(500);
+    let mut sweeps = Sweeps::default();
     loop {
         match follow_once(&app).await {
             Ok(true) => continue,
             Ok(false) => {
                 backoff = Duration::from_millis(500);
+                if let Err(e) = sweeps.maybe_sweep(&app).await {
+                    tracing::warn!(error = %e, "looking for studies deleted in Orthanc failed; will retry");
+                }
                 let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
             }
             Err(e) => {
@@ -163,6 +174,80 @@ pub async fn follow_changes(app: Arc<App>, wake: Arc<Notify>) {
             }
         }
     }
+}
+
+/// When the idle follower last swept, and Orthanc's study count then.
+#[derive(Debug, Default)]
+struct Sweeps {
+    last: Option<tokio::time::Instant>,
+    orthanc_studies: Option<i64>,
+}
+
+impl Sweeps {
+    /// Sweeps when Orthanc holds fewer studies than at the last look (something was
+    /// deleted), or when the last sweep is old (a deletion hidden by an arrival).
+    async fn maybe_sweep(&mut self, app: &App) -> ApiResult<()> {
+        let since = self.last.map(|t| t.elapsed());
+        if since.is_some_and(|s| s < SWEEP_WHEN_FEWER) {
+            return Ok(());
+        }
+        let studies = app.pacs()?.statistics().await?.studies;
+        let fewer = self.orthanc_studies.is_some_and(|before| studies < before);
+        self.orthanc_studies = Some(studies);
+        if fewer || since.is_none_or(|s| s >= SWEEP_ANYWAY) {
+            self.last = Some(tokio::time::Instant::now());
+            let forgotten = sweep_deleted(app).await?;
+            if forgotten > 0 {
+                tracing::info!(studies = forgotten, "forgot studies deleted in Orthanc directly");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forgets the registered studies Orthanc no longer has (deleted through Orthanc's own
+/// API or Explorer), and the patients left without any study that came from Orthanc,
+/// audited as a `DELETE` by the system. Returns how many studies were forgotten.
+///
+/// The registry is read before Orthanc: a study registered in between was stored in
+/// Orthanc first, so it cannot look deleted. Each missing study is checked once more on
+/// its own before it goes.
+pub async fn sweep_deleted(app: &App) -> ApiResult<usize> {
+    let registered = app.store.conn().await?.all_study_ids().await?;
+    if registered.is_empty() {
+        return Ok(0);
+    }
+    let pacs = app.pacs()?.clone();
+    let in_orthanc: std::collections::HashSet<String> = pacs.study_ids().await?.into_iter().collect();
+    let mut forgotten = 0;
+    for (study_id, orthanc_id) in registered.into_iter().filter(|(_, o)| !in_orthanc.contains(o)) {
+        match pacs.study(&orthanc_id).await {
+            Err(PacsError::NotFound) => {}
+            Ok(_) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let mut tx = app.store.begin().await?;
+        let Some(study) = tx.study_by_id(study_id).await? else {
+            continue;
+        };
+        forget_study(&mut tx, study_id).await?;
+        forgotten += 1;
+        let patient = tx.patient_by_id(study.patient_id).await?;
+        if let Some(patient) = patient.filter(|p| p.orthanc_patient_id.is_some()) {
+            if tx.studies_of_patient(patient.id).await?.is_empty() {
+                tx.insert_audit(&Actor::system().audit(action::DELETE, Outcome::Success).on("patient", patient.id).details(json!({
+                    "source": "orthanc",
+                    "reason": "its DICOM data was deleted in Orthanc",
+                    "external_id": patient.external_id,
+                })))
+                .await?;
+                tx.delete_patient(patient.id).await?;
+                app.instance_owners.forget_where(|(p, _)| *p == patient.id);
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(forgotten)
 }
 
 /// Processes one page of changes; true when more are waiting.

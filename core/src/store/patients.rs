@@ -456,6 +456,11 @@ impl Db {
         Ok((row, true))
     }
 
+    /// Every registered study: (registry id, Orthanc id).
+    pub async fn all_study_ids(&mut self) -> StoreResult<Vec<(Id, String)>> {
+        Ok(on_db!(self, |c| sqlx::query_as("SELECT id, orthanc_study_id FROM studies ORDER BY id").fetch_all(c).await)?)
+    }
+
     pub async fn delete_study(&mut self, study_id: Id) -> StoreResult<()> {
         on_db!(self, |c| sqlx::query("DELETE FROM studies WHERE id = $1").bind(study_id).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(())
