@@ -128,8 +128,12 @@ impl Client {
 
     fn build(base: &str, user_agent: &str, local: Option<std::net::IpAddr>) -> Client {
         let jar = Arc::new(Jar::default());
-        let http =
-            reqwest::Client::builder().cookie_provider(jar.clone()).user_agent(user_agent).local_address(local).build().expect("HTTP client");
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .user_agent(user_agent)
+            .local_address(local)
+            .build()
+            .expect("HTTP client");
         Client { base: base.trim_end_matches('/').to_string(), http, jar, bearer: None }
     }
 

@@ -112,7 +112,8 @@ async fn template() -> &'static str {
                 // A half-made template (a creator that died) is made again.
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.expect("drop template");
                 sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create template");
-                let mut tpl = PgConnectOptions::from_str(&database_url(&admin_url(), &name)).expect("url").connect().await.expect("template");
+                let mut tpl =
+                    PgConnectOptions::from_str(&database_url(&admin_url(), &name)).expect("url").connect().await.expect("template");
                 migrator.run_direct(&mut tpl).await.expect("migrate the template");
                 let _ = tpl.close().await;
                 sqlx::query(&format!("ALTER DATABASE {name} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"))
@@ -134,7 +135,8 @@ impl Drop for TestDatabase {
         let dropped = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             rt.block_on(async {
-                let mut conn = PgConnectOptions::from_str(&admin_url()).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+                let mut conn =
+                    PgConnectOptions::from_str(&admin_url()).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.map_err(|e| e.to_string())?;
                 let _ = conn.close().await;
                 Ok::<(), String>(())

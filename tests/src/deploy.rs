@@ -196,6 +196,9 @@ pub struct Deployment {
     pub sidecar: Option<Sidecar>,
     /// Where the `/api` is served.
     pub url: String,
+    /// The bootstrap admin's access token for Orthanc's own API behind the plugin, made
+    /// once (a login costs a bcrypt verification).
+    orthanc_token: std::sync::Mutex<Option<String>>,
 }
 
 impl Deployment {
@@ -213,7 +216,7 @@ impl Deployment {
                 let env = settings.iter().map(|(k, v)| (env_name(k), env_value(v))).collect();
                 let sidecar = Sidecar::start(&db.url, &orthanc.url(), &env).await;
                 let url = sidecar.url.clone();
-                Deployment { host, db, orthanc, sidecar: Some(sidecar), url }
+                Deployment { host, db, orthanc, sidecar: Some(sidecar), url, orthanc_token: Default::default() }
             }
             Host::Plugin => {
                 let mut section = json!({
@@ -236,28 +239,47 @@ impl Deployment {
                 };
                 let orthanc = Orthanc::start(options).await;
                 let url = orthanc.url();
-                Deployment { host, db, orthanc, sidecar: None, url }
+                Deployment { host, db, orthanc, sidecar: None, url, orthanc_token: Default::default() }
             }
         }
     }
 
-    /// A client of Orthanc's own REST API: as is beside the sidecar, with an admin
-    /// session where the plugin guards it.
+    /// A client of Orthanc's own REST API: as is beside the sidecar, with the bootstrap
+    /// admin's Bearer token where the plugin guards it (the token is cached: a test that
+    /// ends the admin's sessions calls [`Deployment::forget_orthanc_token`]).
     pub async fn orthanc_client(&self) -> Client {
         let c = Client::new(&self.orthanc.url());
-        if self.host == Host::Plugin {
-            let cohort = Client::new(&self.url);
-            cohort.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
-            let token = cohort.cookie("access_token").expect("access token");
-            return c.with_bearer(&token);
+        if self.host != Host::Plugin {
+            return c;
         }
-        c
+        let cached = self.orthanc_token.lock().expect("token lock").clone();
+        let token = match cached {
+            Some(token) => token,
+            None => {
+                let cohort = Client::new(&self.url);
+                cohort.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+                let token = cohort.cookie("access_token").expect("access token");
+                *self.orthanc_token.lock().expect("token lock") = Some(token.clone());
+                token
+            }
+        };
+        c.with_bearer(&token)
+    }
+
+    /// Forgets the cached admin token of [`Deployment::orthanc_client`].
+    pub fn forget_orthanc_token(&self) {
+        *self.orthanc_token.lock().expect("token lock") = None;
     }
 
     /// Orthanc's instance count, read from its own REST API.
     pub async fn orthanc_instances(&self) -> i64 {
-        let stats = self.orthanc_client().await.get("/statistics").await.expect_status(200);
-        stats["CountInstances"].as_i64().expect("CountInstances")
+        let mut stats = self.orthanc_client().await.get("/statistics").await;
+        if stats.status == 401 || stats.status == 403 {
+            // The cached token's session ended: log in again once.
+            self.forget_orthanc_token();
+            stats = self.orthanc_client().await.get("/statistics").await;
+        }
+        stats.expect_status(200)["CountInstances"].as_i64().expect("CountInstances")
     }
 
     /// A fresh browser-like client of this deployment.

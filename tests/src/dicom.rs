@@ -571,7 +571,8 @@ fn generate(args: &[String], inputs: &[PathBuf], cacheable: bool) -> (TempDir, S
 const OUT_PLACEHOLDER: &str = "@COHORT_DICOM_OUT@";
 
 fn cache_root() -> PathBuf {
-    let root = std::env::var_os("COHORT_TEST_DICOM_CACHE").map(PathBuf::from).unwrap_or_else(|| crate::target_dir().join("cohort-dicom-cache"));
+    let root =
+        std::env::var_os("COHORT_TEST_DICOM_CACHE").map(PathBuf::from).unwrap_or_else(|| crate::target_dir().join("cohort-dicom-cache"));
     std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
     root
 }

@@ -47,12 +47,12 @@ pub fn built(name: &str) -> PathBuf {
     path
 }
 
-/// Whether the PostgreSQL variant `test` is skipped: only when the developer said so
+/// Whether this PostgreSQL variant is skipped: only when the developer said so
 /// (`COHORT_TEST_SKIP_POSTGRES=1`), and never silently. The line goes to the process's
 /// stderr directly (libtest captures `eprintln!`, not the stream) and to the file named
 /// by `COHORT_TEST_SKIP_LOG`. Skipping while `COHORT_TEST_POSTGRES_URL` names a server
 /// is a contradiction and fails.
-pub fn postgres_skipped(test: &str) -> bool {
+pub fn postgres_skipped() -> bool {
     if !std::env::var("COHORT_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
         return false;
     }
@@ -60,6 +60,8 @@ pub fn postgres_skipped(test: &str) -> bool {
         std::env::var_os("COHORT_TEST_POSTGRES_URL").is_none(),
         "COHORT_TEST_SKIP_POSTGRES=1 and COHORT_TEST_POSTGRES_URL are both set: run the PostgreSQL variants or skip them, not both"
     );
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
     let line = format!("SKIPPED {test} (PostgreSQL variant; COHORT_TEST_SKIP_POSTGRES=1)\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(path) = std::env::var_os("COHORT_TEST_SKIP_LOG") {
@@ -85,7 +87,7 @@ macro_rules! per_deployment {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sidecar_postgres() {
-                if $crate::postgres_skipped(concat!(module_path!(), "::sidecar_postgres")) {
+                if $crate::postgres_skipped() {
                     return;
                 }
                 super::$scenario(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
@@ -98,7 +100,7 @@ macro_rules! per_deployment {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn plugin_postgres() {
-                if $crate::postgres_skipped(concat!(module_path!(), "::plugin_postgres")) {
+                if $crate::postgres_skipped() {
                     return;
                 }
                 super::$scenario(Deployment::start(Host::Plugin, Backend::Postgres).await).await;
@@ -121,7 +123,7 @@ macro_rules! per_backend {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if $crate::postgres_skipped(concat!(module_path!(), "::postgres")) {
+                if $crate::postgres_skipped() {
                     return;
                 }
                 super::$scenario(Backend::Postgres).await;

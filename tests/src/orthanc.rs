@@ -90,16 +90,8 @@ impl Orthanc {
         let aet = options.extra.get("DicomAet").and_then(Value::as_str).unwrap_or("COHORTTEST").to_string();
         // Plugins log at info level; the benchmarks turn that off (it costs per request).
         let verbose = !options.plugins.is_empty() && std::env::var("COHORT_TEST_ORTHANC_QUIET").is_err();
-        let mut orthanc = Orthanc {
-            child: None,
-            config_path: PathBuf::new(),
-            env: options.env.clone(),
-            verbose,
-            http_port: 0,
-            dicom_port: 0,
-            aet,
-            dir,
-        };
+        let mut orthanc =
+            Orthanc { child: None, config_path: PathBuf::new(), env: options.env.clone(), verbose, http_port: 0, dicom_port: 0, aet, dir };
         for attempt in 1..=PORT_ATTEMPTS {
             let (http_port, dicom_port) = (process::random_port(), process::random_port());
             if http_port == dicom_port {
@@ -184,7 +176,12 @@ impl Orthanc {
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "Orthanc is still running");
         if self.spawn().await.is_err() {
-            panic!("Orthanc could not start again: port {} or {} was taken meanwhile; its log:\n{}", self.http_port, self.dicom_port, self.log());
+            panic!(
+                "Orthanc could not start again: port {} or {} was taken meanwhile; its log:\n{}",
+                self.http_port,
+                self.dicom_port,
+                self.log()
+            );
         }
     }
 

@@ -331,7 +331,10 @@ async fn status_workflow_and_deletion(d: Deployment) {
     let by_header = dicom::study(&StudySpec::new("IPP-PURGE-HEADER").studies(1).series(1).instances(1).seed(24));
     let by_query = dicom::study(&StudySpec::new("IPP-PURGE-QUERY").studies(1).series(1).instances(2).seed(25));
     let header_id = patient_id(&import_file(&admin, &by_header.files[0].path).await.expect_status(200), "IPP-PURGE-HEADER");
-    let query_id = patient_id(&import(&admin, "application/zip", dicom::zip(&by_query.paths(), ZipOptions::default()).bytes()).await.expect_status(200), "IPP-PURGE-QUERY");
+    let query_id = patient_id(
+        &import(&admin, "application/zip", dicom::zip(&by_query.paths(), ZipOptions::default()).bytes()).await.expect_status(200),
+        "IPP-PURGE-QUERY",
+    );
     assert_eq!(d.orthanc_instances().await, 5);
     user.delete(&format!("/api/patients/{marc_id}")).await.expect_error(403, "forbidden");
     admin.delete(&format!("/api/patients/{id}")).await.expect_status(204);
@@ -357,7 +360,12 @@ async fn status_workflow_and_deletion(d: Deployment) {
     let deletions = admin.get("/api/audit?action=DELETE").await.expect_status(200);
     assert_eq!(deletions["total"], 4);
     let purge_of = |pid: i64| {
-        deletions["items"].as_array().expect("items").iter().find(|e| e["resource_id"] == pid.to_string()).map(|e| e["details"]["purge_dicom"].clone())
+        deletions["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|e| e["resource_id"].as_str() == Some(pid.to_string().as_str()))
+            .map(|e| e["details"]["purge_dicom"].clone())
     };
     assert_eq!(
         (purge_of(id), purge_of(marc_id), purge_of(header_id), purge_of(query_id)),
@@ -619,7 +627,12 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
     dicom::storescu(&more.paths(), "127.0.0.1", d.orthanc.dicom_port, &d.orthanc.aet).expect("C-STORE");
     let ids = || async {
         let list = admin.get("/api/patients?sort=external_id").await.expect_status(200);
-        list["items"].as_array().expect("items").iter().map(|p| p["external_id"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| p["external_id"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
     };
     eventually("the study pushed after the restart", Duration::from_secs(30), || async { ids().await.contains(&"IPP-AFTER".to_string()) })
         .await;
@@ -644,17 +657,17 @@ async fn dicom_arriving_without_cohort_is_registered(mut d: Deployment) {
         .expect("IPP-ORTHANC in Orthanc")
         .to_string();
     orthanc.req(Method::DELETE, &format!("/patients/{orthanc_id}")).without_csrf().send().await.expect_status(200);
-    eventually("the patient deleted in Orthanc leaves the registry", Duration::from_secs(15), || async {
-        ids().await == ["IPP-AFTER"]
-    })
-    .await;
+    eventually("the patient deleted in Orthanc leaves the registry", Duration::from_secs(15), || async { ids().await == ["IPP-AFTER"] })
+        .await;
     admin.get(&format!("/api/patients/{gone}")).await.expect_error(404, "not_found");
     let deletions = admin.get("/api/audit?action=DELETE").await.expect_status(200);
     let by_orthanc: Vec<&Value> = deletions["items"]
         .as_array()
         .expect("items")
         .iter()
-        .filter(|e| e["resource_id"] == gone.to_string() && e["user_id"].is_null() && e["details"]["source"] == "orthanc")
+        .filter(|e| {
+            e["resource_id"].as_str() == Some(gone.to_string().as_str()) && e["user_id"].is_null() && e["details"]["source"] == "orthanc"
+        })
         .collect();
     assert_eq!(by_orthanc.len(), 1, "{deletions}");
 }
@@ -671,7 +684,12 @@ async fn auto_register_group(host: Host, backend: cohort_e2e::Backend) {
     let list = || async { admin.get("/api/patients").await.expect_status(200) };
     eventually("the pushed patient registered", Duration::from_secs(30), || async { list().await["total"] == 1 }).await;
     let groups = admin.get("/api/groups").await.expect_status(200);
-    let inbox = groups["items"].as_array().expect("items").iter().find(|g| g["name"] == "Inbox").unwrap_or_else(|| panic!("no Inbox group: {groups}"));
+    let inbox = groups["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|g| g["name"] == "Inbox")
+        .unwrap_or_else(|| panic!("no Inbox group: {groups}"));
     let p = &list().await["items"][0];
     assert_eq!((p["external_id"].as_str(), p["group_id"].clone()), (Some("IPP-INBOX"), inbox["id"].clone()));
     admin
@@ -695,7 +713,7 @@ async fn auto_register_group_sidecar_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_group_plugin_postgres() {
-    if cohort_e2e::postgres_skipped("auto_register_group_plugin_postgres") {
+    if cohort_e2e::postgres_skipped() {
         return;
     }
     auto_register_group(Host::Plugin, cohort_e2e::Backend::Postgres).await;
