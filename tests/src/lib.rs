@@ -25,6 +25,14 @@ pub use orthanc::Orthanc;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// A port that was free a moment ago (bound, then closed): another process may take it
+/// before the caller's server does. Only for servers that can neither listen on port 0
+/// and say where, nor report a taken port (the harness's own children do one or the
+/// other: see [`process`]).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
+}
+
 /// The cargo profile directory of the running program (`target/debug` for tests,
 /// `target/release` for the benchmarks), where the workspace's binaries and the plugin
 /// library are built.

@@ -341,6 +341,33 @@ impl Spooled {
     }
 }
 
+/// A body declared at most this large is read and thrown away before a refusal is sent.
+const DRAIN_BYTES: u64 = 8 << 20;
+/// And read for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Returns `refusal` once the client has sent a small body: answering while it is still
+/// sending makes the server close a socket with unread data, which resets the connection
+/// and can destroy the answer before the client reads it (the client then sees a network
+/// error, not the 413). Large bodies are not read: their senders get the refusal as
+/// early as possible, and may miss it.
+async fn refuse_after_draining(body: Body, declared: u64, refusal: ApiError) -> ApiError {
+    if declared <= DRAIN_BYTES {
+        let mut stream = body.into_data_stream();
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                read += chunk.len() as u64;
+                if read > DRAIN_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    refusal
+}
+
 fn upload_too_large(limit: u64) -> ApiError {
     ApiError::too_large(format!("uploads are limited to {limit} bytes (MaxUploadBytes)"))
 }
@@ -431,8 +458,8 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
     let declared = declared_type(&headers)?;
     let limit = app.config.max_upload_bytes;
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > limit) {
-        return Err(upload_too_large(limit));
+    if let Some(declared) = length.filter(|n| *n > limit) {
+        return Err(refuse_after_draining(body, declared, upload_too_large(limit)).await);
     }
     if length == Some(0) {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
