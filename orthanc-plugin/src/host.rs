@@ -62,17 +62,16 @@ thread_local! {
     static FILTERED: Cell<Filtered> = const { Cell::new(Filtered { ip: None, refusal: None }) };
 }
 
-/// Set by the test harness only: adds a route that panics, to prove a panic in a
-/// handler becomes a 500 and leaves Orthanc serving.
-const TEST_PANIC_ROUTE_ENV: &str = "COHORT_TEST_PANIC_ROUTE";
 /// Stack of the runtime's threads. Request futures run there, never on Orthanc's HTTP
 /// threads, whose stacks are too small for deeply nested futures (debug builds crash).
 const RUNTIME_STACK: usize = 8 << 20;
 /// Answers larger than this cannot go through the SDK (a `uint32_t` size).
 const MAX_ANSWER: usize = u32::MAX as usize;
 
-/// Reads the configuration, opens the database and registers the callbacks.
-pub fn setup(plugin: &Registrar) -> Result<(), SdkError> {
+/// Reads the configuration, opens the database and registers the callbacks. `extend`
+/// may add routes to the core router: the production library passes it through
+/// unchanged; only the test library (`cohort-orthanc-testlib`) adds any.
+pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), SdkError> {
     let orthanc_config = sdk::get_configuration()?;
     let config = Config::from_orthanc_configuration(&orthanc_config).map_err(|e| SdkError::Setup(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,18 +83,7 @@ pub fn setup(plugin: &Registrar) -> Result<(), SdkError> {
         .map_err(|e| SdkError::Setup(format!("cannot start the async runtime: {e}")))?;
     let pacs = OrthancPacs::shared(InProcess);
     let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
-    let mut router = cohort_core::api::router(app.clone());
-    if std::env::var(TEST_PANIC_ROUTE_ENV).is_ok_and(|v| v == "1") {
-        router = router.route(
-            "/api/__test__/panic",
-            axum::routing::get(|| async {
-                if std::hint::black_box(true) {
-                    panic!("deliberate panic in the test route");
-                }
-                StatusCode::NO_CONTENT
-            }),
-        );
-    }
+    let router = extend(cohort_core::api::router(app.clone()));
     let protect = app.config.protect_orthanc_api;
     let cohort = Cohort { handle: runtime.handle().clone(), app, router, wake: Arc::new(Notify::new()) };
     if COHORT.set(cohort).is_err() {

@@ -13,6 +13,11 @@ use crate::orthanc::{tail, Orthanc, OrthancOptions};
 
 pub const ADMIN_EMAIL: &str = "admin@cohort.test";
 pub const ADMIN_PASSWORD: &str = "bootstrap-admin-pw";
+/// The production plugin, what the plugin deployments load.
+pub const PLUGIN_LIBRARY: &str = "libcohort_orthanc.so";
+/// The test library: the production plugin plus `GET /api/__test__/panic`, which panics
+/// (and, with `COHORT_PLUGIN_SELFTEST=1`, the FFI layer's demo routes instead).
+pub const TEST_PLUGIN_LIBRARY: &str = "libcohort_orthanc_testlib.so";
 /// Known to the tests, so they can forge tokens signed with the right key.
 pub const JWT_SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e-secret";
 
@@ -209,6 +214,12 @@ impl Deployment {
     /// Starts a deployment with extra settings, given by their JSON names (the plugin's
     /// `"Cohort"` section; the sidecar gets the matching `COHORT_*` variables).
     pub async fn start_with(host: Host, backend: Backend, settings: BTreeMap<String, Value>) -> Deployment {
+        Self::start_with_library(host, backend, settings, PLUGIN_LIBRARY).await
+    }
+
+    /// As [`Deployment::start_with`], the plugin deployment loading `library` (e.g.
+    /// [`TEST_PLUGIN_LIBRARY`]) instead of the production plugin.
+    pub async fn start_with_library(host: Host, backend: Backend, settings: BTreeMap<String, Value>, library: &str) -> Deployment {
         let db = TestDatabase::create(backend).await;
         match host {
             Host::Sidecar => {
@@ -232,11 +243,7 @@ impl Deployment {
                 }
                 let mut extra = serde_json::Map::new();
                 extra.insert("Cohort".into(), section);
-                let options = OrthancOptions {
-                    plugins: vec![crate::built("libcohort_orthanc.so")],
-                    extra,
-                    env: vec![("COHORT_TEST_PANIC_ROUTE".into(), "1".into())],
-                };
+                let options = OrthancOptions { plugins: vec![crate::built(library)], extra, env: Vec::new() };
                 let orthanc = Orthanc::start(options).await;
                 let url = orthanc.url();
                 Deployment { host, db, orthanc, sidecar: None, url, orthanc_token: Default::default() }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use cohort_e2e::deploy::{PLUGIN_LIBRARY, TEST_PLUGIN_LIBRARY};
 use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
 use cohort_e2e::orthanc::{Orthanc, OrthancOptions};
 use cohort_e2e::{Backend, Client, Deployment, Host, ADMIN_EMAIL, ADMIN_PASSWORD};
@@ -72,7 +73,8 @@ async fn protection_can_be_turned_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_a_500_and_orthanc_keeps_serving() {
-    let mut d = plugin(&[]).await;
+    // The test library: the production plugin has no route that panics.
+    let mut d = Deployment::start_with_library(Host::Plugin, Backend::Sqlite, BTreeMap::new(), TEST_PLUGIN_LIBRARY).await;
     let admin = d.admin().await;
     for _ in 0..3 {
         let r = admin.get("/api/__test__/panic").await;
@@ -118,7 +120,7 @@ async fn bad_configuration_stops_orthanc_with_a_clear_log_line() {
         let mut section = json!({"DatabaseUrl": format!("sqlite://{}/c.db", dir.path().display())});
         section[key] = value;
         extra.insert("Cohort".into(), section);
-        let options = OrthancOptions { plugins: vec![cohort_e2e::built("libcohort_orthanc.so")], extra, env: Vec::new() };
+        let options = OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env: Vec::new() };
         let (status, log) = Orthanc::run_to_exit(options).await;
         assert!(!status.success(), "{key}: Orthanc started with a bad setting");
         let line = log.lines().find(|l| l.contains("invalid configuration")).unwrap_or_else(|| panic!("{key}: no clear line in\n{log}"));
@@ -163,4 +165,39 @@ async fn throttled_logins_keep_retry_after() {
     assert_eq!(r.status.as_u16(), 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["code"], "too_many_attempts");
     assert!(r.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s > 0));
+}
+
+/// The production library carries no test hook: none of the test library's names are in
+/// it, and the environment variables that once switched them on change nothing (the
+/// guard stays, no route panics, no demo route answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_plugin_has_no_test_hooks() {
+    let library = std::fs::read(cohort_e2e::built(PLUGIN_LIBRARY)).expect("read the plugin");
+    let test_library = std::fs::read(cohort_e2e::built(TEST_PLUGIN_LIBRARY)).expect("read the test library");
+    let contains = |haystack: &[u8], needle: &str| haystack.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for hook in ["COHORT_PLUGIN_SELFTEST", "COHORT_TEST_PANIC_ROUTE", "/api/__test__/panic", "cohort-ffi-selftest", "deliberate panic"] {
+        assert!(!contains(&library, hook), "the production plugin contains {hook:?}");
+    }
+    assert!(contains(&test_library, "/api/__test__/panic"), "the needles are right: the test library has its hook");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let section = json!({
+        "DatabaseUrl": format!("sqlite://{}/c.db", dir.path().display()),
+        "BootstrapAdminEmail": ADMIN_EMAIL,
+        "BootstrapAdminPassword": ADMIN_PASSWORD,
+        "BcryptCost": 10,
+        "CookieSecure": false,
+    });
+    let mut extra = serde_json::Map::new();
+    extra.insert("Cohort".into(), section);
+    let env = vec![("COHORT_PLUGIN_SELFTEST".to_string(), "1".to_string()), ("COHORT_TEST_PANIC_ROUTE".to_string(), "1".to_string())];
+    let orthanc = Orthanc::start(OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env }).await;
+    let client = Client::new(&orthanc.url());
+    // Cohort is there, and its guard: no allow-all filter, no demo routes.
+    client.get("/api/health").await.expect_status(200);
+    client.get("/patients").await.expect_status(403);
+    client.get("/cohort-ffi-selftest/x").await.expect_status(403);
+    client.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+    client.get("/api/__test__/panic").await.expect_error(404, "not_found");
+    client.get("/cohort-ffi-selftest/x").await.expect_status(404);
 }

@@ -230,7 +230,7 @@ impl Registrar {
 /// Runs the body of an `extern "C"` function Orthanc calls (or a handler inside one),
 /// turning a panic into `on_panic()` after logging it, so that it never unwinds into
 /// Orthanc.
-fn guard<T>(what: impl fmt::Display, on_panic: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
+pub fn guard<T>(what: impl fmt::Display, on_panic: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
     // Handlers are shared between Orthanc's HTTP threads; a panic may leave their state
     // half-updated, exactly as in a Rust HTTP server that catches handler panics.
     catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {

@@ -1,4 +1,4 @@
-//! Loads the built plugin into a real Orthanc (`/usr/sbin/Orthanc`, Debian's 1.10.1) and
+//! Loads the test library into a real Orthanc (`/usr/sbin/Orthanc`, Debian's 1.10.1) and
 //! drives the temporary selftest routes (`src/selftest.rs`) over HTTP. The tests that
 //! only read share one Orthanc ([`shared`]); a test that stops Orthanc starts its own.
 //! Orthanc runs under `setpriv --pdeathsig KILL`, so it dies with the thread that
@@ -182,19 +182,19 @@ impl Drop for Orthanc {
     }
 }
 
-/// `libcohort_orthanc.so` of the current build: the test binary lives in
+/// `libcohort_orthanc_testlib.so` of the current build: the test binary lives in
 /// `target/<profile>/deps/`, and so does the freshly built library.
 fn plugin_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("deps directory");
     // `cargo test` rebuilds the copy in deps/ but only `cargo build` refreshes the one
     // next to it, which may be stale: prefer deps/.
-    let candidates = [Some(deps.join("libcohort_orthanc.so")), deps.parent().map(|profile| profile.join("libcohort_orthanc.so"))];
+    let candidates = [Some(deps.join("libcohort_orthanc_testlib.so")), deps.parent().map(|profile| profile.join("libcohort_orthanc_testlib.so"))];
     candidates
         .into_iter()
         .flatten()
         .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("libcohort_orthanc.so not found near {}", deps.display()))
+        .unwrap_or_else(|| panic!("libcohort_orthanc_testlib.so not found near {}", deps.display()))
 }
 
 /// A port below the kernel's ephemeral range (32768 by default), so that no outgoing
@@ -365,7 +365,7 @@ fn dicom_file_read_in_process_matches_orthancs_own() {
 #[test]
 fn tracing_events_land_in_orthancs_log() {
     let orthanc = shared();
-    assert!(orthanc.log().contains("cohort_orthanc: cohort plugin initialised"), "{}", orthanc.log());
+    assert!(orthanc.log().contains("cohort plugin initialised"), "{}", orthanc.log());
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Routes that exercise the FFI layer on its own, for `tests/ffi_selftest.rs`. Orthanc
-//! loads them instead of Cohort only when its environment sets `COHORT_PLUGIN_SELFTEST=1`.
+//! Routes that exercise the FFI layer on its own, for `tests/ffi_selftest.rs`. The test
+//! library registers them instead of Cohort when Orthanc's environment sets
+//! `COHORT_PLUGIN_SELFTEST=1`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -8,7 +9,7 @@ use http::header::{ALLOW, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::sdk::{self, ChangeType, FilterDecision, Registrar, RestRequest, SdkError};
+use cohort_orthanc_bridge::sdk::{self, ChangeType, FilterDecision, Registrar, RestRequest, SdkError};
 
 /// The environment variable that selects these routes instead of Cohort.
 pub(crate) const ENV: &str = "COHORT_PLUGIN_SELFTEST";
