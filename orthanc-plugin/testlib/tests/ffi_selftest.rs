@@ -189,7 +189,8 @@ fn plugin_path() -> PathBuf {
     let deps = exe.parent().expect("deps directory");
     // `cargo test` rebuilds the copy in deps/ but only `cargo build` refreshes the one
     // next to it, which may be stale: prefer deps/.
-    let candidates = [Some(deps.join("libcohort_orthanc_testlib.so")), deps.parent().map(|profile| profile.join("libcohort_orthanc_testlib.so"))];
+    let candidates =
+        [Some(deps.join("libcohort_orthanc_testlib.so")), deps.parent().map(|profile| profile.join("libcohort_orthanc_testlib.so"))];
     candidates
         .into_iter()
         .flatten()
