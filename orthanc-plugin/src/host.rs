@@ -44,6 +44,8 @@ struct Cohort {
 }
 
 static COHORT: OnceLock<Cohort> = OnceLock::new();
+/// The change follower's task, stopped when Orthanc signals `OrthancStopped`.
+static FOLLOWER: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
 /// The runtime itself, taken out and shut down by [`shutdown`].
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
@@ -230,9 +232,16 @@ fn on_change(event: ChangeEvent) {
     let Some(cohort) = COHORT.get() else { return };
     match event.change {
         ChangeType::OrthancStarted => {
-            cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone()));
+            let follower = cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone()));
+            *FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
         }
-        ChangeType::OrthancStopped => {}
+        ChangeType::OrthancStopped => {
+            // Orthanc still has its database now, not for long: no call may reach it any more.
+            crate::transport::orthanc_stopping();
+            if let Some(follower) = FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                follower.abort();
+            }
+        }
         _ => cohort.wake.notify_one(),
     }
 }

@@ -1,6 +1,8 @@
 //! The plugin's way to Orthanc: its REST API and DICOM files in-process, through the
 //! SDK, with no HTTP round trip. The REST knowledge is in `cohort_core::pacs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_core::pacs::{DicomFile, PacsError, PacsResult, Transport};
@@ -23,8 +25,28 @@ fn sdk_error(e: SdkError, method: &Method) -> PacsError {
     }
 }
 
+/// Set when Orthanc signals `OrthancStopped`, well before it detaches its database: from
+/// then on no call reaches Orthanc (one made after the detach fails in Orthanc's own
+/// log with "Plugin trying to call the database during its initialization").
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Orthanc is stopping: refuse every further call.
+pub fn orthanc_stopping() {
+    STOPPING.store(true, Ordering::Release);
+}
+
+fn stopping() -> PacsResult<()> {
+    if STOPPING.load(Ordering::Acquire) {
+        Err(PacsError::Unavailable("Orthanc is stopping".into()))
+    } else {
+        Ok(())
+    }
+}
+
 async fn call(method: Method, uri: String, body: Bytes) -> PacsResult<Bytes> {
+    stopping()?;
     tokio::task::spawn_blocking(move || {
+        stopping()?;
         let answer = sdk::call_rest_api(method.clone(), &uri, &body, &[]).map_err(|e| sdk_error(e, &method))?;
         match answer.status {
             200..=299 => Ok(Bytes::from(answer.body)),
@@ -56,6 +78,7 @@ impl Transport for InProcess {
     /// when the body is polled, which for an `/api` answer is on the Orthanc HTTP thread
     /// that serves the request (as Orthanc's own file route does), not on a runtime thread.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+        stopping()?;
         let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string) else {
             return Ok(DicomFile::from_bytes(self.get(path).await?));
         };
