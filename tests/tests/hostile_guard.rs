@@ -795,3 +795,56 @@ fn the_entrypoint_generates_a_private_admin_password_once() {
     assert!(log.is_empty(), "and do not print it again: {log}");
     assert_eq!(run(Some("operator-chosen-password")).0, "operator-chosen-password");
 }
+
+/// Encoded and hostile ids on `/api`: never another route of Cohort's or Orthanc's, never
+/// a 5xx, never someone else's data. The image routes take Orthanc ids, which reach
+/// Orthanc's REST API only once the registry knows them as visible to the caller. (NUL
+/// bytes are `hostile_input.rs`'s: Orthanc cuts a plugin's path at a `%00`.)
+async fn encoded_ids_reach_nothing(d: Deployment) {
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-IDS").seed(86));
+    let zip = dicom::zip(&files.paths(), ZipOptions::default());
+    let report = admin.req(Method::POST, "/api/patients/import").body("application/zip", zip.bytes()).send().await.expect_status(200);
+    let id = report["patients"][0]["id"].as_i64().expect("patient id");
+    let instance =
+        admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200)[0]["id"].as_str().expect("instance").to_string();
+    admin.get(&format!("/api/patients/images/{instance}")).await.expect_status(200);
+    let base = d.url.clone();
+    // A user of no group: nothing here is theirs. (In the plugin, Orthanc decodes `%2F`
+    // and drops dot segments before any plugin code sees the path, so
+    // `/api/patients/1%2F..%2F..%2Fusers` *is* `/api/users` there; that route's own
+    // check then applies, as it does to everyone.)
+    add_user(&admin, "ids@e2e.test", "user-password-1").await;
+    let user = d.client();
+    user.login("ids@e2e.test", "user-password-1").await.expect_status(200);
+    let token = user.cookie("access_token").expect("token");
+    let paths = [
+        format!("/api/patients/%{id:02x}"),
+        format!("/api/patients/{id}%2F..%2F..%2Fusers"),
+        format!("/api/patients/-{id}"),
+        "/api/patients/99999999999999999999999".to_string(),
+        format!("/api/patients/{id}.0"),
+        "/api/patients/images/..%2F..%2Fsystem".to_string(),
+        "/api/patients/images/..%2F..%2Fpatients".to_string(),
+        format!("/api/patients/images/{instance}%2F..%2F..%2F..%2Fsystem"),
+        format!("/api/patients/images/{instance}%2Ffile"),
+        format!("/api/patients/images/{instance}%3Fx=1"),
+        "/api/patients/images/%2e%2e".to_string(),
+        "/api/patients/images/..".to_string(),
+        format!("/api/patients/images/{}", instance.to_uppercase()),
+        "/api/users/%2e%2e/groups".to_string(),
+    ];
+    for path in &paths {
+        let r = raw(&base, &format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer {token}"), b"").await;
+        let text = r.text();
+        assert!(r.status < 500, "{path}: {} {text}", r.status);
+        if d.host == Host::Sidecar {
+            assert!(r.status >= 400, "{path} answered {}: {}", r.status, text.chars().take(200).collect::<String>());
+        }
+        for secret in ["\"Version\"", "MainDicomTags", "ParentPatient", "IPP-IDS", cohort_e2e::ADMIN_EMAIL, &instance] {
+            assert!(!text.contains(secret), "{path} leaked {secret}: {}", text.chars().take(200).collect::<String>());
+        }
+    }
+}
+
+per_deployment_limited!(encoded_ids_reach_nothing);
