@@ -41,6 +41,8 @@ pub struct Config {
     pub login_max_failures_per_account: u32,
     pub login_max_failures_per_ip: u32,
     pub login_failure_window_minutes: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (DESIGN.md §6 "Client address").
+    pub trusted_proxies: Vec<crate::net::Cidr>,
     /// Sidecar: where `cohort serve` listens.
     pub listen: SocketAddr,
     /// Sidecar: Orthanc's REST root.
@@ -73,6 +75,7 @@ impl Default for Config {
             login_max_failures_per_account: 10,
             login_max_failures_per_ip: 50,
             login_failure_window_minutes: 15,
+            trusted_proxies: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             orthanc_url: "http://127.0.0.1:8042".into(),
             orthanc_username: None,
@@ -149,6 +152,7 @@ const KEYS: &[Key] = &[
     key!("LoginMaxFailuresPerIp", "COHORT_LOGIN_MAX_FAILURES_PER_IP", |c, r| c.login_max_failures_per_ip = int(r, 1, 1_000_000)? as u32),
     key!("LoginFailureWindowMinutes", "COHORT_LOGIN_FAILURE_WINDOW_MINUTES", |c, r| c.login_failure_window_minutes =
         int(r, 1, 24 * 60)? as u32),
+    key!("TrustedProxies", "COHORT_TRUSTED_PROXIES", |c, r| c.trusted_proxies = cidrs(r)?),
     key!("Listen", "COHORT_LISTEN", |c, r| c.listen = socket_addr(r)?),
     key!("OrthancUrl", "COHORT_ORTHANC_URL", |c, r| c.orthanc_url = http_url(r)?),
     key!("OrthancUsername", "COHORT_ORTHANC_USERNAME", |c, r| c.orthanc_username = non_empty(r)?),
@@ -335,6 +339,17 @@ fn origins(r: Raw<'_>) -> Result<Vec<String>, String> {
         .collect()
 }
 
+fn cidrs(r: Raw<'_>) -> Result<Vec<crate::net::Cidr>, String> {
+    let items: Vec<String> = match r {
+        Raw::Json(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| "must be a list of strings".to_string()))
+            .collect::<Result<_, _>>()?,
+        _ => text(r)?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+    };
+    items.iter().map(|s| s.parse()).collect()
+}
+
 fn email(r: Raw<'_>) -> Result<String, String> {
     domain::normalize_email(text(r)?).map_err(|e| e.to_string())
 }
@@ -399,6 +414,10 @@ mod tests {
         assert_eq!(c.bcrypt_cost, 10);
         assert_eq!(c.allowed_origins, vec!["https://a.example.org", "http://localhost:5173"]);
         assert_eq!(c.listen.port(), 9000);
+        let c = Config::from_env_and_file(env(&[("COHORT_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8,::1")])).expect("valid");
+        assert_eq!(c.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let e = Config::from_env_and_file(env(&[("COHORT_TRUSTED_PROXIES", "10.0.0.0/40")])).expect_err("bad prefix");
+        assert_eq!(e.key, "COHORT_TRUSTED_PROXIES");
     }
 
     #[test]

@@ -85,9 +85,12 @@ impl PatientStatus {
 /// Lower-cases and checks an email address; emails are unique case-insensitively, so the
 /// stored form is the lower-cased one.
 pub fn normalize_email(raw: &str) -> Result<String, Invalid> {
+    if raw.trim().len() > MAX_EMAIL_BYTES {
+        return Err(Invalid(format!("must be at most {MAX_EMAIL_BYTES} bytes")));
+    }
     let email = raw.trim().to_lowercase();
     let bad = || Invalid("not a valid email address".into());
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.len() > MAX_EMAIL_BYTES || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
@@ -112,15 +115,20 @@ pub fn check_password_rules(password: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// A person's or group's name: trimmed, 1 to 200 characters, no control characters.
+/// Names (people, groups) are at most this many characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Emails are at most this many bytes (RFC 5321's path limit).
+pub const MAX_EMAIL_BYTES: usize = 254;
+
+/// A person's or group's name: trimmed, 1 to 100 characters, no control characters.
 /// An empty string means "no value" for optional names.
 pub fn clean_name(raw: &str) -> Result<Option<String>, Invalid> {
     let s = raw.trim();
     if s.is_empty() {
         return Ok(None);
     }
-    if s.chars().count() > 200 || s.chars().any(char::is_control) {
-        return Err(Invalid("must be at most 200 printable characters".into()));
+    if s.chars().count() > MAX_NAME_CHARS || s.chars().any(char::is_control) {
+        return Err(Invalid(format!("must be at most {MAX_NAME_CHARS} printable characters")));
     }
     Ok(Some(s.to_string()))
 }

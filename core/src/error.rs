@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::passwords::HashError;
 use crate::store::StoreError;
 
 /// The JSON body of every error answer: `{"error": {"code": ..., "message": ...}}`.
@@ -145,6 +146,15 @@ impl From<StoreError> for ApiError {
             ApiError::unavailable("database_unavailable", e)
         } else {
             ApiError::internal(e)
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Busy => ApiError::busy("too many passwords are being checked at once", 1),
+            HashError::Failed(_) => ApiError::internal(e),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod domain;
 pub mod error;
 pub mod model;
+pub mod net;
 pub mod pacs;
 pub mod services;
 pub mod store;

@@ -25,10 +25,15 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditListQuery {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1)]
     pub page: Option<u32>,
+    /// Items per page, 1 to 200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
     pub user_id: Option<Id>,
     /// An action name such as `LOGIN` or `EXPORT`.
+    #[param(max_length = 64)]
     pub action: Option<String>,
     /// Inclusive lower bound: `YYYY-MM-DD` or an RFC 3339 date-time.
     pub from: Option<String>,
@@ -47,6 +52,9 @@ async fn list_audit(
     ApiQuery(q): ApiQuery<AuditListQuery>,
 ) -> Result<Json<Paginated<AuditEntry>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
+    if q.action.as_ref().is_some_and(|a| a.chars().count() > 64) {
+        return Err(ApiError::validation("action", "must be at most 64 characters"));
+    }
     let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
     Ok(Json(paginated(service::list(&app, query, page).await?, page)))
 }

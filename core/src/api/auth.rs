@@ -12,9 +12,12 @@ use utoipa_axum::routes;
 use super::extract::{access_token, cookie, csrf_header, origin_allowed, ApiJson, ApiPath, Caller, Client, SessionCaller};
 use crate::app::SharedApp;
 use crate::auth::cookies;
+use crate::auth::token_matches_hash;
+use crate::domain::{MAX_EMAIL_BYTES, PASSWORD_MAX_BYTES};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{Session, User};
 use crate::services::auth::{self as service, SessionGrant};
+use crate::services::Via;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -27,8 +30,13 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    /// At most 254 bytes.
+    #[schema(max_length = 254)]
     pub email: String,
+    /// At most 72 bytes.
+    #[schema(max_length = 72)]
     pub password: String,
 }
 
@@ -63,6 +71,13 @@ async fn login(
     if !origin_allowed(&app, &headers) {
         return Err(ApiError::forbidden("origin_not_allowed", "requests from this origin are not allowed"));
     }
+    // Bounded before any work: an oversized email is neither hashed nor audited.
+    if body.email.trim().len() > MAX_EMAIL_BYTES {
+        return Err(ApiError::validation("email", format!("must be at most {MAX_EMAIL_BYTES} bytes")));
+    }
+    if body.password.len() > PASSWORD_MAX_BYTES {
+        return Err(ApiError::validation("password", format!("must be at most {PASSWORD_MAX_BYTES} bytes")));
+    }
     let grant = service::login(&app, &body.email, &body.password, &client).await?;
     Ok(grant_response(grant))
 }
@@ -94,13 +109,30 @@ async fn logout(State(app): State<SharedApp>, Client(client): Client, headers: H
     Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 
-/// The signed-in user.
+/// The signed-in user, and for cookie callers the session's CSRF token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeBody {
+    #[serde(flatten)]
+    pub user: User,
+    /// The session's CSRF token (cookie-authenticated callers only), so a front end can
+    /// recover it after a reload and send it in `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+}
+
+/// The signed-in user. Cookie callers also get the session's `csrf_token`: the one in
+/// their `csrf_token` cookie, echoed only when it is the session's.
 #[utoipa::path(get, path = "/me", tag = "auth", responses(
-    (status = 200, body = User),
+    (status = 200, body = MeBody),
     (status = 401, body = ErrorBody),
 ))]
-async fn me(Caller(who): Caller) -> Json<User> {
-    Json(who.user)
+async fn me(Caller(who): Caller, headers: HeaderMap) -> Json<MeBody> {
+    let csrf_token = (who.via == Via::Cookie)
+        .then(|| cookie(&headers, cookies::CSRF))
+        .flatten()
+        .filter(|t| token_matches_hash(t, &who.csrf_hash))
+        .map(str::to_string);
+    Json(MeBody { user: who.user, csrf_token })
 }
 
 /// The caller's active sessions (one per device), the current one flagged.

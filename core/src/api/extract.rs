@@ -21,6 +21,8 @@ use crate::store::PageRequest;
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 pub const MAX_PAGE_SIZE: u32 = 200;
+/// `?q=` is at most this many characters (checked before any query runs).
+pub const MAX_SEARCH_CHARS: usize = 100;
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
 /// The client's address and user agent.
@@ -216,25 +218,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Parses a JSON body: 400 when it is not JSON (or nests deeper than serde_json's
+/// recursion limit), 422 naming the field when a string holds a NUL character or a field
+/// is missing, unknown or of the wrong type.
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", strip_position(&e.to_string()))))?;
+    if let Some(field) = nul_in_json(&value, "") {
+        return Err(ApiError::validation(if field.is_empty() { "body" } else { &field }, "must not contain a NUL character"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let msg = strip_position(&inner.to_string());
-                if path.is_empty() || path == "." {
-                    // "missing field `email`" names the field itself.
-                    let field = msg.split('`').nth(1).unwrap_or("body").to_string();
-                    ApiError::validation(&field, msg)
-                } else {
-                    ApiError::validation(&path, msg)
-                }
-            }
-            _ => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", strip_position(&inner.to_string()))),
+        let msg = strip_position(&e.into_inner().to_string());
+        if path.is_empty() || path == "." {
+            // "missing field `email`", "unknown field `password`" name the field themselves.
+            let field = msg.split('`').nth(1).unwrap_or("body").to_string();
+            ApiError::validation(&field, msg)
+        } else {
+            ApiError::validation(&path, msg)
         }
     })
+}
+
+/// The path of the first string (or key) of `value` holding a NUL character.
+fn nul_in_json(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then(|| at.to_string()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_in_json(v, &format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_in_json(v, &here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn strip_position(msg: &str) -> String {
@@ -293,4 +314,14 @@ pub fn page_request(p: PageParams) -> Result<PageRequest, ApiError> {
         return Err(ApiError::validation("page_size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
     }
     Ok(PageRequest { page, page_size })
+}
+
+/// A `?q=` search, refused with 422 beyond [`MAX_SEARCH_CHARS`] characters.
+pub fn search_text(q: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match q {
+        Some(q) if q.chars().count() > MAX_SEARCH_CHARS => {
+            Err(ApiError::validation("q", format!("must be at most {MAX_SEARCH_CHARS} characters")))
+        }
+        other => Ok(other),
+    }
 }

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GroupBody {
     pub name: String,
 }

@@ -13,9 +13,10 @@ pub mod request_rules;
 pub mod tokens;
 pub mod users;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +26,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::SharedApp;
+use crate::app::{ClientAddr, SharedApp};
 use crate::error::ApiError;
 use crate::model::Paginated;
 use crate::store::{Page, PageRequest};
@@ -97,6 +98,7 @@ async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
 pub fn router(app: SharedApp) -> Router {
     let (routes, _) = documented_routes().split_for_parts();
     routes
+        .route_layer(middleware::from_fn(declared_query_only))
         .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -115,10 +117,92 @@ async fn method_not_allowed() -> ApiError {
 
 const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
 const ALLOWED_HEADERS: &str = "Content-Type, X-CSRF-Token, Authorization";
+/// Answer headers a cross-origin front end may read.
+const EXPOSED_HEADERS: &str = "Content-Disposition, Retry-After, X-Request-Id";
+
+/// The query parameters each operation declares in the OpenAPI document, by method and
+/// path template (`GET /api/users`).
+fn declared_query_parameters() -> &'static HashMap<(String, String), HashSet<String>> {
+    static TABLE: OnceLock<HashMap<(String, String), HashSet<String>>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = HashMap::new();
+        for (path, item) in &openapi().paths.paths {
+            let shared = item.parameters.iter().flatten();
+            let operations = [("GET", &item.get), ("POST", &item.post), ("PUT", &item.put), ("DELETE", &item.delete)];
+            for (method, op) in operations {
+                let Some(op) = op else { continue };
+                let names = shared
+                    .clone()
+                    .chain(op.parameters.iter().flatten())
+                    .filter(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                    .map(|p| p.name.clone())
+                    .collect();
+                table.insert((method.to_string(), path.trim_end_matches('/').to_string()), names);
+            }
+        }
+        table
+    })
+}
+
+/// Refuses query parameters the route does not declare (422 naming the first), so a
+/// misspelt `?purge_dicom` is never silently ignored. `_`, which browsers add to bust
+/// caches, is always allowed. The OpenAPI document is the one list of parameters.
+async fn declared_query_only(req: Request, next: Next) -> Response {
+    if let (Some(query), Some(matched)) = (req.uri().query(), req.extensions().get::<MatchedPath>()) {
+        let key = (req.method().as_str().to_string(), matched.as_str().trim_end_matches('/').to_string());
+        if let Some(declared) = declared_query_parameters().get(&key) {
+            let unknown = form_urlencoded::parse(query.as_bytes()).map(|(k, _)| k).find(|k| k != "_" && !declared.contains(k.as_ref()));
+            if let Some(name) = unknown {
+                return ApiError::validation(&name, "unknown query parameter").into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// A NUL byte in the path or the query (percent-encoded, or `+`/`%` forms the decoder
+/// turns into one) is refused before any route sees it: 422, never a database error.
+fn refuse_nul(req: &Request) -> Result<(), ApiError> {
+    let path = req.uri().path();
+    if percent_decoded(path).contains(&0) {
+        return Err(ApiError::validation("path", "must not contain a NUL character"));
+    }
+    if let Some(query) = req.uri().query() {
+        if let Some((k, _)) = form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::validation(&k.replace('\0', ""), "must not contain a NUL character"));
+        }
+    }
+    Ok(())
+}
+
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(0));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
 
 /// CORS for the configured origins only (never `*`), preflight answers, and headers
 /// every API answer carries.
-async fn cors_and_headers(State(app): State<SharedApp>, req: Request, next: Next) -> Response {
+async fn cors_and_headers(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
+    // The host gave the TCP peer; behind a trusted proxy the client is who it names.
+    if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
+        let client = crate::net::client_address(peer, req.headers(), &app.config.trusted_proxies);
+        req.extensions_mut().insert(ClientAddr(client));
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -135,6 +219,8 @@ async fn cors_and_headers(State(app): State<SharedApp>, req: Request, next: Next
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         }
         r
+    } else if let Err(e) = refuse_nul(&req) {
+        e.into_response()
     } else {
         next.run(req).await
     };
@@ -142,6 +228,7 @@ async fn cors_and_headers(State(app): State<SharedApp>, req: Request, next: Next
     if let Some(origin) = origin {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
     }
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

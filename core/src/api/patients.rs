@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, Caller};
+use super::extract::{explicit_null, page_request, search_text, Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::multipart_limits::PartWatch;
 use super::paginated;
 use crate::app::SharedApp;
@@ -48,9 +48,14 @@ pub fn stats_router() -> OpenApiRouter<SharedApp> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PatientListQuery {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1)]
     pub page: Option<u32>,
+    /// Items per page, 1 to 200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
     /// Case- and accent-insensitive substring of the external id or names.
+    #[param(max_length = 100)]
     pub q: Option<String>,
     pub status: Option<PatientStatus>,
     /// `created_at`, `updated_at` (default, newest first), `last_name`, `external_id` or
@@ -70,10 +75,11 @@ async fn list_patients(
 ) -> Result<Json<Paginated<Patient>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     let sort = service::parse_sort(q.sort.as_deref())?;
-    Ok(Json(paginated(service::list(&app, &who, q.q.as_deref(), q.status, sort, page).await?, page)))
+    Ok(Json(paginated(service::list(&app, &who, search_text(q.q.as_deref())?, q.status, sort, page).await?, page)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreatePatientBody {
     /// IPP: the DICOM PatientID, 1 to 64 characters.
     pub external_id: String,
@@ -125,6 +131,7 @@ async fn get_patient(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdatePatientBody {
     pub status: Option<PatientStatus>,
     #[serde(default, deserialize_with = "explicit_null")]
@@ -235,6 +242,7 @@ async fn export_one(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(i
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExportBodyIds {
     pub ids: Vec<Id>,
 }

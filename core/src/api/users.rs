@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{explicit_null, page_request, Admin, ApiJson, ApiPath, ApiQuery, SessionCaller};
+use super::extract::{explicit_null, page_request, search_text, Admin, ApiJson, ApiPath, ApiQuery, SessionCaller};
 use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, Role, UserStatus};
@@ -27,9 +27,14 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UserListQuery {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1)]
     pub page: Option<u32>,
+    /// Items per page, 1 to 200 (default 20).
+    #[param(minimum = 1, maximum = 200)]
     pub page_size: Option<u32>,
     /// Case- and accent-insensitive substring of the email or names.
+    #[param(max_length = 100)]
     pub q: Option<String>,
 }
 
@@ -44,10 +49,11 @@ async fn list_users(
     ApiQuery(q): ApiQuery<UserListQuery>,
 ) -> Result<Json<Paginated<User>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
-    Ok(Json(paginated(service::list(&app, q.q.as_deref(), page).await?, page)))
+    Ok(Json(paginated(service::list(&app, search_text(q.q.as_deref())?, page).await?, page)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     pub email: String,
     /// 12 to 72 bytes.
@@ -90,6 +96,7 @@ async fn get_user(State(app): State<SharedApp>, _: Admin, ApiPath(id): ApiPath<I
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateUserBody {
     pub role: Option<Role>,
     /// `inactive` revokes the user's sessions.
@@ -131,6 +138,7 @@ async fn delete_user(State(app): State<SharedApp>, Admin(who): Admin, ApiPath(id
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProfileBody {
     pub first_name: Option<String>,
     pub last_name: Option<String>,

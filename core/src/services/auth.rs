@@ -35,18 +35,44 @@ fn invalid_credentials() -> ApiError {
     ApiError::unauthorized("invalid_credentials", "invalid email or password")
 }
 
+/// The key a client IP is throttled under: the address itself, or its /64 for IPv6
+/// (one customer's allocation: a client cannot dodge the limit by changing addresses
+/// inside it).
+pub fn throttle_ip_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or_else(|| ip.to_string(), |v4| v4.to_string()),
+        _ => ip.to_string(),
+    }
+}
+
 /// Checks the email and password, opens a session (one per device) and returns its
 /// tokens. Unknown emails cost one bcrypt verification too, and answer exactly like a
 /// wrong password.
+///
+/// Under concurrency: a place in the hashing queue is taken first (503 `busy` when it
+/// is full, nothing counted or audited); then, under a lock on the account and IP keys,
+/// the attempt is counted against the limits and recorded as a failure *before* the
+/// password is checked, so N concurrent wrong passwords get at most the allowed number
+/// of checks. A right password forgets the failures again.
 pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) -> ApiResult<SessionGrant> {
     let key = email.trim().to_lowercase();
     let now = store::now();
     let window = Duration::minutes(i64::from(app.config.login_failure_window_minutes));
-    let ip = client.ip.as_deref();
+    let ip_key = client.ip.as_deref().map(throttle_ip_key);
+    let ip = ip_key.as_deref();
     let attempt = Actor { user_id: None, email: Some(key.clone()), ip: client.ip.clone(), token_id: None };
+    let admission = app.passwords.admit()?;
 
-    let mut db = app.store.conn().await?;
-    let counts = db.login_failures_since(&key, ip, now - window).await?;
+    let mut tx = app.store.begin().await?;
+    let account_lock = format!("account:{key}");
+    let ip_lock = ip.map(|ip| format!("ip:{ip}"));
+    let locks: Vec<&str> = std::iter::once(account_lock.as_str()).chain(ip_lock.as_deref()).collect();
+    tx.lock_login_keys(&locks).await?;
+    let counts = tx.login_failures_since(&key, ip, now - window).await?;
     let account_full = counts.account >= i64::from(app.config.login_max_failures_per_account);
     let ip_full = counts.ip >= i64::from(app.config.login_max_failures_per_ip);
     if account_full || ip_full {
@@ -56,23 +82,30 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
             (true, false) => reopen(counts.account_oldest),
             _ => reopen(counts.ip_oldest),
         };
-        let scope = if account_full { "account" } else { "ip" };
-        db.insert_audit(
-            &attempt.audit(action::LOGIN_FAILED, Outcome::Denied).details(serde_json::json!({"reason": "throttled", "scope": scope})),
-        )
-        .await?;
+        let (scope, scope_key) = if account_full { ("account", account_lock.as_str()) } else { ("ip", ip_lock.as_deref().unwrap_or("ip")) };
+        // Audited once per window and scope, not once per request.
+        if tx.note_throttled(scope_key, now, now + window).await? {
+            tx.insert_audit(
+                &attempt
+                    .audit(action::LOGIN_FAILED, Outcome::Denied)
+                    .details(serde_json::json!({"reason": "throttled", "scope": scope, "once_per_minutes": window.num_minutes()})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
         return Err(ApiError::too_many_requests(u64::try_from(retry).unwrap_or(1)));
     }
-    let user = db.user_by_email(&key).await?;
-    // Do not hold a pooled connection across the (slow) hash.
-    drop(db);
+    let attempt_id = tx.insert_login_failure(&key, ip).await?;
+    let user = tx.user_by_email(&key).await?;
+    // Do not hold a transaction (or a pooled connection) across the slow hash.
+    tx.commit().await?;
 
-    let matches = app.passwords.verify(password, user.as_ref().map(|u| u.hashed_password.as_str())).await.map_err(ApiError::internal)?;
+    let matches = admission.verify(password, user.as_ref().map(|u| u.hashed_password.as_str())).await?;
+    drop(admission);
     let user = match (matches, user) {
         (true, Some(user)) => user,
         (_, user) => {
             let mut tx = app.store.begin().await?;
-            tx.insert_login_failure(&key, ip).await?;
             let mut row =
                 attempt.audit(action::LOGIN_FAILED, Outcome::Failure).details(serde_json::json!({"reason": "invalid_credentials"}));
             if let Some(user) = &user {
@@ -88,9 +121,13 @@ pub async fn login(app: &App, email: &str, password: &str, client: &ClientInfo) 
         }
     };
     if user.status != UserStatus::Active {
+        // The password was right: not a failure.
+        let mut tx = app.store.begin().await?;
+        tx.delete_login_failure(attempt_id).await?;
         let mut row = attempt.audit(action::LOGIN_FAILED, Outcome::Denied).details(serde_json::json!({"reason": "account_inactive"}));
         row.user_id = Some(user.id);
-        app.store.audit(&row).await?;
+        tx.insert_audit(&row).await?;
+        tx.commit().await?;
         return Err(ApiError::forbidden("account_inactive", "this account is inactive"));
     }
 

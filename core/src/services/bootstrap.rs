@@ -28,7 +28,7 @@ pub async fn bootstrap_admin(app: &App) -> Result<(), ApiError> {
             return Ok(());
         }
     }
-    let hash = app.passwords.hash(password).await.map_err(ApiError::internal)?;
+    let hash = app.passwords.hash(password).await?;
     let mut tx = app.store.begin().await?;
     if tx.count_active_admins().await? > 0 {
         return Ok(());

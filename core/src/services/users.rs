@@ -71,7 +71,7 @@ pub async fn create(app: &App, actor: &Actor, input: NewUserInput) -> ApiResult<
     domain::check_password_rules(&input.password).map_err(invalid("password"))?;
     let first_name = input.first_name.as_deref().map(domain::clean_name).transpose().map_err(invalid("first_name"))?.flatten();
     let last_name = input.last_name.as_deref().map(domain::clean_name).transpose().map_err(invalid("last_name"))?.flatten();
-    let hashed_password = app.passwords.hash(&input.password).await.map_err(ApiError::internal)?;
+    let hashed_password = app.passwords.hash(&input.password).await?;
 
     let mut tx = app.store.begin().await?;
     super::groups::check_exists(&mut tx, input.group_id).await?;
@@ -105,7 +105,7 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
     let last_name = changes.last_name.as_deref().map(domain::clean_name).transpose().map_err(invalid("last_name"))?;
 
     let mut tx = app.store.begin().await?;
-    let mut row = tx.user_by_id(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
+    let mut row = tx.user_by_id_for_update(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
     let demoted = changes.role.is_some_and(|r| r != Role::Admin) || changes.status == Some(UserStatus::Inactive);
     if demoted {
         ensure_not_last_admin(&mut tx, &row).await?;
@@ -187,27 +187,38 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
         domain::check_password_rules(p).map_err(invalid("new_password"))?;
     }
 
-    let mut row = {
+    let gone = || ApiError::unauthorized("session_revoked", "the account no longer exists");
+    // A first read, outside any transaction, for the (slow) password check and hash.
+    let seen = {
         let mut db = app.store.conn().await?;
-        db.user_by_id(who.id()).await?.ok_or_else(|| ApiError::unauthorized("session_revoked", "the account no longer exists"))?
+        db.user_by_id(who.id()).await?.ok_or_else(gone)?
     };
-    let email = email.filter(|e| *e != row.email);
+    let email = email.filter(|e| *e != seen.email);
     let sensitive = email.is_some() || changes.new_password.is_some();
     match &changes.current_password {
-        Some(current) => check_current_password(app, who, &row, current).await?,
+        Some(current) => check_current_password(app, who, &seen, current).await?,
         None if sensitive => {
             return Err(ApiError::validation("current_password", "required to change the email or the password"));
         }
         None => {}
     }
     let new_hash = match &changes.new_password {
-        Some(p) => Some(app.passwords.hash(p).await.map_err(ApiError::internal)?),
+        Some(p) => Some(app.passwords.hash(p).await?),
         None => None,
     };
 
+    // Then the row as it is now, locked: an admin may have deactivated, demoted or
+    // moved the user meanwhile, and only the profile's own columns are written back.
     let mut tx = app.store.begin().await?;
+    let mut row = tx.user_by_id_for_update(who.id()).await?.ok_or_else(gone)?;
+    if row.status != UserStatus::Active {
+        return Err(ApiError::unauthorized("account_inactive", "this account is inactive"));
+    }
+    if row.password_changed_at != seen.password_changed_at {
+        return Err(ApiError::conflict("password_changed", "the password changed meanwhile; try again"));
+    }
     if let Some(email) = &email {
-        if tx.user_by_email(email).await?.is_some() {
+        if tx.user_by_email(email).await?.is_some_and(|other| other.id != row.id) {
             return Err(email_taken());
         }
     }
@@ -225,7 +236,7 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
         row.hashed_password = hash.clone();
         row.password_changed_at = store::now();
     }
-    tx.save_user(&mut row).await.map_err(|e| if e.is_unique_violation() { email_taken() } else { e.into() })?;
+    tx.save_profile(&mut row).await.map_err(|e| if e.is_unique_violation() { email_taken() } else { e.into() })?;
     let after = User::from(&row);
     let actor = who.actor();
     if new_hash.is_some() {
@@ -263,7 +274,7 @@ pub(crate) async fn check_current_password(app: &App, who: &Principal, row: &Use
 }
 
 async fn verify(passwords: &Passwords, password: &str, hash: &str) -> ApiResult<bool> {
-    passwords.verify(password, Some(hash)).await.map_err(ApiError::internal)
+    Ok(passwords.verify(password, Some(hash)).await?)
 }
 
 /// Records that a user tried to change a field of their profile they may not change,

@@ -34,15 +34,54 @@ impl Db {
         Ok(FailureCounts { account, account_oldest, ip: ip_count, ip_oldest })
     }
 
-    pub async fn insert_login_failure(&mut self, email: &str, ip: Option<&str>) -> StoreResult<()> {
-        on_db!(self, |c| sqlx::query("INSERT INTO login_failures (at, email, ip) VALUES ($1, $2, $3)")
+    /// Serialises login attempts on these throttling keys (an account, a client IP)
+    /// until the transaction ends, so counting and recording an attempt is atomic. On
+    /// PostgreSQL: transaction-scoped advisory locks, taken in a fixed order so two
+    /// attempts never wait on each other crosswise. SQLite needs nothing: `BEGIN
+    /// IMMEDIATE` already serialises writers.
+    pub async fn lock_login_keys(&mut self, keys: &[&str]) -> StoreResult<()> {
+        if let super::Inner::Postgres(h) = &mut self.0 {
+            let mut ids: Vec<i64> = keys.iter().map(|k| advisory_key(k)).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(id).execute(h.conn()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one attempt as a failure (before its password is checked, so concurrent
+    /// attempts see it) and returns its id.
+    pub async fn insert_login_failure(&mut self, email: &str, ip: Option<&str>) -> StoreResult<i64> {
+        Ok(on_db!(self, |c| sqlx::query_scalar("INSERT INTO login_failures (at, email, ip) VALUES ($1, $2, $3) RETURNING id")
             .bind(super::now())
             .bind(email)
             .bind(ip)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected()))?;
+            .fetch_one(c)
+            .await)?)
+    }
+
+    /// Forgets one recorded attempt (its password was right after all).
+    pub async fn delete_login_failure(&mut self, id: i64) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query("DELETE FROM login_failures WHERE id = $1").bind(id).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// True the first time a throttling scope is noted in a window (the caller then
+    /// audits the throttled attempt), false until `until` has passed.
+    pub async fn note_throttled(&mut self, scope_key: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> StoreResult<bool> {
+        let first: Option<String> = on_db!(self, |c| sqlx::query_scalar(
+            "INSERT INTO login_throttle_notes (scope_key, until) VALUES ($1, $2) \
+             ON CONFLICT (scope_key) DO UPDATE SET until = excluded.until WHERE login_throttle_notes.until <= $3 \
+             RETURNING scope_key"
+        )
+        .bind(scope_key)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(c)
+        .await)?;
+        Ok(first.is_some())
     }
 
     /// Forgets the failures of an account after a successful login.
@@ -62,6 +101,20 @@ impl Db {
             .execute(c)
             .await
             .map(|r| r.rows_affected()))?;
+        on_db!(self, |c| sqlx::query("DELETE FROM login_throttle_notes WHERE until <= $1")
+            .bind(super::now())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(done)
     }
+}
+
+/// A 64-bit advisory-lock id for a throttling key (first 8 bytes of its SHA-256).
+fn advisory_key(key: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("cohort-login:{key}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }

@@ -105,6 +105,46 @@ impl Db {
             .await)?)
     }
 
+    /// The user's row, locked until the transaction ends (PostgreSQL `FOR UPDATE`; on
+    /// SQLite `BEGIN IMMEDIATE` already holds the write lock), so what a service writes
+    /// back is based on what is there now, not on an earlier read.
+    pub async fn user_by_id_for_update(&mut self, id: Id) -> StoreResult<Option<UserRow>> {
+        Ok(match &mut self.0 {
+            super::Inner::Postgres(h) => {
+                sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1 FOR UPDATE"))
+                    .bind(id)
+                    .fetch_optional(h.conn())
+                    .await?
+            }
+            super::Inner::Sqlite(h) => {
+                sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1")).bind(id).fetch_optional(h.conn()).await?
+            }
+        })
+    }
+
+    /// Writes the fields a user may change on their own profile (email, names, password)
+    /// and nothing else: a concurrent admin change of role, status or group stands.
+    pub async fn save_profile(&mut self, row: &mut UserRow) -> StoreResult<()> {
+        row.updated_at = super::now();
+        let search = row.search_text();
+        on_db!(self, |c| sqlx::query(
+            "UPDATE users SET email = $2, hashed_password = $3, first_name = $4, last_name = $5, search_text = $6, \
+             updated_at = $7, password_changed_at = $8 WHERE id = $1"
+        )
+        .bind(row.id)
+        .bind(&row.email)
+        .bind(&row.hashed_password)
+        .bind(&row.first_name)
+        .bind(&row.last_name)
+        .bind(search)
+        .bind(row.updated_at)
+        .bind(row.password_changed_at)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
     pub async fn user_by_email(&mut self, email: &str) -> StoreResult<Option<UserRow>> {
         Ok(on_db!(self, |c| sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1"))
             .bind(email)
