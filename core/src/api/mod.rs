@@ -84,7 +84,47 @@ fn documented_routes() -> OpenApiRouter<SharedApp> {
 /// The OpenAPI document, generated from the route annotations.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| documented_routes().split_for_parts().1)
+    DOC.get_or_init(|| {
+        let mut doc = documented_routes().split_for_parts().1;
+        document_common_errors(&mut doc);
+        doc
+    })
+}
+
+/// Routes that answer without a session.
+const PUBLIC_ROUTES: &[&str] = &["/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/health", "/api/openapi.json"];
+
+/// Adds the error answers every operation can give to the document, so it lists every
+/// status a client may see: 422 (unknown query parameter, NUL), 503 (a dependency down);
+/// with a session 401 and 403; with a body 400, 413 and 415. Answers a route documents
+/// itself are kept.
+fn document_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = PUBLIC_ROUTES.contains(&path.as_str());
+        for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete].into_iter().flatten() {
+            let mut add = |status: &str, description: &str| {
+                op.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());
+            };
+            add("422", "Invalid input: a field or query parameter that is unknown, too long, malformed, or holds a NUL");
+            add("503", "A dependency (database, Orthanc) is unavailable, or the server is busy (see Retry-After)");
+            if !public {
+                add("401", "Not authenticated, or the session has ended");
+                add("403", "Forbidden: role, CSRF token or Origin");
+            }
+            if op.request_body.is_some() || path.as_str() == "/api/patients/import" {
+                add("400", "Malformed body (not JSON, empty)");
+                add("413", "Body too large");
+                add("415", "Unsupported Content-Type");
+            }
+        }
+    }
 }
 
 /// This API's OpenAPI 3 document.
