@@ -44,6 +44,8 @@ async fn unknown_input_is_refused(d: &Deployment, admin: &Client) {
     assert_names(&admin.get("/api/users?page=1&role=admin").await.expect_error(422, "validation_error"), "role");
     admin.get("/api/patients?_=1733100000000&page=1").await.expect_status(200);
     admin.get("/api/auth/me?_=1").await.expect_status(200);
+    admin.get("/api/tokens?_=1&page=1").await.expect_status(200);
+    assert_names(&admin.get("/api/tokens?user=1").await.expect_error(422, "validation_error"), "user");
 }
 
 /// A NUL byte anywhere is a 422, never a 5xx.

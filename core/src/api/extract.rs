@@ -273,7 +273,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or_default();
+        // `_` is the browsers' cache buster: never a parameter of ours.
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).filter(|(k, _)| k != "_"))
+            .finish();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
             let path = e.path().to_string();
