@@ -94,7 +94,10 @@ async fn lengths_are_bounded(d: &Deployment, admin: &Client) {
     assert_names(&r.expect_error(422, "validation_error"), "password");
     let huge = format!("{}@example.org", "a".repeat(2 << 20));
     let r = d.client().post("/api/auth/login", &json!({"email": huge, "password": "some-password-1"})).await;
-    assert!(matches!(r.status.as_u16(), 413 | 422), "a 2 MiB email: {}", r.status);
+    // (The plugin's filter refuses a body declared over 1 MiB before Orthanc reads it,
+    // with the only answer a filter has: 403.)
+    let refused: &[u16] = if d.host == Host::Plugin { &[403, 413, 422] } else { &[413, 422] };
+    assert!(refused.contains(&r.status.as_u16()), "a 2 MiB email: {}", r.status);
     assert_eq!(audit_count(admin, "LOGIN_FAILED").await, failed_before, "oversized logins leave no audit row");
 
     // Pages: huge numbers are bounded or refused, never a 5xx.
