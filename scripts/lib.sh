@@ -34,11 +34,12 @@ ensure_packages() {
   fi
 }
 
-# Python packages that generate real DICOM test data and push it over DICOM.
+# Python packages that generate real DICOM test data and push it over DICOM, and the
+# OpenAPI fuzzer of the hostile-input suite.
 ensure_python() {
-  if ! python3 -c 'import pydicom, pynetdicom, highdicom' 2>/dev/null; then
-    echo "==> installing Python packages: pydicom pynetdicom highdicom"
-    python3 -m pip install -q pydicom pynetdicom highdicom 2>/dev/null \
-      || python3 -m pip install -q --break-system-packages pydicom pynetdicom highdicom
+  if ! python3 -c 'import pydicom, pynetdicom, highdicom, schemathesis' 2>/dev/null; then
+    echo "==> installing Python packages: pydicom pynetdicom highdicom schemathesis"
+    python3 -m pip install -q pydicom pynetdicom highdicom schemathesis 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages pydicom pynetdicom highdicom schemathesis
   fi
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub trusted_proxies: Vec<crate::net::Cidr>,
     /// Sidecar: where `cohort serve` listens.
     pub listen: SocketAddr,
+    /// Sidecar: a request head must arrive, and an answer start, within this many
+    /// seconds (imports excepted); a third of it (at most 10 s) bounds body silences.
+    pub request_timeout_seconds: u32,
     /// Sidecar: Orthanc's REST root.
     pub orthanc_url: String,
     pub orthanc_username: Option<String>,
@@ -77,6 +80,7 @@ impl Default for Config {
             login_failure_window_minutes: 15,
             trusted_proxies: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            request_timeout_seconds: 30,
             orthanc_url: "http://127.0.0.1:8042".into(),
             orthanc_username: None,
             orthanc_password: None,
@@ -154,6 +158,7 @@ const KEYS: &[Key] = &[
         int(r, 1, 24 * 60)? as u32),
     key!("TrustedProxies", "COHORT_TRUSTED_PROXIES", |c, r| c.trusted_proxies = cidrs(r)?),
     key!("Listen", "COHORT_LISTEN", |c, r| c.listen = socket_addr(r)?),
+    key!("RequestTimeoutSeconds", "COHORT_REQUEST_TIMEOUT_SECONDS", |c, r| c.request_timeout_seconds = int(r, 1, 3600)? as u32),
     key!("OrthancUrl", "COHORT_ORTHANC_URL", |c, r| c.orthanc_url = http_url(r)?),
     key!("OrthancUsername", "COHORT_ORTHANC_USERNAME", |c, r| c.orthanc_username = non_empty(r)?),
     key!("OrthancPassword", "COHORT_ORTHANC_PASSWORD", |c, r| c.orthanc_password = non_empty(r)?),

@@ -3,16 +3,12 @@
 
 mod import;
 mod orthanc;
+mod serve;
 
 use std::io::BufRead;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use cohort_core::config::LogFormat;
 use cohort_core::domain::{Role, TokenScope};
@@ -21,7 +17,7 @@ use cohort_core::services::registry;
 use cohort_core::services::tokens::{self, TokenRequest};
 use cohort_core::services::users::NewUserInput;
 use cohort_core::services::Actor;
-use cohort_core::{App, ClientAddr, Config, Host};
+use cohort_core::{App, Config, Host};
 use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 
@@ -169,18 +165,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::start(config.clone(), Some(orthanc_pacs(&config)?), Host::Sidecar).await?;
     // DICOM that reaches Orthanc without Cohort is registered from Orthanc's change log.
     tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
-    let router = cohort_core::api::router(app.clone()).layer(middleware::from_fn(client_addr));
+    let router = cohort_core::api::router(app.clone());
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
-    // Answers go out in several writes (headers, streamed bodies): without TCP_NODELAY,
-    // Nagle's algorithm and delayed ACKs add ~40 ms to small answers.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown_signal()).await?;
+    let limits = serve::Limits::new(std::time::Duration::from_secs(u64::from(config.request_timeout_seconds)));
+    serve::serve(listener, router, limits, shutdown_signal()).await;
     tracing::info!("shutting down");
     app.store.close().await;
     Ok(())
@@ -189,12 +179,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// The Orthanc this sidecar serves, over HTTP.
 pub fn orthanc_pacs(config: &Config) -> anyhow::Result<Arc<dyn Pacs>> {
     Ok(OrthancPacs::shared(orthanc::OrthancHttp::new(config)?))
-}
-
-/// Hands the TCP peer address to the core as a [`ClientAddr`].
-async fn client_addr(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(ClientAddr(peer.ip()));
-    next.run(req).await
 }
 
 async fn shutdown_signal() {

@@ -456,3 +456,272 @@ mod profile_update_race {
         super::profile_update_race(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
     }
 }
+
+/// Seconds the OpenAPI fuzzer runs per host (`COHORT_TEST_FUZZ_SECONDS` raises it).
+fn fuzz_budget() -> u64 {
+    std::env::var("COHORT_TEST_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
+}
+
+/// Property-based fuzzing driven by `/api/openapi.json` (schemathesis, installed by the
+/// test scripts like pydicom): no 5xx, and no answer whose content type contradicts the
+/// document. Its work files stay in a temporary directory.
+async fn openapi_fuzz(d: Deployment) {
+    let admin = d.admin().await;
+    let token = admin.cookie("access_token").expect("access token");
+    // Something for the id routes to find.
+    let group = admin.post("/api/groups", &json!({"name": "fuzzed"})).await.expect_status(201);
+    admin.post("/api/patients", &json!({"external_id": "FUZZ-1", "group_id": group["id"]})).await.expect_status(201);
+    let work = tempfile::tempdir().expect("temporary directory");
+    let budget = fuzz_budget();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "schemathesis.cli", "run", &format!("{}/api/openapi.json", d.url)])
+        .args(["--checks", "not_a_server_error,content_type_conformance"])
+        .args(["--max-time", &budget.to_string(), "--workers", "2", "--seed", "8", "--no-shrink"])
+        .args(["--request-timeout", "20", "--max-failures", "20"])
+        // A logout would end the fuzzer's own session, and so would an admin it created
+        // deactivating or deleting the fuzzer's user; imports take files, which
+        // schemathesis cannot generate (hostile_guard and patients cover them).
+        .args(["--exclude-path", "/api/auth/logout", "--exclude-path", "/api/patients/import"])
+        .args(["--exclude-path-regex", "^/api/users/\\{id\\}$"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--report-dir", "report", "--suppress-health-check", "all"])
+        .current_dir(work.path())
+        .env("HOME", work.path())
+        .stdin(std::process::Stdio::null());
+    let log = work.path().join("fuzz.log");
+    cmd.stdout(std::fs::File::create(&log).expect("log file"));
+    cmd.stderr(std::fs::File::options().append(true).open(&log).expect("log file"));
+    let mut child = KillOnDrop(cmd.spawn().expect("python3 runs (scripts/lib.sh installs schemathesis)"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(budget + 120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for schemathesis") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "schemathesis overran its budget of {budget} s");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("No module named"), "schemathesis is not installed (scripts/lib.sh installs it):\n{text}");
+    assert!(status.success(), "the fuzzer found failures:\n{text}");
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+mod openapi_fuzz {
+    use cohort_e2e::{Backend, Deployment, Host};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sidecar_sqlite() {
+        super::openapi_fuzz(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_sqlite() {
+        super::openapi_fuzz(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+    }
+}
+
+/// Sends raw bytes to `url`'s host and returns what comes back before the server closes
+/// the connection or `wait` passes.
+async fn raw_exchange(url: &str, parts: &[(&[u8], std::time::Duration)], wait: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for (bytes, pause) in parts {
+        if tcp.write_all(bytes).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(*pause).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The sidecar's own accept loop bounds what a client can hold: oversized heads get 431,
+/// silent or trickling bodies 408, slow requests 408 (`RequestTimeoutSeconds`, here 3).
+async fn sidecar_limits(d: Deployment) {
+    use std::time::Duration;
+    let admin = d.admin().await;
+    // Oversized headers: refused before any work.
+    let head = format!("GET /api/health HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n", "a".repeat(40 << 10));
+    let answer = raw_exchange(&d.url, &[(head.as_bytes(), Duration::ZERO)], Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431") && answer.contains("headers_too_large"), "a 40 KiB header: {answer:?}");
+    let r = d.client().req(Method::GET, "/api/health").header("x-padding", &"a".repeat(33 << 10)).send().await;
+    r.expect_error(431, "headers_too_large");
+    let many = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect::<String>();
+    let head = format!("GET /api/health HTTP/1.1\r\nhost: x\r\n{many}\r\n");
+    let answer = raw_exchange(&d.url, &[(head.as_bytes(), Duration::ZERO)], Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "200 headers: {answer:?}");
+    // Normal-sized headers still work.
+    d.client().req(Method::GET, "/api/health").header("x-padding", &"a".repeat(8 << 10)).send().await.expect_status(200);
+
+    // A body that stops coming: 408 after a third of the request timeout.
+    let token = admin.cookie("access_token").expect("access token");
+    let head = format!(
+        "POST /api/groups HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    );
+    let started = std::time::Instant::now();
+    let answer =
+        raw_exchange(&d.url, &[(head.as_bytes(), Duration::ZERO), (b"{\"name\": \"", Duration::ZERO)], Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "a silent body: {answer:?}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut after about 1 s, not {:?}", started.elapsed());
+
+    // A trickling body (a byte every 300 ms, under 1 KiB/s): 408 too.
+    let mut parts: Vec<(&[u8], Duration)> = vec![(head.as_bytes(), Duration::ZERO)];
+    parts.extend(std::iter::repeat_n((b"x".as_slice(), Duration::from_millis(300)), 20));
+    let answer = raw_exchange(&d.url, &parts, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "a trickling body: {answer:?}");
+
+    // A head that never ends: the connection is closed within the timeout.
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(&d.url, &[(b"GET /api/health HTTP/1.1\r\nhost: x\r\n", Duration::ZERO)], Duration::from_secs(15)).await;
+    assert!(!answer.contains("200 OK"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "closed after ~3 s, not {:?}", started.elapsed());
+
+    // The server still serves everyone else.
+    admin.get("/api/auth/me").await.expect_status(200);
+}
+
+mod sidecar_limits {
+    use std::collections::BTreeMap;
+
+    use cohort_e2e::{Backend, Deployment, Host};
+    use serde_json::json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sidecar_sqlite() {
+        let settings = BTreeMap::from([("RequestTimeoutSeconds".to_string(), json!(3))]);
+        super::sidecar_limits(Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings).await).await;
+    }
+}
+
+/// A `multipart/form-data` body with one file part per `(name, bytes)`.
+fn multipart(boundary: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!("--{boundary}\r\ncontent-disposition: form-data; name=\"files\"; filename=\"{name}\"\r\ncontent-type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// `IMPORT` audit rows, newest first.
+async fn import_rows(admin: &Client) -> Vec<Value> {
+    admin.get("/api/audit?action=IMPORT&page_size=200").await.expect_status(200)["items"].as_array().expect("items").clone()
+}
+
+/// Imports are accounted for whatever happens: a refusal because the patient is another
+/// group's is an audited `ACCESS_DENIED`; on the sidecar, an import whose later part
+/// fails, or whose client goes away, still registers and audits what it stored.
+async fn import_bookkeeping(d: Deployment) {
+    use cohort_e2e::dicom::{self, StudySpec};
+    let admin = d.admin().await;
+    let mut users = Vec::new();
+    for name in ["alpha", "beta"] {
+        let group = admin.post("/api/groups", &json!({"name": name})).await.expect_status(201)["id"].clone();
+        let email = format!("{name}@hostile.test");
+        admin
+            .post("/api/users", &json!({"email": email, "password": "importer-password-1", "role": "user", "group_id": group}))
+            .await
+            .expect_status(201);
+        let c = d.client();
+        c.login(&email, "importer-password-1").await.expect_status(200);
+        users.push(c);
+    }
+    let study = dicom::study(&StudySpec::new("IPP-HOSTILE-X").studies(1).series(1).instances(1).seed(31));
+    let file = std::fs::read(&study.files[0].path).expect("DICOM file");
+    users[0].req(Method::POST, "/api/patients/import").body("application/dicom", file.clone()).send().await.expect_status(200);
+    let report = users[1].req(Method::POST, "/api/patients/import").body("application/dicom", file.clone()).send().await.expect_status(200);
+    assert_eq!(report["instances"]["failed"], 1, "{report}");
+    let denied = admin.get("/api/audit?action=ACCESS_DENIED&page_size=200").await.expect_status(200);
+    let refusal = denied["items"].as_array().expect("items").iter().find(|e| e["details"]["reason"] == "patient_of_another_group");
+    let refusal = refusal.unwrap_or_else(|| panic!("the cross-group refusal is audited: {denied}"));
+    assert_eq!(refusal["actor_email"], "beta@hostile.test");
+
+    if d.host != Host::Sidecar {
+        return; // Orthanc reads a plugin's whole body first, and swallows multipart.
+    }
+    // A later part fails: the first part's instance is registered and audited.
+    let second = dicom::study(&StudySpec::new("IPP-HOSTILE-Y").studies(1).series(1).instances(1).seed(32));
+    let first_part = std::fs::read(&second.files[0].path).expect("DICOM file");
+    let body = multipart("b0undary", &[("ok.dcm", &first_part), ("broken.zip", b"PK\x03\x04 not really a zip at all")]);
+    let before = import_rows(&admin).await.len();
+    let r = users[0].req(Method::POST, "/api/patients/import").body("multipart/form-data; boundary=b0undary", body).send().await;
+    r.expect_error(422, "invalid_zip");
+    let rows = import_rows(&admin).await;
+    assert_eq!(rows.len(), before + 1, "the interrupted import is audited");
+    assert_eq!(rows[0]["details"]["completed"], false, "{}", rows[0]);
+    assert_eq!(rows[0]["details"]["instances"]["stored"], 1, "{}", rows[0]);
+    assert_eq!(rows[0]["details"]["interrupted_by"]["code"], "invalid_zip", "{}", rows[0]);
+    let found = admin.get("/api/patients?q=IPP-HOSTILE-Y").await.expect_status(200);
+    assert_eq!(found["total"], 1, "the stored instance's patient is registered: {found}");
+
+    // The client goes away after the first part: still registered and audited.
+    let third = dicom::study(&StudySpec::new("IPP-HOSTILE-Z").studies(1).series(1).instances(1).seed(33));
+    let part = std::fs::read(&third.files[0].path).expect("DICOM file");
+    let mut body = multipart("b0undary", &[("first.dcm", &part)]);
+    body.truncate(body.len() - "--b0undary--\r\n".len());
+    body.extend_from_slice(b"--b0undary\r\ncontent-disposition: form-data; name=\"files\"; filename=\"never.dcm\"\r\n\r\nDI");
+    let token = users[0].cookie("access_token").expect("token");
+    let head = format!(
+        "POST /api/patients/import HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: multipart/form-data; boundary=b0undary\r\ncontent-length: {}\r\n\r\n",
+        body.len() + 100_000
+    );
+    let before = import_rows(&admin).await.len();
+    raw_exchange(
+        &d.url,
+        &[(head.as_bytes(), std::time::Duration::ZERO), (&body, std::time::Duration::from_millis(1500))],
+        std::time::Duration::ZERO,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let rows = loop {
+        let rows = import_rows(&admin).await;
+        if rows.len() > before || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(rows.len(), before + 1, "an import whose client went away is audited");
+    assert_eq!(rows[0]["details"]["completed"], false, "{}", rows[0]);
+    assert_eq!(rows[0]["details"]["instances"]["stored"], 1, "{}", rows[0]);
+    let found = admin.get("/api/patients?q=IPP-HOSTILE-Z").await.expect_status(200);
+    assert_eq!(found["total"], 1, "{found}");
+}
+
+mod import_bookkeeping {
+    use cohort_e2e::{Backend, Deployment, Host};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sidecar_sqlite() {
+        super::import_bookkeeping(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sidecar_postgres() {
+        if cohort_e2e::postgres_skipped() {
+            return;
+        }
+        super::import_bookkeeping(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plugin_sqlite() {
+        super::import_bookkeeping(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+    }
+}

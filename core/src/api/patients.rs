@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::extract::{explicit_null, page_request, search_text, Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::multipart_limits::PartWatch;
 use super::paginated;
-use crate::app::SharedApp;
+use crate::app::{App, SharedApp};
 use crate::domain::{Id, PatientStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
@@ -463,7 +463,29 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
     ))]
 async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: HeaderMap, body: Body) -> Result<Json<ImportReport>, ApiError> {
     let target = ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? };
-    let declared = declared_type(&headers)?;
+    // The import runs to its end in its own task: a client that goes away stops the
+    // reading, not the bookkeeping of what was already stored.
+    let task = tokio::spawn(async move {
+        let mut importer = Importer::new(&app, target)?;
+        match receive_upload(&app, &mut importer, &headers, body).await {
+            Ok(()) => importer.finish().await,
+            Err(e) => Err(importer.abandon(e).await),
+        }
+    });
+    let report = task.await.map_err(ApiError::internal)??;
+    if report.instances.received == 0 {
+        let detail = report.errors.iter().take(5).map(|e| format!("{}: {}", e.file, e.error)).collect::<Vec<_>>().join("; ");
+        return Err(ApiError::bad_request(
+            "no_dicom",
+            format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped),
+        ));
+    }
+    Ok(Json(report))
+}
+
+/// Reads the upload and feeds its DICOM to `importer`.
+async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+    let declared = declared_type(headers)?;
     let limit = app.config.max_upload_bytes;
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = length.filter(|n| *n > limit) {
@@ -472,7 +494,6 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
     if length == Some(0) {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
     }
-    let mut importer = Importer::new(&app, target)?;
     let mut budget = limit;
     let stream = body.into_data_stream();
     match declared {
@@ -529,13 +550,5 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
             }
         }
     }
-    let report = importer.finish().await?;
-    if report.instances.received == 0 {
-        let detail = report.errors.iter().take(5).map(|e| format!("{}: {}", e.file, e.error)).collect::<Vec<_>>().join("; ");
-        return Err(ApiError::bad_request(
-            "no_dicom",
-            format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped),
-        ));
-    }
-    Ok(Json(report))
+    Ok(())
 }

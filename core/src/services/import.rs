@@ -230,6 +230,12 @@ impl<'a> Importer<'a> {
         let mut tx = self.app.store.begin().await?;
         if let Some(existing) = registry::find_patient(&mut tx, &info).await? {
             if !super::patients::can_see(self.target.scope, &existing) {
+                // Audited like any other refusal to reach another group's patient.
+                tx.insert_audit(&self.target.actor.audit(action::ACCESS_DENIED, Outcome::Denied).on("patient", existing.id).details(
+                    json!({"reason": "patient_of_another_group", "route": "/api/patients/import", "study": info.study_instance_uid}),
+                ))
+                .await?;
+                tx.commit().await?;
                 return Ok(StudyState { allowed: false });
             }
         }
@@ -275,7 +281,24 @@ impl<'a> Importer<'a> {
 
     /// Refreshes every study this import touched (complete instance lists and counts),
     /// records the `IMPORT` audit row with them, and returns the report.
-    pub async fn finish(mut self) -> ApiResult<ImportReport> {
+    pub async fn finish(self) -> ApiResult<ImportReport> {
+        self.finish_with(None).await
+    }
+
+    /// Ends an import that failed part-way (a later part refused, Orthanc gone, the
+    /// client gone): what was stored is registered and audited all the same, the audit
+    /// row saying how far it got; then the error stands.
+    pub async fn abandon(self, error: ApiError) -> ApiError {
+        if self.report.instances.received == 0 {
+            return error;
+        }
+        if let Err(e) = self.finish_with(Some(&error)).await {
+            tracing::warn!(error = %e, "could not record an interrupted import");
+        }
+        error
+    }
+
+    async fn finish_with(mut self, interrupted: Option<&ApiError>) -> ApiResult<ImportReport> {
         let mut infos = Vec::new();
         for (study_id, state) in &self.studies {
             if state.allowed {
@@ -293,7 +316,8 @@ impl<'a> Importer<'a> {
         self.report.patients = self.patients.into_values().collect();
         let r = &self.report;
         if r.instances.received > 0 {
-            let row = self.target.actor.audit(action::IMPORT, if r.instances.failed == 0 { Outcome::Success } else { Outcome::Failure });
+            let clean = r.instances.failed == 0 && interrupted.is_none();
+            let row = self.target.actor.audit(action::IMPORT, if clean { Outcome::Success } else { Outcome::Failure });
             let row = match r.patients.as_slice() {
                 [only] => row.on("patient", only.id),
                 _ => row,
@@ -302,6 +326,8 @@ impl<'a> Importer<'a> {
                 "instances": r.instances, "skipped": r.skipped,
                 "patients": r.patients.iter().map(|p| json!({"id": p.id, "external_id": p.external_id, "created": p.created})).collect::<Vec<_>>(),
                 "studies": infos.iter().map(|i| i.study_instance_uid.clone()).collect::<Vec<_>>(),
+                "completed": interrupted.is_none(),
+                "interrupted_by": interrupted.map(|e| json!({"status": e.status.as_u16(), "code": e.code, "message": e.message})),
             })))
             .await?;
         }
