@@ -410,7 +410,7 @@ async fn profile_update_race(d: Deployment) {
     let admin = d.admin().await;
     let g1 = admin.post("/api/groups", &json!({"name": "race-1"})).await.expect_status(201)["id"].clone();
     let g2 = admin.post("/api/groups", &json!({"name": "race-2"})).await.expect_status(201)["id"].clone();
-    let changes = [json!({"group_id": g2}), json!({"role": "user"}), json!({"status": "inactive"})];
+    let changes = [json!({"group_id": g2}), json!({"group_id": null}), json!({"role": "user"}), json!({"status": "inactive"})];
     for (i, change) in changes.iter().enumerate() {
         let email = format!("racer{i}@hostile.test");
         let body = json!({"email": email, "password": "racer-password-1", "role": "admin", "group_id": g1});
