@@ -72,7 +72,8 @@ impl Browser {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--window-size=1280,900", format!("--lang={lang}"), format!("--user-data-dir={}", profile.path().display()),
-                         "--no-first-run", "--disable-extensions", "--disable-background-networking"],
+                         "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                         "--renderer-process-limit=2", "--disable-features=Translate,MediaRouter,OptimizationHints"],
                 "prefs": {
                     "download.default_directory": downloads.path(),
                     "download.prompt_for_download": false,
@@ -266,6 +267,11 @@ impl Browser {
         self.call(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
     }
 
+    /// Deletes a cookie of the current page (httpOnly ones too), as if it had expired.
+    pub async fn delete_cookie(&self, name: &str) {
+        self.call(reqwest::Method::DELETE, &format!("/cookie/{name}"), None).await;
+    }
+
     /// Cookies this browser holds for the current page.
     pub async fn cookies(&self) -> Vec<Value> {
         self.call(reqwest::Method::GET, "/cookie", None).await.as_array().cloned().unwrap_or_default()
@@ -288,7 +294,8 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Ends the session (Chromium exits), then the driver's whole process group.
+        // Ends the session (chromedriver stops its Chromium), then the driver's own process
+        // group (Chromium included, should the session not end), then the driver.
         if let Some(addr) = self.base.strip_prefix("http://") {
             if let Ok(mut s) = std::net::TcpStream::connect(addr) {
                 use std::io::{Read, Write};

@@ -115,13 +115,27 @@ async fn assets_and_docs(d: Deployment) {
     }
     assert!(!page.contains("<script"), "the docs page runs no script");
 
+    // A page recovers its CSRF token after a reload from /api/auth/me; scripts get none.
+    let admin = d.admin().await;
+    let me = admin.get("/api/auth/me").await.expect_status(200);
+    assert_eq!(me["csrf_token"].as_str(), admin.cookie("csrf_token").as_deref(), "the session's CSRF token: {me}");
+    let script = d.client().with_bearer(&admin.cookie("access_token").expect("access token"));
+    assert!(script.get("/api/auth/me").await.expect_status(200).get("csrf_token").is_none(), "no CSRF token for Bearer callers");
+
+    // An instance Orthanc cannot render: 422, not a 5xx.
+    let body = std::fs::read(&without_pixels().1).expect("DICOM");
+    let report = admin.req(Method::POST, "/api/patients/import").body("application/dicom", body).send().await.expect_status(200);
+    let patient = report["patients"][0]["id"].as_i64().expect("patient");
+    let instances = admin.get(&format!("/api/patients/{patient}/instances")).await.expect_status(200);
+    let id = instances[0]["id"].as_str().expect("instance id");
+    admin.get(&format!("/api/patients/images/{id}/preview")).await.expect_error(422, "preview_unavailable");
+
     if d.host == Host::Plugin {
         // The console's files are public; Orthanc's own pages still are not.
         let r = http.get(format!("{}/app/explorer.html", d.url)).send().await.expect("GET explorer");
         assert_eq!(r.status(), 403, "Orthanc Explorer without a session");
         let r = http.post(format!("{}/ui/", d.url)).body("x").send().await.expect("POST /ui/");
         assert_eq!(r.status(), 403, "only reads of the console pass the filter without a session");
-        let admin = d.admin().await;
         let r = admin.get("/app/explorer.html").await;
         assert_eq!(r.status, 200, "Orthanc Explorer with an admin session cookie");
     }
@@ -135,6 +149,29 @@ async fn assets_and_docs_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assets_and_docs_plugin() {
     assets_and_docs(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+}
+
+/// A copy of a generated instance without its pixel data, as another patient: Orthanc
+/// stores it but cannot render it.
+fn without_pixels() -> &'static (tempfile::TempDir, PathBuf) {
+    static F: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("no-pixels.dcm");
+        let script = "import sys, pydicom\nfrom pydicom.uid import generate_uid\n\
+            d = pydicom.dcmread(sys.argv[1])\ndel d.PixelData\nd.PatientID = 'IPP-NOPIXELS'\n\
+            d.StudyInstanceUID = generate_uid(); d.SeriesInstanceUID = generate_uid(); d.SOPInstanceUID = generate_uid()\n\
+            d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID\nd.save_as(sys.argv[2])\n";
+        let status = std::process::Command::new(dicom::python())
+            .arg("-c")
+            .arg(script)
+            .arg(&secret().files[0].path)
+            .arg(&out)
+            .status()
+            .expect("run python");
+        assert!(status.success(), "could not strip the pixel data");
+        (dir, out)
+    })
 }
 
 async fn import_zip(c: &Client, zip: &GeneratedZip) -> Value {
@@ -220,6 +257,15 @@ async fn console_in_a_browser(d: Deployment) {
     let storage = web.js("return JSON.stringify(Object.keys(localStorage).concat(Object.keys(sessionStorage)));", vec![]).await;
     assert!(!storage.as_str().unwrap_or_default().contains("token"), "a token in web storage: {storage}");
     assert_translated(&web).await;
+
+    // The access token expires: the page refreshes it silently and carries on.
+    web.delete_cookie("access_token").await;
+    web.click_on("#nav a[href='#/import']").await;
+    web.wait_for("#dropzone").await;
+    web.click_on("#nav a[href='#/patients']").await;
+    web.wait_text("#patient-count", "0 patient").await;
+    assert!(web.cookies().await.iter().any(|c| c["name"] == "access_token"), "a new access token after the silent refresh");
+    assert!(web.url().await.ends_with("#/patients"), "still signed in at {}", web.url().await);
 
     // Import a ZIP: progress, then the report with every skipped entry named.
     web.click_on("#nav a[href='#/import']").await;
@@ -313,6 +359,21 @@ async fn console_in_a_browser(d: Deployment) {
     }
     other.screenshot(&dir.join("06-sessions.png")).await;
     assert_translated(&other).await;
+
+    // A personal API token, shown once, that works for scripts.
+    other.click_on("#account a[href='#/profile']").await;
+    other.wait_for("#token-form").await;
+    other.fill("#token-name", "nightly import").await;
+    other.fill("#token-password", PASSWORD).await;
+    other.click_on("#token-form button[type=submit]").await;
+    other.wait_text("#token-shown", "coh_").await;
+    let token_el = other.wait_for("#token-shown code").await;
+    let token = other.text(&token_el).await;
+    other.wait_text("#tokens", "nightly import").await;
+    let script = Client::new(&d.url).with_bearer(token.trim());
+    assert_eq!(script.get("/api/patients").await.expect_status(200)["total"], 1, "the token sees group A's patient only");
+    other.screenshot(&dir.join("06b-profile-token.png")).await;
+    assert_translated(&other).await;
     web.goto(&format!("{}/ui/#/patients", d.url)).await;
     web.wait_text("#login-notice", "session has ended").await;
     web.screenshot(&dir.join("07-session-ended.png")).await;
@@ -333,6 +394,14 @@ async fn console_in_a_browser(d: Deployment) {
     other.wait_text("#patient-count", "2 patient").await;
     other.wait_text("#patient-rows", "Cardiologie").await;
     other.screenshot(&dir.join("09-admin-patients.png")).await;
+    for checkbox in other.find_all("#patient-rows input[type=checkbox]").await {
+        other.click(&checkbox).await;
+    }
+    other.wait_text("#export-selected", "(2)").await;
+    other.click_on("#export-selected").await;
+    let zip = std::fs::read(other.wait_download(".zip").await).expect("downloaded ZIP");
+    let names = String::from_utf8_lossy(&zip);
+    assert!(names.contains("IPP-CONSOLE/") && names.contains("IPP-SECRET/"), "one folder per selected patient");
     other.click_on("#nav a[href='#/admin/users']").await;
     other.wait_text("main table", "carol@a.test").await;
     other.screenshot(&dir.join("10-users.png")).await;

@@ -56,17 +56,19 @@ pub async fn file(app: &App, who: &Principal, instance_id: &str) -> ApiResult<Di
 pub async fn preview(app: &App, who: &Principal, instance_id: &str) -> ApiResult<Bytes> {
     authorize(app, who, instance_id).await?;
     let pacs = app.pacs()?;
-    match pacs.instance_preview(instance_id).await {
-        Ok(png) => Ok(png),
+    let error = match pacs.instance_preview(instance_id).await {
+        Ok(png) => return Ok(png),
+        Err(e) => e,
+    };
+    // Orthanc says "not found", 4xx or 5xx for images it cannot decode (in-process, a
+    // missing pixel data element is an "inexistent item"): tell those apart from an
+    // instance that is gone and from Orthanc being down.
+    match pacs.instance_study(instance_id).await {
+        Ok(_) => {
+            tracing::debug!(error = %error, instance_id, "Orthanc could not render a preview");
+            Err(ApiError::unprocessable("preview_unavailable", "Orthanc cannot render a preview of this instance"))
+        }
         Err(PacsError::NotFound) => Err(ApiError::not_found("instance")),
-        // Orthanc answers 4xx or 5xx for images it cannot decode: tell that apart from
-        // Orthanc being down.
-        Err(e) => match pacs.ping().await {
-            Ok(()) => {
-                tracing::debug!(error = %e, instance_id, "Orthanc could not render a preview");
-                Err(ApiError::unprocessable("preview_unavailable", "Orthanc cannot render a preview of this instance"))
-            }
-            Err(down) => Err(down.into()),
-        },
+        Err(down) => Err(down.into()),
     }
 }

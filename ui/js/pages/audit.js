@@ -32,7 +32,7 @@ export async function render(main, _params, query) {
       fill(tbody, data.items.length ? data.items.map((e) => h('tr', {},
         h('td', {}, formatDate(e.at)), h('td', {}, e.actor_email || t('audit.system'), e.user_id ? h('div', { class: 'hint' }, `#${e.user_id}`) : null),
         h('td', {}, e.action), h('td', {}, e.outcome), h('td', {}, [e.resource_type, e.resource_id].filter(Boolean).join(' ') || '—'),
-        h('td', { class: 'wide' }, e.ip || '—'), h('td', { class: 'wide' }, h('code', {}, JSON.stringify(e.details))))) :
+        h('td', { class: 'wide' }, e.ip || '—'), h('td', { class: 'wide details' }, h('code', {}, JSON.stringify(e.details))))) :
         h('tr', {}, h('td', { colspan: 7, class: 'muted' }, t('audit.none'))));
       fill(pager, 
         h('button', { type: 'button', class: 'secondary', disabled: page <= 1, onclick: () => { page--; load(); } }, t('pager.prev')),

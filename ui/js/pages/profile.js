@@ -19,11 +19,11 @@ async function tokensCard() {
       } }, t('sessions.revoke')))))
       : h('tr', {}, h('td', { colspan: 6, class: 'muted' }, t('tokens.none'))));
   }
-  const name = h('input', { type: 'text', maxlength: 100, required: true });
-  const scope = select([['read', t('tokens.read')], ['write', t('tokens.write')]], 'read');
-  const days = h('input', { type: 'number', min: 1, max: 365, value: 90 });
-  const pw = h('input', { type: 'password', autocomplete: 'current-password', required: true });
-  const form = h('form', {}, h('h3', {}, t('tokens.new')), field(t('tokens.name'), name), field(t('tokens.scope'), scope),
+  const name = h('input', { type: 'text', id: 'token-name', maxlength: 100, required: true });
+  const scope = select([['read', t('tokens.read')], ['write', t('tokens.write')]], 'read', { id: 'token-scope' });
+  const days = h('input', { type: 'number', id: 'token-days', min: 1, max: 365, value: 90 });
+  const pw = h('input', { type: 'password', id: 'token-password', autocomplete: 'current-password', required: true });
+  const form = h('form', { id: 'token-form' }, h('h3', {}, t('tokens.new')), field(t('tokens.name'), name), field(t('tokens.scope'), scope),
     field(t('tokens.days'), days), field(t('profile.current'), pw), h('button', { type: 'submit' }, t('tokens.create')));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -36,7 +36,7 @@ async function tokensCard() {
   });
   await load();
   return h('div', { class: 'card' }, h('h2', {}, t('tokens.title')), h('p', { class: 'muted' }, t('tokens.help')), shown,
-    h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, t('tokens.name')), h('th', {}, t('tokens.scope')),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'tokens' }, h('thead', {}, h('tr', {}, h('th', {}, t('tokens.name')), h('th', {}, t('tokens.scope')),
       h('th', {}, t('sessions.created')), h('th', {}, t('sessions.expires')), h('th', {}, t('tokens.used')), h('th', {}, ''))), list)), form);
 }
 
