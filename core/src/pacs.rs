@@ -165,6 +165,19 @@ pub trait Pacs: Send + Sync + 'static {
     async fn ping(&self) -> PacsResult<()>;
     /// Stores one DICOM instance.
     async fn store_instance(&self, dicom: Bytes) -> PacsResult<StoredInstance>;
+    /// Stores one DICOM instance read from a (spooled) file. By default the file is read
+    /// into memory; a store that can stream it from disk does so.
+    async fn store_instance_file(&self, file: std::fs::File) -> PacsResult<StoredInstance> {
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut buf).map(|_| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| PacsError::Unavailable(e.to_string()))?
+        .map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?;
+        self.store_instance(bytes).await
+    }
     /// A study with its patient tags and instances; `NotFound` when Orthanc has no such study.
     async fn study(&self, orthanc_study_id: &str) -> PacsResult<StudyInfo>;
     /// The Orthanc id of the study an instance belongs to.
@@ -188,6 +201,19 @@ pub trait Pacs: Send + Sync + 'static {
 pub trait Transport: Send + Sync + 'static {
     async fn get(&self, path: &str) -> PacsResult<Bytes>;
     async fn post(&self, path: &str, body: Bytes) -> PacsResult<Bytes>;
+    /// A POST whose body is read from a file while it is sent; by default the file is
+    /// read into memory first.
+    async fn post_file(&self, path: &str, file: std::fs::File) -> PacsResult<Bytes> {
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut buf).map(|_| Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| PacsError::Unavailable(e.to_string()))?
+        .map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?;
+        self.post(path, bytes).await
+    }
     async fn delete(&self, path: &str) -> PacsResult<()>;
     /// A GET whose answer is streamed (large files).
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile>;
@@ -290,14 +316,11 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
     }
 
     async fn store_instance(&self, dicom: Bytes) -> PacsResult<StoredInstance> {
-        let body = self.transport.post("/instances", dicom).await?;
-        let a: StoreAnswer = serde_json::from_slice(&body).map_err(|e| PacsError::Protocol(format!("POST /instances: {e}")))?;
-        let status = match a.status.as_str() {
-            "Success" => StoreStatus::Stored,
-            "AlreadyStored" => StoreStatus::AlreadyStored,
-            other => return Err(PacsError::Rejected { status: 400, message: format!("Orthanc did not store the instance: {other}") }),
-        };
-        Ok(StoredInstance { instance_id: a.id, patient_id: a.parent_patient, study_id: a.parent_study, series_id: a.parent_series, status })
+        stored_instance(&self.transport.post("/instances", dicom).await?)
+    }
+
+    async fn store_instance_file(&self, file: std::fs::File) -> PacsResult<StoredInstance> {
+        stored_instance(&self.transport.post_file("/instances", file).await?)
     }
 
     async fn study(&self, orthanc_study_id: &str) -> PacsResult<StudyInfo> {
@@ -421,4 +444,15 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
             done: raw.done,
         })
     }
+}
+
+/// What Orthanc answered to `POST /instances` with one DICOM file.
+fn stored_instance(body: &[u8]) -> PacsResult<StoredInstance> {
+    let a: StoreAnswer = serde_json::from_slice(body).map_err(|e| PacsError::Protocol(format!("POST /instances: {e}")))?;
+    let status = match a.status.as_str() {
+        "Success" => StoreStatus::Stored,
+        "AlreadyStored" => StoreStatus::AlreadyStored,
+        other => return Err(PacsError::Rejected { status: 400, message: format!("Orthanc did not store the instance: {other}") }),
+    };
+    Ok(StoredInstance { instance_id: a.id, patient_id: a.parent_patient, study_id: a.parent_study, series_id: a.parent_series, status })
 }

@@ -71,6 +71,18 @@ impl Transport for OrthancHttp {
         Self::body(self.send(req).await?).await
     }
 
+    /// Streams the file to Orthanc: a large upload spooled to disk never sits in memory.
+    async fn post_file(&self, path: &str, file: std::fs::File) -> PacsResult<Bytes> {
+        let len = file.metadata().map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?.len();
+        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+        let req = self
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/dicom")
+            .header("content-length", len)
+            .body(reqwest::Body::wrap_stream(stream));
+        Self::body(self.send(req).await?).await
+    }
+
     async fn delete(&self, path: &str) -> PacsResult<()> {
         self.send(self.request(reqwest::Method::DELETE, path).timeout(REQUEST_TIMEOUT)).await.map(|_| ())
     }

@@ -335,16 +335,12 @@ impl Spooled {
         }
     }
 
-    /// The whole body in memory (one DICOM instance).
-    fn into_bytes(self) -> Result<Bytes, ApiError> {
+    /// Imports it as one file (not a ZIP): from memory, or streamed from its spool file,
+    /// so a large single upload never sits in memory whole.
+    async fn import_as_file(self, importer: &mut Importer<'_>, name: &str, head: &[u8]) -> Result<(), ApiError> {
         match self {
-            Spooled::Memory(b) => Ok(b),
-            Spooled::File(mut f) => {
-                use std::io::Read;
-                let mut v = Vec::new();
-                f.read_to_end(&mut v).map_err(ApiError::internal)?;
-                Ok(Bytes::from(v))
-            }
+            Spooled::Memory(b) => importer.add_file(name, b).await,
+            Spooled::File(f) => importer.add_spooled_file(name, head, f).await,
         }
     }
 }
@@ -523,7 +519,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
                 if sniff(&head) == Some("zip") {
                     importer.add_zip(&name, part.into_zip()).await?;
                 } else {
-                    importer.add_file(&name, part.into_bytes()?).await?;
+                    part.import_as_file(importer, &name, &head).await?;
                 }
             }
             if parts == 0 {
@@ -546,7 +542,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
             if is_zip {
                 importer.add_zip("", body.into_zip()).await?;
             } else {
-                importer.add_file("upload", body.into_bytes()?).await?;
+                body.import_as_file(importer, "upload", &head).await?;
             }
         }
     }

@@ -179,6 +179,23 @@ impl<'a> Importer<'a> {
         }
     }
 
+    /// Adds one file spooled to disk (a large body, a form part), classified by its first
+    /// bytes: a ZIP is read from the file, a DICOM file streamed to Orthanc from it. Never
+    /// read whole into memory.
+    pub async fn add_spooled_file(&mut self, name: &str, head: &[u8], file: std::fs::File) -> ApiResult<()> {
+        match classify(name, head) {
+            Kind::Dicom => {
+                let sent = self.pacs.store_instance_file(file).await;
+                self.record(name, sent).await
+            }
+            Kind::Junk(why) | Kind::Other(why) => {
+                self.skip(name, why);
+                Ok(())
+            }
+            Kind::Zip => self.add_zip(name, ZipSource::File(file)).await,
+        }
+    }
+
     /// Sends one DICOM instance to Orthanc and claims its study for the registry.
     async fn store(&mut self, name: &str, bytes: Bytes) -> ApiResult<()> {
         let sent = self.pacs.store_instance(bytes).await;
