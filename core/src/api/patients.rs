@@ -443,7 +443,8 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
     }
 }
 
-/// Import DICOM: the body is a ZIP or a DICOM file (`application/zip`,
+/// Import DICOM: the body is a ZIP (Stored, Deflate or Deflate64 entries) or a DICOM
+/// file, with or without the 128-byte preamble (`application/zip`,
 /// `application/dicom`, `application/octet-stream` sniffed), or `multipart/form-data`
 /// with `files` parts (sidecar only: Orthanc 1.10.1 swallows multipart bodies).
 #[utoipa::path(post, path = "/import", tag = "patients",
@@ -454,7 +455,7 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
         (status = 403, description = "The caller has no group (`no_group`)", body = ErrorBody),
         (status = 413, description = "Upload, entry count or inflated size over a limit", body = ErrorBody),
         (status = 415, description = "Unsupported content type", body = ErrorBody),
-        (status = 422, description = "Truncated or corrupt ZIP (`invalid_zip`), zip bomb (`zip_bomb`)", body = ErrorBody),
+        (status = 422, description = "Truncated or corrupt ZIP, or an entry compressed with a method other than Stored, Deflate or Deflate64 (`invalid_zip`, the message names the entry and the method); zip bomb (`zip_bomb`)", body = ErrorBody),
         (status = 503, description = "Orthanc unavailable", body = ErrorBody),
     ))]
 async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: HeaderMap, body: Body) -> Result<Json<ImportReport>, ApiError> {

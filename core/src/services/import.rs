@@ -422,10 +422,66 @@ fn classify(name: &str, head: &[u8]) -> Kind {
     if head.len() >= 132 && &head[128..132] == b"DICM" {
         return Kind::Dicom;
     }
-    if head.starts_with(b"%PDF") {
-        return Kind::Other("skipped: PDF document, not DICOM");
+    if starts_with_dicom_element(head) {
+        return Kind::Dicom;
     }
-    Kind::Other("skipped: not a DICOM file (no DICM marker at offset 128)")
+    if head.starts_with(b"%PDF") {
+        return Kind::Other("skipped: not DICOM: PDF document");
+    }
+    Kind::Other("skipped: not DICOM (no DICM marker at offset 128, and no DICOM element at the start)")
+}
+
+/// The value representations of DICOM PS3.5 (explicit VR files spell one after the tag).
+const VRS: [&[u8; 2]; 34] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN",
+    b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+];
+
+/// Values longer than this in the first element of a file are not believed (the first
+/// elements of groups 0x0002 and 0x0008 are short strings or group lengths).
+const FIRST_VALUE_MAX: u32 = 1 << 16;
+
+/// A file without the preamble and `DICM` is still DICOM to Orthanc (DCMTK reads it)
+/// when it starts with a data element of group 0x0002 (file meta) or 0x0008 (identifying
+/// attributes), little endian, with an explicit VR or an implicit one. The element must
+/// be plausible: a known VR, or an even value length below 64 KiB (or undefined, for an
+/// implicit-VR sequence).
+fn starts_with_dicom_element(head: &[u8]) -> bool {
+    if head.len() < 8 {
+        return false;
+    }
+    let group = u16::from_le_bytes([head[0], head[1]]);
+    if group != 0x0002 && group != 0x0008 {
+        return false;
+    }
+    let vr = [head[4], head[5]];
+    if VRS.iter().any(|known| **known == vr) {
+        return true;
+    }
+    let length = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    length == u32::MAX || (length % 2 == 0 && length < FIRST_VALUE_MAX)
+}
+
+/// The name of a ZIP compression method, for an error a user can act on.
+fn method_name(code: u16) -> String {
+    let name = match code {
+        1 => "Shrink",
+        2..=5 => "Reduce",
+        6 => "Implode",
+        10 => "PKWARE DCL Implode",
+        12 => "BZIP2",
+        14 => "LZMA",
+        18 => "IBM TERSE",
+        19 => "IBM LZ77",
+        20 | 93 => "Zstandard",
+        95 => "XZ",
+        96 => "JPEG",
+        97 => "WavPack",
+        98 => "PPMd",
+        99 => "AES encryption",
+        _ => "an unknown method",
+    };
+    format!("{name} (method {code})")
 }
 
 /// Whether a body is a ZIP or a DICOM file, from its first bytes.
@@ -447,6 +503,10 @@ fn zip_error(e: ZipError) -> ApiError {
         other => invalid_zip(other),
     }
 }
+
+/// The compression methods entries may use (each inflated within the limits).
+const SUPPORTED_METHODS: [zip::CompressionMethod; 3] =
+    [zip::CompressionMethod::Stored, zip::CompressionMethod::Deflated, zip::CompressionMethod::Deflate64];
 
 /// Running totals shared by an archive and the archive nested in it.
 #[derive(Default)]
@@ -528,19 +588,33 @@ fn plan(mut reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -
     let mut archive = ZipArchive::new(reader).map_err(zip_error)?;
     let mut entries = Vec::with_capacity(archive.len());
     for index in 0..archive.len() {
-        let mut file = archive.by_index(index).map_err(zip_error)?;
-        if file.is_dir() {
+        // Directory, encryption and method are read from the raw entry first: opening an
+        // encrypted entry, or one whose method the reader lacks, fails with an error that
+        // names neither the entry nor the method.
+        let (is_dir, encrypted, method, name) = {
+            let raw = archive.by_index_raw(index).map_err(zip_error)?;
+            (raw.is_dir(), raw.encrypted(), raw.compression(), raw.name().to_string())
+        };
+        if is_dir {
             continue;
         }
         budget.entries += 1;
         if budget.entries > limits.max_entries {
             return Err(too_many_entries(limits));
         }
-        let name = file.name().to_string();
-        if file.encrypted() {
-            entries.push(PlannedEntry { name, what: Planned::Skip("skipped: encrypted entry".into()) });
+        if encrypted {
+            entries.push(PlannedEntry { name, what: Planned::Skip("skipped: encrypted ZIP entry: re-export without a password".into()) });
             continue;
         }
+        if !SUPPORTED_METHODS.contains(&method) {
+            #[allow(deprecated)] // the numeric code is what users can look up
+            let code = method.to_u16();
+            return Err(ApiError::unprocessable(
+                "invalid_zip",
+                format!("unsupported ZIP archive: {name} is compressed with {}; re-create the archive with Deflate", method_name(code)),
+            ));
+        }
+        let mut file = archive.by_index(index).map_err(zip_error)?;
         let declared = file.size();
         let compressed = file.compressed_size().max(1);
         let ratio_cap = compressed.saturating_mul(limits.max_ratio).max(RATIO_FLOOR);
@@ -846,6 +920,82 @@ mod tests {
         assert_eq!(classify("upload", &crafted), Kind::Zip);
         assert_eq!(sniff(&crafted), Some("zip"));
         assert_eq!(classify("x.dcm", b"PK\x05\x06"), Kind::Zip);
+    }
+
+    /// Rewrites every entry's compression method (local header and central directory).
+    fn relabel(mut bytes: Vec<u8>, method: u16) -> Vec<u8> {
+        let offsets: Vec<(u64, u64)> = {
+            let mut archive = ZipArchive::new(std::io::Cursor::new(bytes.clone())).expect("archive");
+            (0..archive.len())
+                .map(|i| {
+                    let f = archive.by_index_raw(i).expect("entry");
+                    (f.header_start(), f.central_header_start())
+                })
+                .collect()
+        };
+        for (local, central) in offsets {
+            let (local, central) = (local as usize, central as usize);
+            bytes[local + 8..local + 10].copy_from_slice(&method.to_le_bytes());
+            bytes[central + 10..central + 12].copy_from_slice(&method.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Data that deflates well without a match of 258 bytes: the one length code
+    /// Deflate64 reads differently (16 extra bits), so its Deflate stream is a valid
+    /// Deflate64 stream too.
+    fn compressible(len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut line = 0u32;
+        while out.len() < len {
+            out.extend_from_slice(&[0u8; 240]);
+            let c = [(line % 251) as u8 + 1, (line / 251 % 251) as u8 + 1, (line / 63001 % 251) as u8 + 1];
+            out.extend_from_slice(&c);
+            line += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn deflate64_entries_are_read_within_the_limits() {
+        let dicom = dicom_like(&compressible(200_000));
+        let deflated = zip_of(&[("a.dcm", dicom.clone()), ("b.dcm", dicom)], zip::CompressionMethod::Deflated);
+        let got = planned(relabel(deflated, 9), LIMITS).expect("a Deflate64 archive");
+        assert_eq!(got, vec![("a.dcm".to_string(), "dicom"), ("b.dcm".to_string(), "dicom")]);
+
+        let big = relabel(zip_of(&[("big.dcm", compressible(4 << 20))], zip::CompressionMethod::Deflated), 9);
+        let ratio = ZipLimits { max_ratio: 10, ..LIMITS };
+        let e = planned(big.clone(), ratio).expect_err("ratio");
+        assert_eq!((e.status.as_u16(), e.code), (422, "zip_bomb"));
+        let small = ZipLimits { max_uncompressed: 1 << 20, ..LIMITS };
+        let e = planned(big, small).expect_err("total size");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+    }
+
+    #[test]
+    fn an_unsupported_method_is_named() {
+        let lzma = relabel(zip_of(&[("scan/IM0001", dicom_like(b"x"))], zip::CompressionMethod::Stored), 14);
+        let e = planned(lzma, LIMITS).expect_err("LZMA");
+        assert_eq!((e.status.as_u16(), e.code), (422, "invalid_zip"));
+        assert!(e.message.contains("scan/IM0001 is compressed with LZMA (method 14)"), "{}", e.message);
+    }
+
+    #[test]
+    fn dicom_without_a_preamble_is_dicom() {
+        // Implicit VR: (0008,0005) length 10 "ISO_IR 100", as pydicom's rtstruct.dcm starts.
+        let implicit = b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100";
+        assert_eq!(classify("IM0001", implicit), Kind::Dicom);
+        // Explicit VR file meta: (0002,0000) UL 4.
+        let explicit = b"\x02\x00\x00\x00UL\x04\x00\xc8\x00\x00\x00";
+        assert_eq!(classify("IM0002", explicit), Kind::Dicom);
+        assert_eq!(sniff(explicit), Some("dicom"));
+        // Other groups, odd or huge lengths, and short heads are not.
+        assert!(matches!(classify("x", b"\x10\x00\x10\x00PN\x04\x00Doe^"), Kind::Other(_)));
+        assert!(matches!(classify("x", b"\x08\x00\x05\x00\x0b\x00\x00\x00ISO_IR 100"), Kind::Other(_)));
+        assert!(matches!(classify("x", b"\x08\x00\x05\x00\x00\x00\x10\x00"), Kind::Other(_)));
+        assert!(matches!(classify("x", b"\x08\x00"), Kind::Other(_)));
+        assert!(matches!(classify("x", b"hello world, plain text"), Kind::Other(_)));
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! Importing what people actually bring (issue 14), against each deployment: DICOM
+//! written without the 128-byte preamble (pydicom's own `rtstruct.dcm`), ZIP archives
+//! compressed with Deflate64, and archives whose method Cohort still cannot read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cohort_e2e::dicom::{self, StudySpec};
+use cohort_e2e::{per_deployment, Client, Deployment, Resp};
+use reqwest::Method;
+use serde_json::json;
+
+async fn import(c: &Client, content_type: &str, body: Vec<u8>) -> Resp {
+    c.req(Method::POST, "/api/patients/import").body(content_type, body).send().await
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(dicom::python()).arg("-c").arg(script).args(args).output().expect("run python");
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8").trim().to_string()
+}
+
+/// pydicom's `rtstruct.dcm`: a dataset written without preamble, `DICM` or file meta
+/// (implicit VR little endian, starting with (0008,0005)). Orthanc stores it.
+fn rtstruct() -> PathBuf {
+    PathBuf::from(python("from pydicom.data import get_testdata_file as g; print(g('rtstruct.dcm'))", &[]))
+}
+
+/// Python's `zipfile` cannot write Deflate64. A Deflate stream of stored blocks is a
+/// valid Deflate64 stream (the formats differ only in the window size and in length
+/// code 285, which stored blocks never use), so the archive is written with Deflate at
+/// level 0 and every entry relabelled as method 9 (or `method`), in the local headers
+/// and the central directory alike.
+const RELABEL: &str = r#"
+import struct, sys, zipfile
+out, method, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=0) as z:
+    for i, f in enumerate(files):
+        z.write(f, "CD/DICOM/ST%04d/IM%06d" % (i // 3, i))
+data = bytearray(open(out, "rb").read())
+with zipfile.ZipFile(out) as z:
+    locals_ = [i.header_offset for i in z.infolist()]
+    eocd = data.rindex(b"PK\x05\x06")
+    count, size, start = struct.unpack("<HII", data[eocd + 10:eocd + 20])
+for off in locals_:
+    assert data[off:off + 4] == b"PK\x03\x04"
+    data[off + 8:off + 10] = struct.pack("<H", method)
+at = start
+for _ in range(count):
+    assert data[at:at + 4] == b"PK\x01\x02"
+    data[at + 10:at + 12] = struct.pack("<H", method)
+    n, m, k = struct.unpack("<HHH", data[at + 28:at + 34])
+    at += 46 + n + m + k
+open(out, "wb").write(bytes(data))
+print(out)
+"#;
+
+fn relabelled_zip(dir: &Path, files: &[PathBuf], method: u16) -> Vec<u8> {
+    let out = dir.join(format!("method-{method}.zip"));
+    let mut args = vec![out.to_str().expect("path").to_string(), method.to_string()];
+    args.extend(files.iter().map(|f| f.to_str().expect("path").to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    python(RELABEL, &args);
+    std::fs::read(out).expect("read the archive")
+}
+
+async fn what_people_bring(d: Deployment) {
+    let admin = d.admin().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // DICOM without a preamble: sniffed and sent whole, as application/dicom or sniffed.
+    let rt = std::fs::read(rtstruct()).expect("read rtstruct.dcm");
+    assert!(rt.len() < 132 || &rt[128..132] != b"DICM", "rtstruct.dcm has a preamble now");
+    assert_eq!(&rt[..4], b"\x08\x00\x05\x00");
+    let r = import(&admin, "application/octet-stream", rt.clone()).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 1, "stored": 1, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 0, "{r}");
+    let r = import(&admin, "application/dicom", rt.clone()).await.expect_status(200);
+    assert_eq!(r["instances"]["already_stored"], 1, "{r}");
+
+    // A Deflate64 ZIP of a study in CD layout (files without an extension), with the
+    // preamble-less file among them.
+    let study = dicom::study(&StudySpec::new("IPP-DEFLATE64").studies(1).series(2).instances(3).seed(141));
+    let rt_path = dir.path().join("rtstruct");
+    std::fs::write(&rt_path, &rt).expect("write");
+    let mut files = study.paths();
+    files.push(rt_path);
+    let deflate64 = relabelled_zip(dir.path(), &files, 9);
+    let r = import(&admin, "application/zip", deflate64.clone()).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 7, "stored": 6, "already_stored": 1, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 0, "{r}");
+    // Sniffed as well.
+    let r = import(&admin, "application/octet-stream", deflate64).await.expect_status(200);
+    assert_eq!(r["instances"]["already_stored"], 7, "{r}");
+
+    // A method Cohort cannot read is named in the error, with what to do.
+    let lzma = relabelled_zip(dir.path(), &files[..1], 14);
+    let e = import(&admin, "application/zip", lzma).await.expect_error(422, "invalid_zip");
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("CD/DICOM/ST0000/IM000000 is compressed with LZMA (method 14)"), "{e}");
+    assert!(message.contains("re-create the archive with Deflate"), "{e}");
+}
+per_deployment!(what_people_bring);
