@@ -23,6 +23,9 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
 }
 
 fn main() {
+    // `sqlx::migrate!` embeds the migrations at compile time: a new or renamed one must
+    // rebuild the crate.
+    println!("cargo:rerun-if-changed=../migrations");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui").canonicalize().expect("the ui/ directory next to core/");
     let mut files = Vec::new();
     collect(&root, &root, &mut files);

@@ -30,6 +30,8 @@ pub struct App {
     /// What answers built in memory (the plugin's exports) may hold at once, all
     /// together: `MaxExportBytes`.
     pub export_memory: Arc<ByteBudget>,
+    /// Groups' export policies, for the image proxy's hot path.
+    pub export_policies: TtlCache<Id, crate::domain::ExportPolicy>,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -104,6 +106,7 @@ impl App {
             tokens: TokenCache::new(CACHE_TTL),
             instance_owners: OwnerCache::new(CACHE_TTL),
             export_memory: ByteBudget::new(config.max_export_bytes),
+            export_policies: TtlCache::new(CACHE_TTL),
             store,
             config,
             pacs,

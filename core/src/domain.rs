@@ -66,6 +66,11 @@ text_enum!(
     TokenScope { Read = "read", Write = "write" }
 );
 text_enum!(
+    /// What a research group's users may export: `deidentified_only` refuses identified
+    /// exports and image files to them (admins are not restricted).
+    ExportPolicy { Any = "any", DeidentifiedOnly = "deidentified_only" }
+);
+text_enum!(
     /// The reading workflow of a patient record.
     PatientStatus { ToInterpret = "to_interpret", InProgress = "in_progress", Validated = "validated", Archived = "archived" }
 );

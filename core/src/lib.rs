@@ -9,6 +9,7 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod console;
+pub mod deidentify;
 pub mod domain;
 pub mod error;
 pub mod model;

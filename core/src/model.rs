@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::{Id, PatientStatus, Role, TokenScope, UserStatus};
+use crate::domain::{ExportPolicy, Id, PatientStatus, Role, TokenScope, UserStatus};
 use crate::store::audit::AuditRow;
 use crate::store::groups::GroupRow;
 use crate::store::patients::{InstanceWithStudy, PatientRow, StudyRow};
@@ -118,11 +118,13 @@ pub struct Group {
     pub created_at: DateTime<Utc>,
     /// Number of users in the group.
     pub members: i64,
+    /// `deidentified_only`: the group's users may only export de-identified data.
+    pub export_policy: ExportPolicy,
 }
 
 impl From<GroupRow> for Group {
     fn from(r: GroupRow) -> Self {
-        Group { id: r.id, name: r.name, created_at: r.created_at, members: r.members }
+        Group { id: r.id, name: r.name, created_at: r.created_at, members: r.members, export_policy: r.export_policy }
     }
 }
 
@@ -321,6 +323,10 @@ pub struct PatientDetail {
     #[serde(flatten)]
     pub patient: Patient,
     pub studies: Vec<Study>,
+    /// Admins only: the pseudonym a de-identified export gives this patient (under its
+    /// current group's key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseudonym: Option<String>,
 }
 
 /// One DICOM instance of a patient; `id` is what `/api/patients/images/{id}` takes.

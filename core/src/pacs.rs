@@ -186,6 +186,12 @@ pub trait Pacs: Send + Sync + 'static {
     async fn instance_file(&self, orthanc_instance_id: &str) -> PacsResult<DicomFile>;
     /// Orthanc's rendered preview of an instance (PNG).
     async fn instance_preview(&self, orthanc_instance_id: &str) -> PacsResult<Bytes>;
+    /// The value of one top-level tag of an instance (`"0020,0052"`), trailing padding
+    /// trimmed; `None` when the instance does not have it.
+    async fn instance_tag(&self, orthanc_instance_id: &str, tag: &str) -> PacsResult<Option<String>>;
+    /// The instance run through Orthanc's anonymizer with this request (see
+    /// `deidentify::anonymize_request`); Orthanc stores nothing.
+    async fn anonymized_instance(&self, orthanc_instance_id: &str, request: &Value) -> PacsResult<Bytes>;
     async fn delete_patient(&self, orthanc_patient_id: &str) -> PacsResult<()>;
     async fn delete_instance(&self, orthanc_instance_id: &str) -> PacsResult<()>;
     async fn statistics(&self) -> PacsResult<Statistics>;
@@ -381,6 +387,24 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
     async fn instance_preview(&self, orthanc_instance_id: &str) -> PacsResult<Bytes> {
         let id = check_id(orthanc_instance_id)?;
         self.transport.get(&format!("/instances/{id}/preview")).await
+    }
+
+    async fn instance_tag(&self, orthanc_instance_id: &str, tag: &str) -> PacsResult<Option<String>> {
+        let id = check_id(orthanc_instance_id)?;
+        let ok = tag.len() == 9 && tag.bytes().enumerate().all(|(i, b)| if i == 4 { b == b',' } else { b.is_ascii_hexdigit() });
+        if !ok {
+            return Err(PacsError::Protocol(format!("not a DICOM tag: {tag}")));
+        }
+        match self.transport.get(&format!("/instances/{id}/content/{tag}")).await {
+            Ok(v) => Ok(Some(String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string())),
+            Err(PacsError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn anonymized_instance(&self, orthanc_instance_id: &str, request: &Value) -> PacsResult<Bytes> {
+        let id = check_id(orthanc_instance_id)?;
+        self.transport.post(&format!("/instances/{id}/anonymize"), Bytes::from(request.to_string())).await
     }
 
     async fn delete_patient(&self, orthanc_patient_id: &str) -> PacsResult<()> {

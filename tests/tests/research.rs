@@ -1,6 +1,9 @@
 //! Research access (issue 10) against each deployment: personal API tokens (scopes,
 //! session-only routes, revocation, expiry, death with their user, the plugin's native
-//! routes, audit), the `cohort token create` and remote `cohort import` commands.
+//! routes, audit), the `cohort token create` and remote `cohort import` commands, the
+//! audit export, and de-identified exports of real files (pydicom's samples and a
+//! generated hospital-like study, checked byte by byte and with pydicom by
+//! `tests/dicom/deid.py`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -305,6 +308,20 @@ async fn token_command_and_remote_import(d: Deployment) {
 mod cli {
     use super::*;
 
+    /// The plugin cannot stream: a de-identified export is bounded by MaxExportBytes too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deidentified_export_respects_max_export_bytes_plugin() {
+        let settings = BTreeMap::from([("MaxExportBytes".to_string(), json!(12_000))]);
+        let d = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings).await;
+        let admin = d.admin().await;
+        let z = dicom::zip(&marc().paths(), dicom::ZipOptions::default());
+        admin.req(Method::POST, "/api/patients/import").body("application/zip", z.bytes()).send().await.expect_status(200);
+        let id = admin.get("/api/patients?q=IPP-TOKEN-MARC").await.expect_status(200)["items"][0]["id"].as_i64().expect("id");
+        admin.get(&format!("/api/patients/{id}/export?deidentify=true")).await.expect_error(413, "too_large");
+        let exports = audit_rows(&admin, "EXPORT").await;
+        assert!(exports.is_empty(), "a refused export is not audited as done: {exports:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn token_create_and_remote_import_sqlite() {
         token_command_and_remote_import(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
@@ -318,3 +335,267 @@ mod cli {
         token_command_and_remote_import(Deployment::start(Host::Plugin, Backend::Postgres).await).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// De-identified export
+
+/// Runs `tests/dicom/deid.py`, returning its JSON answer.
+fn deid_py(args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dicom").join("deid.py");
+    let out =
+        std::process::Command::new(dicom::python()).arg(&script).args(args).env("PYTHONIOENCODING", "utf-8").output().expect("run deid.py");
+    assert!(out.status.success(), "deid.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("deid.py JSON")
+}
+
+/// A hospital-like study (names, dates, institution, physicians, accession numbers,
+/// private tags; one instance flagged with burned-in annotation), and what identifies it.
+struct Hospital {
+    _dir: tempfile::TempDir,
+    files: Vec<String>,
+    facts: Value,
+}
+
+fn hospital_study() -> &'static Hospital {
+    static H: OnceLock<Hospital> = OnceLock::new();
+    H.get_or_init(|| {
+        let g = dicom::study(
+            &StudySpec::new("IPP-DEID-ELOISE")
+                .name("Dupré^Éloïse")
+                .birth_date("19780412")
+                .studies(2)
+                .series(2)
+                .instances(2)
+                .modalities(&["CT", "MR"])
+                .seed(41),
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("enriched");
+        let mut args = vec!["enrich".to_string(), out.display().to_string()];
+        args.extend(g.files.iter().map(|f| f.path.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let files: Vec<String> =
+            deid_py(&args)["files"].as_array().expect("files").iter().map(|f| f.as_str().expect("path").to_string()).collect();
+        let mut fargs = vec!["facts"];
+        fargs.extend(files.iter().map(String::as_str));
+        let facts = deid_py(&fargs);
+        Hospital { _dir: dir, files, facts }
+    })
+}
+
+fn samples() -> &'static (Generated, Value) {
+    static S: OnceLock<(Generated, Value)> = OnceLock::new();
+    S.get_or_init(|| {
+        let g = dicom::pydicom_samples();
+        let paths: Vec<String> = g.files.iter().map(|f| f.path.display().to_string()).collect();
+        let mut args = vec!["facts"];
+        args.extend(paths.iter().map(String::as_str));
+        let facts = deid_py(&args);
+        (g, facts)
+    })
+}
+
+/// Every value that must not appear, found in `bytes`. Numbers (dates) only count
+/// between non-digits, so a date cannot be "found" inside a new 2.25 UID.
+fn leaks(bytes: &[u8], facts: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    for list in ["values", "private", "uids"] {
+        for v in facts[list].as_array().expect("list") {
+            let v = v.as_str().expect("string");
+            let needles: Vec<Vec<u8>> = {
+                // Latin-1 and UTF-8 spellings of accented names.
+                let latin1: Option<Vec<u8>> = v.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                let mut n = vec![v.as_bytes().to_vec()];
+                n.extend(latin1);
+                n
+            };
+            let digits = v.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            for needle in needles {
+                let hit = bytes.windows(needle.len()).enumerate().any(|(at, w)| {
+                    w == needle.as_slice()
+                        && (!digits
+                            || (at.checked_sub(1).is_none_or(|b| !bytes[b].is_ascii_digit())
+                                && bytes.get(at + needle.len()).is_none_or(|a| !a.is_ascii_digit())))
+                });
+                if hit {
+                    found.push(v.to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Saves an archive and asks pydicom what it holds.
+fn check_archive(bytes: &[u8]) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("export.zip");
+    std::fs::write(&path, bytes).expect("write archive");
+    deid_py(&["check", path.to_str().expect("path")])
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
+}
+
+fn ok_bytes(r: cohort_e2e::Resp) -> Vec<u8> {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.body.to_vec()
+}
+
+async fn export(c: &Client, id: i64, deidentify: bool) -> cohort_e2e::Resp {
+    c.get(&format!("/api/patients/{id}/export?deidentify={deidentify}")).await
+}
+
+async fn deidentified_export(d: Deployment) {
+    let h = hospital_study();
+    let (samples, sample_facts) = samples();
+    let admin = d.admin().await;
+    let a = admin.post("/api/groups", &json!({"name": "Deid A"})).await.expect_status(201);
+    let b = admin.post("/api/groups", &json!({"name": "Deid B"})).await.expect_status(201);
+    assert_eq!(a["export_policy"], "any");
+    admin.post("/api/users", &json!({"email": ALICE, "password": ALICE_PW, "role": "user", "group_id": a["id"]})).await.expect_status(201);
+    let alice = d.client();
+    alice.login(ALICE, ALICE_PW).await.expect_status(200);
+
+    let paths: Vec<std::path::PathBuf> = h.files.iter().map(std::path::PathBuf::from).chain(samples.paths()).collect();
+    let z = dicom::zip(&paths, dicom::ZipOptions::default());
+    let report = alice.req(Method::POST, "/api/patients/import").body("application/zip", z.bytes()).send().await.expect_status(200);
+    assert_eq!(report["instances"]["failed"], 0, "{report}");
+    let listed = alice.get("/api/patients?page_size=200").await.expect_status(200);
+    let ids: Vec<i64> = listed["items"].as_array().expect("items").iter().map(|p| p["id"].as_i64().expect("id")).collect();
+    let eloise = listed["items"].as_array().expect("items").iter().find(|p| p["external_id"] == "IPP-DEID-ELOISE").expect("Éloïse")["id"]
+        .as_i64()
+        .expect("id");
+
+    // One patient, de-identified.
+    let r = export(&alice, eloise, true).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let first = r.body.to_vec();
+    let leaked = leaks(&first, &h.facts);
+    assert!(leaked.is_empty(), "identifying values in the de-identified archive: {leaked:?}");
+    let c = check_archive(&first);
+    let instances = c["instances"].as_array().expect("instances");
+    let pseudonym = instances[0]["patient_id"].as_str().expect("pseudonym").to_string();
+    assert!(pseudonym.starts_with("COH-") && pseudonym.len() == 20, "{pseudonym}");
+    assert_eq!(r.header("content-disposition"), Some(format!("attachment; filename=\"{pseudonym}.zip\"").as_str()));
+    assert_eq!(instances.len(), h.files.len() - 1, "the instance with burned-in annotation is withheld");
+    for i in instances {
+        assert_eq!((i["patient_id"].as_str(), i["patient_name"].as_str()), (Some(pseudonym.as_str()), Some(pseudonym.as_str())), "{i}");
+        assert_eq!(i["identity_removed"], "YES");
+        assert!(i["method"].as_str().is_some_and(|m| m.contains("Basic Profile") && m.contains("Cohort")), "{i}");
+        assert_eq!(i["private_tags"], json!([]), "{i}");
+        assert_eq!(i["dates"], json!([]), "dates are removed: {i}");
+        for k in ["study", "series", "sop", "media_sop"] {
+            assert!(i[k].as_str().is_some_and(|u| u.starts_with("2.25.") && u.len() <= 64), "{k}: {i}");
+        }
+        assert_eq!(i["sop"], i["media_sop"]);
+        assert!(i["frame_of_reference"].as_str().is_some_and(|f| f.is_empty() || f.starts_with("2.25.")), "{i}");
+        let expected = format!(
+            "DICOM/{}/{}/{}.dcm",
+            i["study"].as_str().unwrap_or(""),
+            i["series"].as_str().unwrap_or(""),
+            i["sop"].as_str().unwrap_or("")
+        );
+        assert_eq!(i["name"].as_str(), Some(expected.as_str()));
+        assert_eq!(i["decodable"], true, "{i}");
+    }
+    // Structure and pixels are kept; each series keeps one frame of reference.
+    assert_eq!(c["structure"], h.facts["structure"]);
+    assert_eq!(c["pixels"], h.facts["pixels"]);
+    let mut frames: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for i in instances {
+        frames
+            .entry(i["series"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .insert(i["frame_of_reference"].as_str().unwrap_or("").to_string());
+    }
+    assert!(frames.values().all(|f| f.len() == 1), "{frames:?}");
+    let doc = &c["json"]["patient.json"];
+    assert_eq!(doc["deidentified"], true);
+    assert_eq!(doc["patient"], json!({"pseudonym": pseudonym, "status": "to_interpret"}));
+    assert_eq!(doc["export"]["withheld_instances"]["burned_in_annotation"], 1);
+    assert_eq!(doc["studies"].as_array().map(Vec::len), Some(2));
+    assert!(!doc.to_string().contains(ALICE) && !doc.to_string().contains("orthanc"), "{doc}");
+
+    // Again: the same pseudonym, UIDs, names and patient.json.
+    let again = check_archive(&ok_bytes(export(&alice, eloise, true).await));
+    let names = |c: &Value| -> Vec<String> {
+        c["instances"].as_array().expect("i").iter().map(|i| i["name"].as_str().expect("n").to_string()).collect()
+    };
+    assert_eq!(names(&again), names(&c));
+    assert_eq!(again["json"], c["json"]);
+
+    // Admins see the pseudonym and can search for it; the group's users cannot.
+    let detail = admin.get(&format!("/api/patients/{eloise}")).await.expect_status(200);
+    assert_eq!(detail["pseudonym"], pseudonym.as_str());
+    assert!(alice.get(&format!("/api/patients/{eloise}")).await.expect_status(200).get("pseudonym").is_none());
+    let found = admin.get(&format!("/api/patients?q={}", pseudonym.to_lowercase())).await.expect_status(200);
+    assert_eq!((found["total"].as_i64(), found["items"][0]["id"].as_i64()), (Some(1), Some(eloise)));
+    assert_eq!(admin.get(&format!("/api/patients?q={}", &pseudonym[..9])).await.expect_status(200)["total"], 1, "a prefix is enough");
+    assert_eq!(alice.get(&format!("/api/patients?q={pseudonym}")).await.expect_status(200)["total"], 0);
+
+    // Everyone in one de-identified archive: pydicom's samples too.
+    let r = alice.post("/api/patients/export", &json!({"ids": ids, "deidentify": true})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bulk = r.body.to_vec();
+    let leaked: Vec<String> = leaks(&bulk, sample_facts).into_iter().chain(leaks(&bulk, &h.facts)).collect();
+    assert!(leaked.is_empty(), "identifying values in the bulk de-identified archive: {leaked:?}");
+    let cb = check_archive(&bulk);
+    let bulk_instances = cb["instances"].as_array().expect("instances");
+    assert_eq!(bulk_instances.len(), samples.files.len() + h.files.len() - 1);
+    assert!(bulk_instances.iter().all(|i| i["identity_removed"] == "YES"
+        && i["private_tags"] == json!([])
+        && i["patient_id"].as_str().is_some_and(|p| p.starts_with("COH-"))));
+    let mut all_pixels = strings(&sample_facts["pixels"]);
+    all_pixels.extend(strings(&h.facts["pixels"]));
+    all_pixels.sort();
+    assert_eq!(strings(&cb["pixels"]), all_pixels, "every pixel byte is kept");
+    assert!(cb["json"].as_object().expect("json").contains_key(&format!("{pseudonym}/patient.json")), "folders are pseudonyms");
+
+    // The archive imports without conflicting with what it came from.
+    let reimport = admin.req(Method::POST, "/api/patients/import").body("application/zip", bulk.clone()).send().await.expect_status(200);
+    assert_eq!(reimport["instances"]["stored"].as_u64(), Some(bulk_instances.len() as u64), "{reimport}");
+    assert_eq!((reimport["instances"]["already_stored"].as_u64(), reimport["instances"]["failed"].as_u64()), (Some(0), Some(0)));
+
+    // The group's policy: de-identified only, for its users (not for admins).
+    admin.put(&format!("/api/groups/{}", a["id"]), &json!({"export_policy": "deidentified_only"})).await.expect_status(200);
+    export(&alice, eloise, false).await.expect_error(403, "deidentified_only");
+    alice.post("/api/patients/export", &json!({"ids": [eloise]})).await.expect_error(403, "deidentified_only");
+    let instance =
+        alice.get(&format!("/api/patients/{eloise}/instances")).await.expect_status(200)[0]["id"].as_str().expect("id").to_string();
+    alice.get(&format!("/api/patients/images/{instance}")).await.expect_error(403, "deidentified_only");
+    export(&alice, eloise, true).await.expect_status(200);
+    export(&admin, eloise, false).await.expect_status(200);
+    admin.get(&format!("/api/patients/images/{instance}")).await.expect_status(200);
+    admin.put(&format!("/api/groups/{}", a["id"]), &json!({"export_policy": "sometimes"})).await.expect_error(422, "validation_error");
+
+    // Another group's key: nothing in common.
+    admin.put(&format!("/api/patients/{eloise}"), &json!({"group_id": b["id"]})).await.expect_status(200);
+    let other = ok_bytes(export(&admin, eloise, true).await);
+    let co = check_archive(&other);
+    let other_pseudonym = co["instances"][0]["patient_id"].as_str().expect("pseudonym");
+    assert_ne!(other_pseudonym, pseudonym);
+    let uids = |c: &Value| -> std::collections::BTreeSet<String> {
+        c["instances"]
+            .as_array()
+            .expect("i")
+            .iter()
+            .flat_map(|i| ["study", "series", "sop", "frame_of_reference"].map(|k| i[k].as_str().unwrap_or("").to_string()))
+            .filter(|u| !u.is_empty())
+            .collect()
+    };
+    assert!(uids(&co).is_disjoint(&uids(&c)), "two groups share no UID");
+    assert!(!String::from_utf8_lossy(&other).contains(&pseudonym));
+
+    // Audited as de-identified exports.
+    let rows = audit_rows(&admin, "EXPORT").await;
+    assert!(
+        rows.iter()
+            .any(|r| r["details"]["deidentified"] == true && r["details"]["pseudonym"] == pseudonym.as_str() && r["actor_email"] == ALICE),
+        "{rows:?}"
+    );
+    let denied = audit_rows(&admin, "ACCESS_DENIED").await;
+    assert!(denied.iter().any(|r| r["details"]["reason"] == "deidentified_only"), "{denied:?}");
+}
+per_deployment!(deidentified_export);

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::extract::{page_request, Admin, ApiJson, ApiPath, ApiQuery};
 use super::paginated;
 use crate::app::SharedApp;
-use crate::domain::Id;
+use crate::domain::{ExportPolicy, Id};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{Group, PageParams, Paginated};
 use crate::services::groups as service;
@@ -24,6 +24,17 @@ pub fn router() -> OpenApiRouter<SharedApp> {
 #[serde(deny_unknown_fields)]
 pub struct GroupBody {
     pub name: String,
+    /// `any` (default) or `deidentified_only`.
+    pub export_policy: Option<ExportPolicy>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupBody {
+    pub name: Option<String>,
+    /// `deidentified_only`: the group's users get 403 `deidentified_only` on identified
+    /// exports and image files.
+    pub export_policy: Option<ExportPolicy>,
 }
 
 /// List research groups.
@@ -47,11 +58,11 @@ async fn create_group(
     Admin(who): Admin,
     ApiJson(b): ApiJson<GroupBody>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
-    Ok((StatusCode::CREATED, Json(service::create(&app, &who, &b.name).await?)))
+    Ok((StatusCode::CREATED, Json(service::create(&app, &who, &b.name, b.export_policy).await?)))
 }
 
-/// Rename a research group.
-#[utoipa::path(put, path = "/{id}", tag = "groups", params(("id" = Id, Path)), request_body = GroupBody, responses(
+/// Rename a research group or change its export policy.
+#[utoipa::path(put, path = "/{id}", tag = "groups", params(("id" = Id, Path)), request_body = UpdateGroupBody, responses(
     (status = 200, body = Group),
     (status = 404, body = ErrorBody),
     (status = 409, description = "Name taken", body = ErrorBody),
@@ -60,9 +71,9 @@ async fn update_group(
     State(app): State<SharedApp>,
     Admin(who): Admin,
     ApiPath(id): ApiPath<Id>,
-    ApiJson(b): ApiJson<GroupBody>,
+    ApiJson(b): ApiJson<UpdateGroupBody>,
 ) -> Result<Json<Group>, ApiError> {
-    Ok(Json(service::rename(&app, &who, id, &b.name).await?))
+    Ok(Json(service::update(&app, &who, id, b.name.as_deref(), b.export_policy).await?))
 }
 
 /// Delete an empty research group.

@@ -230,37 +230,57 @@ fn zip_response(export: Export) -> Response {
     resp
 }
 
-/// One patient as a ZIP: `patient.json` and `DICOM/{StudyUID}/{SeriesUID}/{SOPUID}.dcm`.
-#[utoipa::path(get, path = "/{id}/export", tag = "patients", params(("id" = Id, Path)), responses(
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// De-identify (PS3.15 Basic Profile, the group's pseudonym and UIDs).
+    pub deidentify: Option<bool>,
+}
+
+/// One patient as a ZIP: `patient.json` and `DICOM/{StudyUID}/{SeriesUID}/{SOPUID}.dcm`
+/// (with `deidentify=true`: `{pseudonym}.zip`, new UIDs, no identity).
+#[utoipa::path(get, path = "/{id}/export", tag = "patients", params(("id" = Id, Path), ExportQuery), responses(
     (status = 200, description = "ZIP archive", content_type = "application/zip"),
+    (status = 403, description = "Identified export refused by the group's policy (`deidentified_only`)", body = ErrorBody),
     (status = 404, body = ErrorBody),
     (status = 413, description = "Larger than MaxExportBytes (plugin)", body = ErrorBody),
     (status = 503, description = "Orthanc unavailable", body = ErrorBody),
 ))]
-async fn export_one(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(id): ApiPath<Id>) -> Result<Response, ApiError> {
-    Ok(zip_response(export::export_one(&app, &who, id).await?))
+async fn export_one(
+    State(app): State<SharedApp>,
+    Caller(who): Caller,
+    ApiPath(id): ApiPath<Id>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    Ok(zip_response(export::export_one(&app, &who, id, q.deidentify.unwrap_or(false)).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportBodyIds {
     pub ids: Vec<Id>,
+    /// De-identify (PS3.15 Basic Profile, the groups' pseudonyms and UIDs).
+    #[serde(default)]
+    pub deidentify: bool,
 }
 
 /// Several patients in one ZIP, a folder `{external_id}/` each; any unknown or hidden id
 /// is a 404 and no archive.
 #[utoipa::path(post, path = "/export", tag = "patients", request_body = ExportBodyIds, responses(
     (status = 200, description = "ZIP archive", content_type = "application/zip"),
+    (status = 403, description = "Identified export refused by the group's policy (`deidentified_only`)", body = ErrorBody),
     (status = 404, body = ErrorBody),
     (status = 413, description = "Larger than MaxExportBytes (plugin)", body = ErrorBody),
 ))]
 async fn export_many(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(b): ApiJson<ExportBodyIds>) -> Result<Response, ApiError> {
-    Ok(zip_response(export::export_many(&app, &who, &b.ids).await?))
+    Ok(zip_response(export::export_many(&app, &who, &b.ids, b.deidentify).await?))
 }
 
 /// The raw DICOM file of an instance (streamed).
 #[utoipa::path(get, path = "/images/{instance_id}", tag = "patients", params(("instance_id" = String, Path, description = "Orthanc instance id")), responses(
     (status = 200, description = "DICOM file", content_type = "application/dicom"),
+    (status = 403, description = "The caller's group may only export de-identified data (`deidentified_only`)", body = ErrorBody),
     (status = 404, body = ErrorBody),
 ))]
 async fn image(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(instance_id): ApiPath<String>) -> Result<Response, ApiError> {

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::{action, Outcome, Principal};
 use crate::app::App;
-use crate::domain::{self, Id};
+use crate::domain::{self, ExportPolicy, Id};
 use crate::error::{ApiError, ApiResult};
 use crate::model::Group;
 use crate::store::{Db, Page, PageRequest};
@@ -33,32 +33,48 @@ pub async fn list(app: &App, page: PageRequest) -> ApiResult<Page<Group>> {
     Ok(Page { items: rows.items.into_iter().map(Group::from).collect(), total: rows.total })
 }
 
-pub async fn create(app: &App, who: &Principal, name: &str) -> ApiResult<Group> {
+pub async fn create(app: &App, who: &Principal, name: &str, export_policy: Option<ExportPolicy>) -> ApiResult<Group> {
     let name = clean(name)?;
     let mut tx = app.store.begin().await?;
     if tx.group_by_name(&name).await?.is_some() {
         return Err(name_taken());
     }
-    let row = tx.insert_group(&name).await.map_err(|e| if e.is_unique_violation() { name_taken() } else { e.into() })?;
-    tx.insert_audit(&who.actor().audit(action::CREATE, Outcome::Success).on("group", row.id).details(json!({"name": name}))).await?;
+    let mut row = tx.insert_group(&name).await.map_err(|e| if e.is_unique_violation() { name_taken() } else { e.into() })?;
+    if let Some(policy) = export_policy.filter(|p| *p != ExportPolicy::Any) {
+        tx.set_group_export_policy(row.id, policy).await?;
+        row.export_policy = policy;
+    }
+    tx.insert_audit(&who.actor().audit(action::CREATE, Outcome::Success).on("group", row.id).details(json!({
+        "name": name, "export_policy": row.export_policy.as_str()
+    })))
+    .await?;
     tx.commit().await?;
     Ok(row.into())
 }
 
-pub async fn rename(app: &App, who: &Principal, id: Id, name: &str) -> ApiResult<Group> {
-    let name = clean(name)?;
+/// Renames a group and/or changes its export policy.
+pub async fn update(app: &App, who: &Principal, id: Id, name: Option<&str>, export_policy: Option<ExportPolicy>) -> ApiResult<Group> {
+    let name = name.map(clean).transpose()?;
     let mut tx = app.store.begin().await?;
     let old = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
-    if tx.group_by_name(&name).await?.is_some_and(|g| g.id != id) {
-        return Err(name_taken());
+    let mut changes = serde_json::Map::new();
+    if let Some(name) = name.filter(|n| *n != old.name) {
+        if tx.group_by_name(&name).await?.is_some_and(|g| g.id != id) {
+            return Err(name_taken());
+        }
+        tx.rename_group(id, &name).await?;
+        changes.insert("name".into(), json!([old.name, name]));
     }
-    tx.rename_group(id, &name).await?;
-    tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("group", id).details(json!({
-        "changes": {"name": [old.name, name]}
-    })))
-    .await?;
+    if let Some(policy) = export_policy.filter(|p| *p != old.export_policy) {
+        tx.set_group_export_policy(id, policy).await?;
+        changes.insert("export_policy".into(), json!([old.export_policy.as_str(), policy.as_str()]));
+    }
+    if !changes.is_empty() {
+        tx.insert_audit(&who.actor().audit(action::UPDATE, Outcome::Success).on("group", id).details(json!({"changes": changes}))).await?;
+    }
     let row = tx.group_by_id(id).await?.ok_or_else(|| ApiError::not_found("group"))?;
     tx.commit().await?;
+    app.export_policies.forget(&id);
     Ok(row.into())
 }
 

@@ -42,8 +42,11 @@ async fn authorize(app: &App, who: &Principal, instance_id: &str) -> ApiResult<(
 }
 
 /// The raw DICOM file of an instance whose patient the caller may see.
+/// Users of a `deidentified_only` group get 403 `deidentified_only` (the preview, a
+/// rendering without the DICOM header, stays available to them).
 pub async fn file(app: &App, who: &Principal, instance_id: &str) -> ApiResult<DicomFile> {
     authorize(app, who, instance_id).await?;
+    super::pseudonyms::require_identified_allowed(app, who, "image").await?;
     app.pacs()?.instance_file(instance_id).await.map_err(|e| match e {
         PacsError::NotFound => ApiError::not_found("instance"),
         other => other.into(),

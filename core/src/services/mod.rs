@@ -10,6 +10,7 @@ pub mod groups;
 pub mod images;
 pub mod import;
 pub mod patients;
+pub mod pseudonyms;
 pub mod registry;
 pub mod stats;
 pub mod tokens;

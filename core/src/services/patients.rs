@@ -90,7 +90,9 @@ pub async fn list(
     page: PageRequest,
 ) -> ApiResult<Page<Patient>> {
     let search = q.map(fold_for_search).map(|q| q.trim().to_string()).filter(|q| !q.is_empty());
-    let filter = PatientFilter { scope: scope_of(who), search, status, sort };
+    // Admins may look a pseudonym up (one that came back from a de-identified export).
+    let pseudonym = q.filter(|q| who.is_admin() && crate::deidentify::looks_like_pseudonym(q)).map(|q| q.trim().to_ascii_uppercase());
+    let filter = PatientFilter { scope: scope_of(who), search, pseudonym, status, sort };
     let mut db = app.store.conn().await?;
     let rows = db.list_patients(&filter, page).await?;
     Ok(Page { items: rows.items.into_iter().map(Patient::from).collect(), total: rows.total })
@@ -100,7 +102,8 @@ pub async fn get(app: &App, who: &Principal, id: Id) -> ApiResult<PatientDetail>
     let mut db = app.store.conn().await?;
     let row = visible_patient(app, &mut db, who, id).await?;
     let studies = db.studies_of_patient(row.id).await?.into_iter().map(Study::from).collect();
-    Ok(PatientDetail { patient: row.into(), studies })
+    let pseudonym = if who.is_admin() { Some(super::pseudonyms::pseudonym_of(&mut db, &row).await?.1) } else { None };
+    Ok(PatientDetail { patient: row.into(), studies, pseudonym })
 }
 
 pub async fn instances(app: &App, who: &Principal, id: Id) -> ApiResult<Vec<PatientInstance>> {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Db, Page, PageRequest, StoreResult};
-use crate::domain::Id;
+use crate::domain::{ExportPolicy, Id};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct GroupRow {
@@ -12,11 +12,14 @@ pub struct GroupRow {
     pub created_at: DateTime<Utc>,
     /// Users in the group.
     pub members: i64,
+    #[sqlx(try_from = "String")]
+    pub export_policy: ExportPolicy,
 }
 
 macro_rules! group_select {
     () => {
-        "SELECT g.id, g.name, g.created_at, (SELECT COUNT(*) FROM users u WHERE u.group_id = g.id) AS members FROM groups g"
+        "SELECT g.id, g.name, g.created_at, (SELECT COUNT(*) FROM users u WHERE u.group_id = g.id) AS members, g.export_policy \
+         FROM groups g"
     };
 }
 
@@ -28,7 +31,7 @@ impl Db {
             .bind(now)
             .fetch_one(c)
             .await)?;
-        Ok(GroupRow { id, name: name.to_string(), created_at: now, members: 0 })
+        Ok(GroupRow { id, name: name.to_string(), created_at: now, members: 0, export_policy: ExportPolicy::Any })
     }
 
     pub async fn group_by_id(&mut self, id: Id) -> StoreResult<Option<GroupRow>> {
@@ -64,5 +67,53 @@ impl Db {
     pub async fn delete_group(&mut self, id: Id) -> StoreResult<bool> {
         let done = on_db!(self, |c| sqlx::query("DELETE FROM groups WHERE id = $1").bind(id).execute(c).await.map(|r| r.rows_affected()))?;
         Ok(done == 1)
+    }
+
+    pub async fn set_group_export_policy(&mut self, id: Id, policy: ExportPolicy) -> StoreResult<bool> {
+        let done = on_db!(self, |c| sqlx::query("UPDATE groups SET export_policy = $2 WHERE id = $1")
+            .bind(id)
+            .bind(policy.as_str())
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// The group's export policy; `None` when the group does not exist.
+    pub async fn group_export_policy(&mut self, id: Id) -> StoreResult<Option<ExportPolicy>> {
+        let policy: Option<String> =
+            on_db!(self, |c| sqlx::query_scalar("SELECT export_policy FROM groups WHERE id = $1").bind(id).fetch_optional(c).await)?;
+        policy.map(|p| p.parse().map_err(|e: crate::domain::Invalid| super::StoreError::Corrupt(e.0))).transpose()
+    }
+
+    /// The group's de-identification key (hex), stored as `candidate` when the group has
+    /// none yet; the first writer wins, so every node agrees. `None` when the group
+    /// does not exist.
+    pub async fn group_deid_key(&mut self, id: Id, candidate: &str) -> StoreResult<Option<String>> {
+        on_db!(self, |c| sqlx::query("UPDATE groups SET deid_key = $2 WHERE id = $1 AND deid_key IS NULL")
+            .bind(id)
+            .bind(candidate)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        let key: Option<Option<String>> =
+            on_db!(self, |c| sqlx::query_scalar("SELECT deid_key FROM groups WHERE id = $1").bind(id).fetch_optional(c).await)?;
+        Ok(key.flatten())
+    }
+
+    /// Remembers that `patient_id` was given `pseudonym` (idempotent).
+    pub async fn record_pseudonym(&mut self, pseudonym: &str, patient_id: Id, group_id: Option<Id>) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query(
+            "INSERT INTO pseudonyms (pseudonym, patient_id, group_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (pseudonym) DO NOTHING"
+        )
+        .bind(pseudonym)
+        .bind(patient_id)
+        .bind(group_id)
+        .bind(super::now())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
     }
 }

@@ -119,6 +119,8 @@ pub struct PatientFilter {
     pub scope: Scope,
     /// Folded text (see `fold_for_search`) to find anywhere in the search text.
     pub search: Option<String>,
+    /// A pseudonym prefix (upper case) to match as well as `search` (admins).
+    pub pseudonym: Option<String>,
     pub status: Option<PatientStatus>,
     pub sort: PatientSort,
 }
@@ -307,7 +309,15 @@ impl Db {
         }
         let mut with = String::new();
         let mut from = "patients";
-        if let Some(search) = &f.search {
+        if let (Some(search), Some(pseudonym)) = (&f.search, &f.pseudonym) {
+            // Rare (an admin pasting a pseudonym): a scan of the search text, or a
+            // pseudonym the patient was given.
+            conditions.push(format!(
+                "(search_text LIKE {} ESCAPE '\\' OR id IN (SELECT patient_id FROM pseudonyms WHERE pseudonym LIKE {} ESCAPE '\\'))",
+                push(Arg::Text(like_contains(search))),
+                push(Arg::Text(format!("{}%", like_contains(pseudonym).trim_matches('%'))))
+            ));
+        } else if let Some(search) = &f.search {
             if sqlite && search.chars().count() >= 3 {
                 // Quoted: the text is one FTS5 phrase, whatever it contains.
                 let phrase = format!("\"{}\"", search.replace('"', "\"\""));
