@@ -184,6 +184,22 @@ async fn main() -> anyhow::Result<()> {
     }
     report.export(&exports);
 
+    eprintln!("==> de-identified patient export");
+    let mut deidentified = Vec::new();
+    for t in [&plugin_t, &sidecar_t] {
+        let path = export_path(t, "BENCH-1").await?;
+        let identified =
+            exports.iter().find(|(name, ..)| *name == t.name).map(|(_, r, ..)| r.bytes as f64 / 1e6 / r.seconds).unwrap_or(0.0);
+        let sampler = RssSampler::start(t.pid);
+        let r = curl(&format!("{}{path}?deidentify=true", t.url), &t.headers, None)?;
+        let peak = sampler.stop();
+        if r.status != 200 {
+            bail!("{} de-identified export answered {}", t.name, r.status);
+        }
+        deidentified.push((t.name, identified, r, peak));
+    }
+    report.deidentified_export(&deidentified);
+
     eprintln!("==> search on {} patients", sizes.registry);
     for (t, url) in [(&plugin_t, &plugin.db.url), (&sidecar_t, &sidecar.db.url), (&sidecar_pg_t, &pg.url)] {
         seed_registry(url, sizes.registry).await?;
@@ -500,6 +516,24 @@ impl Report {
             let mbps = t.bytes as f64 / 1e6 / t.seconds;
             let _ =
                 writeln!(self.md, "| {name} | {:.1} | {mbps:.0} | {} | {before:.0} | {peak:.0} |", t.bytes as f64 / 1e6, ratio(mbps, base));
+        }
+        self.md.push('\n');
+    }
+
+    fn deidentified_export(&mut self, rows: &[(&str, f64, tools::Transfer, f64)]) {
+        let _ = writeln!(self.md, "## De-identified patient export\n\n`/api/patients/{{id}}/export?deidentify=true`, the same patient: every instance goes through Orthanc's anonymizer (PS3.15 Basic Profile) with the group's pseudonym and UIDs, after reading its BurnedInAnnotation and FrameOfReferenceUID.\n");
+        let _ = writeln!(
+            self.md,
+            "| contender | archive MB | identified MB/s | de-identified MB/s | ratio | peak RSS MB |\n|---|---|---|---|---|---|"
+        );
+        for (name, identified, t, peak) in rows {
+            let mbps = t.bytes as f64 / 1e6 / t.seconds;
+            let _ = writeln!(
+                self.md,
+                "| {name} | {:.1} | {identified:.0} | {mbps:.0} | {} | {peak:.0} |",
+                t.bytes as f64 / 1e6,
+                ratio(mbps, *identified)
+            );
         }
         self.md.push('\n');
     }
