@@ -1,12 +1,15 @@
 //! Importing what people actually bring (issue 14), against each deployment: DICOM
 //! written without the 128-byte preamble (pydicom's own `rtstruct.dcm`), ZIP archives
-//! compressed with Deflate64, and archives whose method Cohort still cannot read.
+//! compressed with Deflate64, archives whose method Cohort still cannot read, and a
+//! CD/DVD tree (`DICOMDIR` made by dcmtk's `dcmmkdir`, files without an extension
+//! several levels deep) through `cohort import`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+use cohort_e2e::deploy::sidecar_command;
 use cohort_e2e::dicom::{self, StudySpec};
-use cohort_e2e::{per_deployment, Client, Deployment, Resp};
+use cohort_e2e::{per_backend, per_deployment, Backend, Client, Deployment, Host, Resp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -101,3 +104,37 @@ async fn what_people_bring(d: Deployment) {
     assert!(message.contains("re-create the archive with Deflate"), "{e}");
 }
 per_deployment!(what_people_bring);
+
+/// A patient's CD as a PACS burns it: `DICOMDIR` at the root (made by dcmtk's
+/// `dcmmkdir`), `DICOM/ST000000/SE00000N/IM00000N` without extensions, plus a
+/// preamble-less file no index mentions. `cohort import` on the mount point.
+async fn cd_media(backend: Backend) {
+    let d = Deployment::start(Host::Sidecar, backend).await;
+    let admin = d.admin().await;
+    let study = dicom::study(&StudySpec::new("IPP-CDROM").studies(1).series(2).instances(2).seed(142));
+    let cd = tempfile::tempdir().expect("temp dir");
+    for (i, file) in study.paths().iter().enumerate() {
+        let dir = cd.path().join("DICOM").join("ST000000").join(format!("SE{:06}", i / 2));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(file, dir.join(format!("IM{i:06}"))).expect("copy");
+    }
+    let made = Command::new("dcmmkdir").current_dir(cd.path()).args(["--recurse", "DICOM"]).output().expect("dcmmkdir");
+    assert!(made.status.success(), "dcmmkdir: {}", String::from_utf8_lossy(&made.stderr));
+    assert!(cd.path().join("DICOMDIR").is_file());
+    std::fs::copy(rtstruct(), cd.path().join("DICOM").join("ST000000").join("RTSTRUCT")).expect("copy");
+
+    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
+        .arg("import")
+        .arg(cd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("cohort import");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("5 received, 5 stored, 0 already stored, 0 failed"), "{stdout}");
+    assert!(stdout.contains("DICOMDIR"), "the DICOMDIR is reported as skipped: {stdout}");
+    let list = admin.get("/api/patients").await.expect_status(200);
+    assert_eq!(list["total"], 2, "{list}");
+}
+per_backend!(cd_media);
