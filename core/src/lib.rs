@@ -12,6 +12,7 @@ pub mod console;
 pub mod deidentify;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod pacs;

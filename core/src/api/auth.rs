@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::extract::{access_token, cookie, csrf_header, origin_allowed, ApiJson, ApiPath, Caller, Client, SessionCaller};
 use crate::app::SharedApp;
+use crate::metrics::LoginOutcome;
 use crate::auth::cookies;
 use crate::auth::token_matches_hash;
 use crate::domain::{MAX_EMAIL_BYTES, PASSWORD_MAX_BYTES};
@@ -78,8 +79,17 @@ async fn login(
     if body.password.len() > PASSWORD_MAX_BYTES {
         return Err(ApiError::validation("password", format!("must be at most {PASSWORD_MAX_BYTES} bytes")));
     }
-    let grant = service::login(&app, &body.email, &body.password, &client).await?;
-    Ok(grant_response(grant))
+    let outcome = service::login(&app, &body.email, &body.password, &client).await;
+    let counted = match &outcome {
+        Ok(_) => Some(LoginOutcome::Succeeded),
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => Some(LoginOutcome::Throttled),
+        Err(e) if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN => Some(LoginOutcome::Failed),
+        Err(_) => None,
+    };
+    if let Some(o) = counted {
+        crate::metrics::global().record_login(o);
+    }
+    Ok(grant_response(outcome?))
 }
 
 /// Spend the refresh cookie for new tokens (`X-CSRF-Token` required). A refresh token

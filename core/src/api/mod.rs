@@ -8,6 +8,7 @@ pub mod extract;
 pub mod groups;
 pub mod health;
 pub mod multipart_limits;
+pub mod observe;
 pub mod patients;
 pub mod request_rules;
 pub mod tokens;
@@ -76,7 +77,7 @@ fn documented_routes() -> OpenApiRouter<SharedApp> {
         .nest("/api/groups", groups::router())
         .nest("/api/audit", audit::router())
         .nest("/api/patients", patients::router())
-        .nest("/api", health::router().merge(patients::stats_router()))
+        .nest("/api", health::router().merge(observe::router()).merge(patients::stats_router()))
         .routes(routes!(openapi_json))
         .routes(routes!(docs::docs))
 }
@@ -92,7 +93,7 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 }
 
 /// Routes that answer without a session.
-const PUBLIC_ROUTES: &[&str] = &["/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/health", "/api/openapi.json"];
+const PUBLIC_ROUTES: &[&str] = &["/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/health", "/api/health/live", "/api/openapi.json"];
 
 /// Adds the error answers every operation can give to the document, so it lists every
 /// status a client may see: 422 (unknown query parameter, NUL), 503 (a dependency down);
@@ -140,10 +141,12 @@ pub fn router(app: SharedApp) -> Router {
     routes
         .route_layer(middleware::from_fn(declared_query_only))
         .merge(crate::console::router())
+        .route_layer(middleware::from_fn(observe::remember_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_rules::enforce))
         .layer(middleware::from_fn_with_state(app.clone(), cors_and_headers))
+        .layer(middleware::from_fn(observe::request_id_and_log))
         .with_state(app)
 }
 

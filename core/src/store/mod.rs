@@ -194,6 +194,14 @@ impl Store {
         }
     }
 
+    /// Connections the pool holds and how many of them are idle.
+    pub fn pool_use(&self) -> (u32, usize) {
+        match self {
+            Store::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Store::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     /// A pooled connection for reads and single-statement writes.
     pub async fn conn(&self) -> StoreResult<Db> {
         Ok(Db(match self {

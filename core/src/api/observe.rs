@@ -1,0 +1,126 @@
+//! Request ids, one log line per request, `/api/health/live` and `/api/metrics`.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::Admin;
+use crate::app::SharedApp;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of the request being served, in its extensions (for handlers that log).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The route template that matched, copied into the answer's extensions for the log line.
+#[derive(Clone, Debug)]
+struct Route(MatchedPath);
+
+/// The caller's id when it is 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_request_id(value: &[u8]) -> bool {
+    (1..=64).contains(&value.len()) && value.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn new_request_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Outermost layer: settles the request id, sets it on the answer, logs the request once
+/// and counts it in the metrics.
+pub async fn request_id_and_log(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| valid_request_id(v))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or_else(new_request_id, str::to_string);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let mut resp = next.run(req).await;
+    let elapsed = started.elapsed();
+    let route = resp.extensions().get::<Route>().map_or("unmatched", |r| r.0.as_str()).to_string();
+    let status = resp.status().as_u16();
+    crate::metrics::global().record_request(&route, status, elapsed);
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Route layer: remembers which template matched, for the outer layer.
+pub async fn remember_route(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = next.run(req).await;
+    if let Some(m) = matched {
+        resp.extensions_mut().insert(Route(m));
+    }
+    resp
+}
+
+pub fn router() -> OpenApiRouter<SharedApp> {
+    OpenApiRouter::new().routes(routes!(live)).routes(routes!(metrics))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers. Touches no dependency (database, Orthanc).
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
+async fn live() -> Json<Live> {
+    Json(Live { status: "ok" })
+}
+
+/// Figures in the Prometheus text format 0.0.4 (admins: session or API token).
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("cookie" = []), ("bearer" = [])), responses(
+    (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String),
+    (status = 401, description = "Not authenticated", body = crate::error::ErrorBody),
+    (status = 403, description = "Not an admin", body = crate::error::ErrorBody),
+))]
+async fn metrics(State(app): State<SharedApp>, _: Admin) -> Response {
+    let mut out = String::with_capacity(8 * 1024);
+    crate::metrics::global().render(&mut out);
+    let (size, idle) = app.store.pool_use();
+    crate::metrics::gauge(&mut out, "cohort_db_pool_connections", "Database connections the pool holds.", size);
+    crate::metrics::gauge(&mut out, "cohort_db_pool_idle_connections", "Of those, idle ones.", idle);
+    crate::metrics::gauge(&mut out, "cohort_export_memory_held_bytes", "Bytes held by answers built in memory (MaxExportBytes).", app.export_memory.in_use());
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_request_id;
+
+    #[test]
+    fn request_ids_are_short_safe_tokens() {
+        assert!(valid_request_id(b"abc-DEF_1.2"));
+        assert!(valid_request_id(&[b'a'; 64]));
+        assert!(!valid_request_id(&[b'a'; 65]));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(b"a/b"));
+        assert!(!valid_request_id("é".as_bytes()));
+    }
+}

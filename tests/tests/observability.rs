@@ -1,0 +1,166 @@
+//! Observability (DESIGN.md §6): `X-Request-Id` on every answer, one log line per
+//! request, `/api/health/live` touching no dependency, and `/api/metrics` for admins in
+//! the Prometheus text format, with counters that move.
+
+use cohort_e2e::{Client, Resp};
+use cohort_e2e::{postgres_skipped, Backend, Deployment, Host, ADMIN_PASSWORD};
+use reqwest::Method;
+use serde_json::json;
+
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn with_id(c: &Client, path: &str, id: &str) -> Resp {
+    c.req(Method::GET, path).header("x-request-id", id).send().await
+}
+
+#[track_caller]
+fn request_id(r: &Resp) -> String {
+    let id = r.header("x-request-id").unwrap_or_else(|| panic!("no X-Request-Id on a {} answer", r.status)).to_string();
+    assert!(valid_id(&id), "generated id {id:?} is not 1-64 characters of [A-Za-z0-9._-]");
+    id
+}
+
+/// The value of one sample line (`name{labels} value`), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().expect("number")))
+}
+
+async fn metrics_text(c: &Client) -> String {
+    let r = c.get("/api/metrics").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", String::from_utf8_lossy(&r.body));
+    let ct = r.header("content-type").unwrap_or_default().to_string();
+    assert!(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), "content type {ct}");
+    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    // Every sample belongs to a family announced by `# TYPE`.
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {name} ")) || text.contains(&format!("# TYPE {family} histogram")),
+            "sample without a TYPE line: {line}"
+        );
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+    }
+    text
+}
+
+async fn observability(d: Deployment) {
+    let c = d.client();
+
+    // Liveness: 200 {"status":"ok"} without a session.
+    let r = with_id(&c, "/api/health/live", "abc.DEF_1-2").await;
+    assert_eq!(r.expect_status(200), json!({"status": "ok"}));
+    assert_eq!(r.header("x-request-id"), Some("abc.DEF_1-2"), "a valid caller id is echoed");
+
+    // Ids the contract refuses are replaced by a new one.
+    let long = "a".repeat(65);
+    for bad in ["has space", "slash/inside", "quote\"d", long.as_str()] {
+        let r = with_id(&c, "/api/health/live", bad).await;
+        let id = request_id(&r);
+        assert_ne!(id, bad, "an invalid id is not echoed");
+    }
+    let exactly_64 = "b".repeat(64);
+    assert_eq!(with_id(&c, "/api/health/live", &exactly_64).await.header("x-request-id"), Some(exactly_64.as_str()));
+    let first = request_id(&c.get("/api/health/live").await);
+    let second = request_id(&c.get("/api/health/live").await);
+    assert_ne!(first, second, "each request gets its own id");
+
+    // Every answer carries it: errors, unknown routes, the console.
+    let r = with_id(&c, "/api/users/1", "unauth-1").await;
+    r.expect_error(401, "not_authenticated");
+    assert_eq!(r.header("x-request-id"), Some("unauth-1"));
+    let r = with_id(&c, "/api/no-such-route", "missing-1").await;
+    assert_eq!(r.status.as_u16(), 404);
+    assert_eq!(r.header("x-request-id"), Some("missing-1"));
+    request_id(&c.get("/ui/").await);
+    request_id(&c.get("/api/health").await);
+
+    // Metrics: admins only (401 anonymous, 403 for a user, session or token).
+    c.get("/api/metrics").await.expect_error(401, "not_authenticated");
+    let admin = d.admin().await;
+    let body = json!({"email": "user@example.org", "password": "a-user-password-1", "role": "user"});
+    admin.post("/api/users", &body).await.expect_status(201);
+    let user = d.client();
+    user.login("user@example.org", "a-user-password-1").await.expect_status(200);
+    user.get("/api/metrics").await.expect_error(403, "forbidden");
+
+    let before = metrics_text(&admin).await;
+    let live_ok = "cohort_http_requests_total{route=\"/api/health/live\",status=\"200\"}";
+    let live_count = "cohort_http_request_duration_seconds_count{route=\"/api/health/live\"}";
+    let failed = "cohort_logins_total{outcome=\"failed\"}";
+    let unmatched = "cohort_http_requests_total{route=\"unmatched\",status=\"404\"}";
+    let n_live = sample(&before, live_ok).expect("live counted");
+    assert!(n_live >= 8.0, "{n_live} live requests counted; text:\n{before}");
+    assert!(sample(&before, unmatched).is_some_and(|n| n >= 1.0), "{before}");
+    assert!(sample(&before, "cohort_logins_total{outcome=\"succeeded\"}").is_some_and(|n| n >= 2.0), "{before}");
+    assert!(sample(&before, "cohort_db_pool_connections").is_some(), "{before}");
+    assert!(before.contains("cohort_http_request_duration_seconds_bucket{route=\"/api/health/live\",le=\"+Inf\"}"), "{before}");
+
+    for _ in 0..3 {
+        c.get("/api/health/live").await.expect_status(200);
+    }
+    c.login("user@example.org", "wrong-password-here").await.expect_status(401);
+    // An admin API token (read scope) may scrape too.
+    let token = admin
+        .post(
+            "/api/users/me/tokens",
+            &json!({"name": "scraper", "scope": "read", "expires_in_days": 1, "current_password": ADMIN_PASSWORD}),
+        )
+        .await
+        .expect_status(201)["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let scraper = d.client().with_bearer(&token);
+    let after = metrics_text(&scraper).await;
+    assert_eq!(sample(&after, live_ok), Some(n_live + 3.0), "three more live answers counted:\n{after}");
+    assert_eq!(sample(&after, live_count), sample(&before, live_count).map(|n| n + 3.0), "{after}");
+    assert_eq!(sample(&after, failed), sample(&before, failed).map(|n| n + 1.0), "one failed login counted:\n{after}");
+    assert!(sample(&after, "cohort_http_requests_total{route=\"/api/metrics\",status=\"403\"}").is_some_and(|n| n >= 1.0), "{after}");
+
+    // One log line per request, with the id, the route template, status and duration.
+    if d.host == Host::Sidecar {
+        admin.req(Method::GET, "/api/users/424242").header("x-request-id", "trace-me-42").send().await.expect_status(404);
+        let log = cohort_e2e::process::strip_ansi(&d.log());
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("trace-me-42")).collect();
+        assert_eq!(lines.len(), 1, "one line for the request: {lines:?}");
+        for needle in ["route=/api/users/{id}", "status=404", "duration_ms="] {
+            assert!(lines[0].contains(needle), "{needle} missing from {}", lines[0]);
+        }
+    }
+}
+
+/// `/api/health/live` answers while Orthanc is down (readiness says degraded).
+async fn live_without_orthanc(mut d: Deployment) {
+    let c = d.client();
+    d.orthanc.stop();
+    c.get("/api/health/live").await.expect_status(200);
+    assert_eq!(c.get("/api/health").await.status.as_u16(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_sqlite() {
+    let d = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
+    observability(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_sqlite() {
+    observability(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_postgres() {
+    if postgres_skipped() {
+        return;
+    }
+    observability(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_answers_with_orthanc_stopped() {
+    live_without_orthanc(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
+}
