@@ -2,8 +2,8 @@
 //! request, `/api/health/live` touching no dependency, and `/api/metrics` for admins in
 //! the Prometheus text format, with counters that move.
 
-use cohort_e2e::{Client, Resp};
 use cohort_e2e::{postgres_skipped, Backend, Deployment, Host, ADMIN_PASSWORD};
+use cohort_e2e::{Client, Resp};
 use reqwest::Method;
 use serde_json::json;
 

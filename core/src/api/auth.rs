@@ -11,11 +11,11 @@ use utoipa_axum::routes;
 
 use super::extract::{access_token, cookie, csrf_header, origin_allowed, ApiJson, ApiPath, Caller, Client, SessionCaller};
 use crate::app::SharedApp;
-use crate::metrics::LoginOutcome;
 use crate::auth::cookies;
 use crate::auth::token_matches_hash;
 use crate::domain::{MAX_EMAIL_BYTES, PASSWORD_MAX_BYTES};
 use crate::error::{ApiError, ErrorBody};
+use crate::metrics::LoginOutcome;
 use crate::model::{Session, User};
 use crate::services::auth::{self as service, SessionGrant};
 use crate::services::Via;

@@ -93,7 +93,8 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 }
 
 /// Routes that answer without a session.
-const PUBLIC_ROUTES: &[&str] = &["/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/health", "/api/health/live", "/api/openapi.json"];
+const PUBLIC_ROUTES: &[&str] =
+    &["/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/health", "/api/health/live", "/api/openapi.json"];
 
 /// Adds the error answers every operation can give to the document, so it lists every
 /// status a client may see: 422 (unknown query parameter, NUL), 503 (a dependency down);

@@ -105,7 +105,12 @@ async fn metrics(State(app): State<SharedApp>, _: Admin) -> Response {
     let (size, idle) = app.store.pool_use();
     crate::metrics::gauge(&mut out, "cohort_db_pool_connections", "Database connections the pool holds.", size);
     crate::metrics::gauge(&mut out, "cohort_db_pool_idle_connections", "Of those, idle ones.", idle);
-    crate::metrics::gauge(&mut out, "cohort_export_memory_held_bytes", "Bytes held by answers built in memory (MaxExportBytes).", app.export_memory.in_use());
+    crate::metrics::gauge(
+        &mut out,
+        "cohort_export_memory_held_bytes",
+        "Bytes held by answers built in memory (MaxExportBytes).",
+        app.export_memory.in_use(),
+    );
     (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], out).into_response()
 }
 
