@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cohort_core::services::import::{FileError, ImportReport, ImportTarget, Importer, Progress, ZipSource};
+use cohort_core::services::import::{sniff, FileError, ImportReport, ImportTarget, Importer, Progress, ZipSource, SNIFF_LEN};
 use cohort_core::services::Actor;
 use cohort_core::store::patients::Scope;
 use cohort_core::{App, Config, Host};
@@ -43,6 +43,18 @@ fn files_under(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A ZIP or a tar archive (plain, gzip or Zstandard): by name, or by its first bytes.
+fn is_archive(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    if [".tar", ".tgz", ".tar.gz", ".tar.zst", ".tzst"].iter().any(|ext| name.ends_with(ext)) {
+        return Ok(true);
+    }
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    std::fs::File::open(path)?.take(SNIFF_LEN as u64).read_to_end(&mut head)?;
+    Ok(is_zip(path)? || sniff(&head) == Some("tar"))
+}
+
 fn is_zip(path: &Path) -> std::io::Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 4];
@@ -69,7 +81,7 @@ pub async fn run(config: Config, path: PathBuf, group: Option<String>) -> anyhow
     let mut importer = Importer::new(&app, target).map_err(|e| anyhow::anyhow!("{}", e.message))?.with_progress(Arc::new(Bar(bar.clone())));
     for file in &files {
         let name = file.strip_prefix(&path).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file).display().to_string();
-        let step = if is_zip(file)? {
+        let step = if is_archive(file)? {
             importer.add_zip(&name, ZipSource::File(std::fs::File::open(file)?)).await
         } else {
             importer.add_file(&name, Bytes::from(std::fs::read(file)?)).await

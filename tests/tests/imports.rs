@@ -67,6 +67,118 @@ fn relabelled_zip(dir: &Path, files: &[PathBuf], method: u16) -> Vec<u8> {
     std::fs::read(out).expect("read the archive")
 }
 
+/// Writes a tar with Python's `tarfile`: `mode` is "w", "w:gz"; each spec is
+/// `file=NAME` (a regular file from a path), `symlink=NAME` or `zeros=NAME:SIZE`.
+const TAR: &str = r#"
+import io, sys, tarfile
+out, mode, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
+with tarfile.open(out, mode, format=tarfile.GNU_FORMAT) as t:
+    for spec in specs:
+        kind, rest = spec.split("=", 1)
+        if kind == "file":
+            path, name = rest.split("@", 1)
+            info = t.gettarinfo(path)
+            info.name = name  # as given: `add` would strip a leading "/"
+            with open(path, "rb") as f:
+                t.addfile(info, f)
+        elif kind == "symlink":
+            info = tarfile.TarInfo(rest)
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            t.addfile(info)
+        elif kind == "zeros":
+            name, size = rest.split(":")
+            info = tarfile.TarInfo(name)
+            info.size = int(size)
+            class Zeros(io.RawIOBase):
+                left = int(size)
+                def readinto(self, b):
+                    n = min(len(b), self.left); b[:n] = bytes(n); self.left -= n; return n
+            t.addfile(info, Zeros())
+print(out)
+"#;
+
+fn tar_of(out: &Path, mode: &str, specs: &[String]) -> Vec<u8> {
+    let mut args = vec![out.to_str().expect("path").to_string(), mode.to_string()];
+    args.extend(specs.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    python(TAR, &args);
+    std::fs::read(out).expect("read the archive")
+}
+
+fn members(files: &[PathBuf], prefix: &str) -> Vec<String> {
+    files.iter().enumerate().map(|(i, f)| format!("file={}@{prefix}/IM{i:06}", f.display())).collect()
+}
+
+async fn patient_total(c: &Client) -> u64 {
+    c.get("/api/patients").await.expect_status(200)["total"].as_u64().expect("total")
+}
+
+async fn tar_archives(d: Deployment) {
+    let admin = d.admin().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // A .tgz of a generated study, as a body and as a form part.
+    let study = dicom::study(&StudySpec::new("IPP-TGZ").studies(1).series(2).instances(2).seed(143));
+    let tgz = tar_of(&dir.path().join("study.tgz"), "w:gz", &members(&study.paths(), "study"));
+    assert_eq!(&tgz[..2], b"\x1f\x8b");
+    let r = import(&admin, "application/octet-stream", tgz.clone()).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 4, "stored": 4, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["patients"].as_array().map(Vec::len), Some(1), "{r}");
+    let external = r["patients"][0]["external_id"].as_str().unwrap_or_default().to_string();
+    let list = admin.get("/api/patients").await.expect_status(200);
+    assert!(list.to_string().contains(&external), "registered: {list}");
+    let r = import(&admin, "application/gzip", tgz).await.expect_status(200);
+    assert_eq!(r["instances"]["already_stored"], 4, "{r}");
+
+    // A .tar.zst, made by the zstd command line tool from a plain tar.
+    let zst_study = dicom::study(&StudySpec::new("IPP-TZST").studies(1).series(1).instances(3).seed(144));
+    let plain = dir.path().join("zst.tar");
+    tar_of(&plain, "w", &members(&zst_study.paths(), "zst"));
+    let zst = dir.path().join("zst.tar.zst");
+    let made = Command::new("zstd").arg("-q").arg(&plain).arg("-o").arg(&zst).output().expect("zstd");
+    assert!(made.status.success(), "zstd: {}", String::from_utf8_lossy(&made.stderr));
+    let zst = std::fs::read(zst).expect("read");
+    assert_eq!(&zst[..4], b"\x28\xb5\x2f\xfd");
+    let r = import(&admin, "application/octet-stream", zst).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 3, "stored": 3, "already_stored": 0, "failed": 0}), "{r}");
+    // The plain tar, sniffed by `ustar` at offset 257.
+    let r = import(&admin, "application/octet-stream", std::fs::read(&plain).expect("read")).await.expect_status(200);
+    assert_eq!(r["instances"]["already_stored"], 3, "{r}");
+
+    // Links and hostile names are skipped, each with its reason; the rest is imported.
+    let hostile = dicom::study(&StudySpec::new("IPP-HOSTILE").studies(1).series(1).instances(3).seed(145));
+    let p = hostile.paths();
+    let specs = vec![
+        format!("file={}@ok/IM0", p[0].display()),
+        "symlink=link.dcm".to_string(),
+        format!("file={}@/abs/IM1", p[1].display()),
+        format!("file={}@../../evil/IM2", p[2].display()),
+    ];
+    let r = import(&admin, "application/x-tar", tar_of(&dir.path().join("hostile.tar"), "w", &specs)).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 1, "stored": 1, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 3, "{r}");
+    let text = r["errors"].to_string();
+    assert!(text.contains("symbolic link"), "{r}");
+    assert!(text.contains("absolute name or `..`"), "{r}");
+
+    // A gzip bomb: one DICOM file, then 64 MiB of zeros. Refused whole; nothing stored.
+    let before = patient_total(&admin).await;
+    let bomb_study = dicom::study(&StudySpec::new("IPP-TARBOMB").studies(1).series(1).instances(1).seed(146));
+    let mut specs = members(&bomb_study.paths(), "bomb");
+    specs.push(format!("zeros=bomb/zeros:{}", 64 << 20));
+    let bomb = tar_of(&dir.path().join("bomb.tgz"), "w:gz", &specs);
+    assert!(bomb.len() < 1 << 20, "the bomb is small: {}", bomb.len());
+    import(&admin, "application/octet-stream", bomb).await.expect_error(422, "zip_bomb");
+    assert_eq!(patient_total(&admin).await, before, "nothing stored from the bomb");
+
+    // Corrupt: a truncated .tgz is refused whole.
+    let cut = tar_of(&dir.path().join("cut.tgz"), "w:gz", &members(&bomb_study.paths(), "cut"));
+    import(&admin, "application/octet-stream", cut[..cut.len() / 2].to_vec()).await.expect_error(422, "invalid_archive");
+    assert_eq!(patient_total(&admin).await, before, "nothing stored from the truncated archive");
+}
+per_deployment!(tar_archives);
+
 async fn what_people_bring(d: Deployment) {
     let admin = d.admin().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -136,5 +248,21 @@ async fn cd_media(backend: Backend) {
     assert!(stdout.contains("DICOMDIR"), "the DICOMDIR is reported as skipped: {stdout}");
     let list = admin.get("/api/patients").await.expect_status(200);
     assert_eq!(list["total"], 2, "{list}");
+
+    // `cohort import` on a .tgz a research cluster handed back.
+    let tgz_study = dicom::study(&StudySpec::new("IPP-CLI-TGZ").studies(1).series(1).instances(3).seed(147));
+    let tgz = cd.path().join("results.tgz");
+    tar_of(&tgz, "w:gz", &members(&tgz_study.paths(), "results"));
+    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
+        .arg("import")
+        .arg(&tgz)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("cohort import");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("3 received, 3 stored, 0 already stored, 0 failed"), "{stdout}");
+    assert_eq!(patient_total(&admin).await, 3);
 }
 per_backend!(cd_media);

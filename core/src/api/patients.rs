@@ -24,7 +24,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
 use crate::services::export::{self, Export};
 use crate::services::images;
-use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource};
+use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource, SNIFF_LEN};
 use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
 use crate::services::stats::{self, Stats};
 
@@ -337,11 +337,11 @@ impl Spooled {
     /// The first bytes, to sniff the format.
     fn head(&mut self) -> Result<Vec<u8>, ApiError> {
         match self {
-            Spooled::Memory(b) => Ok(b[..b.len().min(132)].to_vec()),
+            Spooled::Memory(b) => Ok(b[..b.len().min(SNIFF_LEN)].to_vec()),
             Spooled::File(f) => {
                 use std::io::{Read, Seek};
                 let mut head = Vec::with_capacity(132);
-                (&mut *f).take(132).read_to_end(&mut head).map_err(ApiError::internal)?;
+                (&mut *f).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(ApiError::internal)?;
                 f.rewind().map_err(ApiError::internal)?;
                 Ok(head)
             }
@@ -453,22 +453,32 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
     match mime.as_str() {
         "application/zip" | "application/x-zip-compressed" | "application/x-zip" => Ok(Declared::Zip),
         "application/dicom" => Ok(Declared::Dicom),
-        "application/octet-stream" => Ok(Declared::Sniff),
+        // tar archives (plain, gzip, Zstandard) are told apart by their first bytes.
+        "application/octet-stream"
+        | "application/x-tar"
+        | "application/gzip"
+        | "application/x-gzip"
+        | "application/x-compressed-tar"
+        | "application/zstd"
+        | "application/x-zstd"
+        | "application/x-zstd-compressed-tar" => Ok(Declared::Sniff),
         "multipart/form-data" => multer::parse_boundary(raw)
             .map(Declared::Multipart)
             .map_err(|_| ApiError::bad_request("invalid_multipart", "multipart/form-data without a valid boundary")),
         _ => Err(ApiError::unsupported_media_type(
-            "send the file itself as application/zip, application/dicom or application/octet-stream (or multipart/form-data with `files` parts)",
+            "send the file itself as application/zip, application/x-tar, application/gzip, application/zstd, application/dicom or application/octet-stream (or multipart/form-data with `files` parts)",
         )),
     }
 }
 
-/// Import DICOM: the body is a ZIP (Stored, Deflate or Deflate64 entries) or a DICOM
-/// file, with or without the 128-byte preamble (`application/zip`,
-/// `application/dicom`, `application/octet-stream` sniffed), or `multipart/form-data`
+/// Import DICOM: the body is a ZIP (Stored, Deflate or Deflate64 entries), a tar
+/// archive (plain, gzip or Zstandard, told apart by their first bytes) or a DICOM
+/// file, with or without the 128-byte preamble (`application/zip`, `application/x-tar`,
+/// `application/gzip`, `application/zstd`, `application/dicom`,
+/// `application/octet-stream` sniffed), or `multipart/form-data`
 /// with `files` parts (sidecar only: Orthanc 1.10.1 swallows multipart bodies).
 #[utoipa::path(post, path = "/import", tag = "patients",
-    request_body(content = Vec<u8>, description = "A ZIP archive or a DICOM file", content_type = "application/zip"),
+    request_body(content = Vec<u8>, description = "A ZIP or tar archive (.tar, .tgz, .tar.zst) or a DICOM file", content_type = "application/zip"),
     responses(
         (status = 200, body = ImportReport),
         (status = 400, description = "Empty body, or nothing DICOM in it (`no_dicom`)", body = ErrorBody),
@@ -537,7 +547,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
                 let name = field.file_name().unwrap_or("file").to_string();
                 let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &mut budget, limit, None, IN_MEMORY_BODY).await?;
                 let head = part.head()?;
-                if sniff(&head) == Some("zip") {
+                if matches!(sniff(&head), Some("zip" | "tar")) {
                     importer.add_zip(&name, part.into_zip()).await?;
                 } else {
                     part.import_as_file(importer, &name, &head).await?;
@@ -558,7 +568,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
             let is_zip = match declared {
                 Declared::Zip => true,
                 Declared::Dicom => false,
-                _ => sniff(&head) == Some("zip"),
+                _ => matches!(sniff(&head), Some("zip" | "tar")),
             };
             if is_zip {
                 importer.add_zip("", body.into_zip()).await?;

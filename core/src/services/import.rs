@@ -172,8 +172,8 @@ impl<'a> Importer<'a> {
                 self.skip(name, why);
                 Ok(())
             }
-            Kind::Zip => {
-                // A ZIP given as a file (command line, multipart part) is an archive.
+            Kind::Zip | Kind::Tar => {
+                // An archive given as a file (command line, multipart part) is an archive.
                 self.add_zip(name, ZipSource::Memory(bytes)).await
             }
         }
@@ -192,7 +192,7 @@ impl<'a> Importer<'a> {
                 self.skip(name, why);
                 Ok(())
             }
-            Kind::Zip => self.add_zip(name, ZipSource::File(file)).await,
+            Kind::Zip | Kind::Tar => self.add_zip(name, ZipSource::File(file)).await,
         }
     }
 
@@ -267,7 +267,7 @@ impl<'a> Importer<'a> {
     /// Adds a ZIP archive: checked whole first, then its DICOM entries stored.
     pub async fn add_zip(&mut self, name: &str, source: ZipSource) -> ApiResult<()> {
         let limits = self.limits;
-        let plan = tokio::task::spawn_blocking(move || plan_archive(source, limits)).await.map_err(ApiError::internal)??;
+        let plan = tokio::task::spawn_blocking(move || plan_any(source, limits)).await.map_err(ApiError::internal)??;
         let (tx, rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
         let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
@@ -397,6 +397,8 @@ const ZIP_MAGIC: &[u8] = b"PK";
 enum Kind {
     Dicom,
     Zip,
+    /// A tar archive, plain or compressed with gzip or Zstandard.
+    Tar,
     /// Files that are never DICOM and are expected in archives.
     Junk(&'static str),
     Other(&'static str),
@@ -421,6 +423,9 @@ fn classify(name: &str, head: &[u8]) -> Kind {
     }
     if head.len() >= 132 && &head[128..132] == b"DICM" {
         return Kind::Dicom;
+    }
+    if tar_compression(head).is_some() {
+        return Kind::Tar;
     }
     if starts_with_dicom_element(head) {
         return Kind::Dicom;
@@ -489,6 +494,7 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
     match classify("", head) {
         Kind::Dicom => Some("dicom"),
         Kind::Zip => Some("zip"),
+        Kind::Tar => Some("tar"),
         _ => None,
     }
 }
@@ -567,6 +573,7 @@ enum EntryContent {
     Skipped(String),
 }
 
+#[cfg(test)]
 fn plan_archive(source: ZipSource, limits: ZipLimits) -> ApiResult<Plan> {
     let reader = match source {
         ZipSource::File(f) => Reader::File(f),
@@ -670,6 +677,7 @@ fn plan(mut reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -
             Kind::Dicom => Planned::Dicom(index),
             Kind::Junk(why) | Kind::Other(why) => Planned::Skip(why.to_string()),
             Kind::Zip if depth > 0 => Planned::Skip("skipped: ZIP nested more than one level deep".into()),
+            Kind::Tar => Planned::Skip("skipped: tar archive inside an archive (import it on its own)".into()),
             Kind::Zip => {
                 let mut f = spool.take().ok_or_else(|| ApiError::internal("nested archive was not spooled"))?;
                 f.rewind().map_err(ApiError::internal)?;
@@ -786,6 +794,317 @@ fn read_entry(archive: &mut ZipArchive<Reader>, index: usize) -> ApiResult<Bytes
     // The first pass proved the size; the limit guards against the file changing under us.
     (&mut file).take(declared).read_to_end(&mut out).map_err(|e| invalid_zip(e.to_string()))?;
     Ok(Bytes::from(out))
+}
+
+// ---------------------------------------------------------------------------------------
+// tar, tar.gz and tar.zst archives: the same two passes as a ZIP. The first decompresses
+// the whole archive once, within the limits (entry count, total inflated size, ratio of
+// inflated to compressed bytes, each checked while inflating), classifying each entry by
+// its first bytes; the second decompresses it again and sends the DICOM entries. Entry
+// names are only reported; links, devices, FIFOs and absolute or `..` names are skipped.
+// ---------------------------------------------------------------------------------------
+
+/// How a tar archive is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TarCompression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// What the first bytes say: gzip (1f 8b), Zstandard (28 b5 2f fd), or `ustar` at 257.
+fn tar_compression(head: &[u8]) -> Option<TarCompression> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(TarCompression::Gzip)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(TarCompression::Zstd)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(TarCompression::None)
+    } else {
+        None
+    }
+}
+
+/// How many first bytes `sniff` needs to see a plain tar (`ustar` at offset 257).
+pub const SNIFF_LEN: usize = 262;
+
+fn invalid_tar(why: impl std::fmt::Display) -> ApiError {
+    ApiError::unprocessable("invalid_archive", format!("the tar archive is truncated or corrupt: {why}"))
+}
+
+/// A limit broken while decompressing (the reader's error only says "stop").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Breach {
+    None,
+    Total,
+    Ratio,
+}
+
+/// The decompressed tar stream, counted: every byte read (headers, data, padding) is
+/// checked against the total and ratio limits as it is read.
+struct Counted<R> {
+    inner: R,
+    inflated: std::rc::Rc<std::cell::Cell<u64>>,
+    breach: std::rc::Rc<std::cell::Cell<Breach>>,
+    max_total: u64,
+    ratio_cap: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.inflated.get() + n as u64;
+        self.inflated.set(total);
+        let breach = if total > self.max_total {
+            Breach::Total
+        } else if total > self.ratio_cap {
+            Breach::Ratio
+        } else {
+            Breach::None
+        };
+        if breach != Breach::None {
+            self.breach.set(breach);
+            return Err(std::io::Error::other("archive limit exceeded"));
+        }
+        Ok(n)
+    }
+}
+
+/// A tar archive's decompressed stream, counted.
+struct TarStream {
+    archive: tar::Archive<Counted<Box<dyn Read>>>,
+    inflated: std::rc::Rc<std::cell::Cell<u64>>,
+    breach: std::rc::Rc<std::cell::Cell<Breach>>,
+    limits: ZipLimits,
+}
+
+impl TarStream {
+    fn open(mut reader: Reader, compression: TarCompression, limits: ZipLimits, inflated: u64) -> ApiResult<Self> {
+        let compressed = reader.seek(std::io::SeekFrom::End(0)).map_err(ApiError::internal)?;
+        reader.rewind().map_err(ApiError::internal)?;
+        let inner: Box<dyn Read> = match compression {
+            TarCompression::None => Box::new(reader),
+            TarCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            TarCompression::Zstd => {
+                Box::new(ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| invalid_tar(format!("Zstandard: {e}")))?)
+            }
+        };
+        let inflated = std::rc::Rc::new(std::cell::Cell::new(inflated));
+        let breach = std::rc::Rc::new(std::cell::Cell::new(Breach::None));
+        // A plain tar is its own size; a compressed one may inflate `max_ratio` times.
+        let ratio_cap =
+            if compression == TarCompression::None { u64::MAX } else { compressed.saturating_mul(limits.max_ratio).max(RATIO_FLOOR) };
+        let counted = Counted { inner, inflated: inflated.clone(), breach: breach.clone(), max_total: limits.max_uncompressed, ratio_cap };
+        Ok(TarStream { archive: tar::Archive::new(counted), inflated, breach, limits })
+    }
+
+    /// The error for a failed read: a broken limit, else a corrupt archive.
+    fn error(&self, e: impl std::fmt::Display) -> ApiError {
+        tar_error(self.breach.get(), self.limits, e)
+    }
+}
+
+fn tar_error(breach: Breach, limits: ZipLimits, e: impl std::fmt::Display) -> ApiError {
+    match breach {
+        Breach::Total => ApiError::too_large(format!("the archive inflates to more than {} bytes", limits.max_uncompressed)),
+        Breach::Ratio => ApiError::unprocessable(
+            "zip_bomb",
+            format!("the archive inflates more than {} times its compressed size; refused", limits.max_ratio),
+        ),
+        Breach::None => invalid_tar(e),
+    }
+}
+
+/// Why a tar entry is not read, or `None` for a regular file with a safe name.
+fn tar_refusal(kind: tar::EntryType, name: &str) -> Option<&'static str> {
+    use tar::EntryType as T;
+    match kind {
+        T::Regular | T::Continuous => {}
+        T::Symlink => return Some("skipped: symbolic link (links are not followed; archive the file itself)"),
+        T::Link => return Some("skipped: hard link (links are not followed; archive the file itself)"),
+        T::Char | T::Block => return Some("skipped: device file"),
+        T::Fifo => return Some("skipped: FIFO"),
+        T::GNUSparse => return Some("skipped: sparse file (archive it without --sparse)"),
+        _ => return Some("skipped: not a regular file"),
+    }
+    if name.starts_with('/') || name.starts_with('\\') || name.split(['/', '\\']).any(|part| part == "..") {
+        return Some("skipped: absolute name or `..` in the name (entry names must stay inside the archive)");
+    }
+    None
+}
+
+struct TarPlanned {
+    name: String,
+    what: Planned,
+}
+
+/// A tar archive checked whole, and what to do with each entry.
+struct TarPlan {
+    reader: Reader,
+    compression: TarCompression,
+    limits: ZipLimits,
+    entries: Vec<TarPlanned>,
+}
+
+/// Any archive, checked whole.
+enum ArchivePlan {
+    Zip(Plan),
+    Tar(TarPlan),
+}
+
+impl ArchivePlan {
+    fn send_entries(self, tx: &tokio::sync::mpsc::Sender<ApiResult<Entry>>) {
+        match self {
+            ArchivePlan::Zip(plan) => plan.send_entries(tx),
+            ArchivePlan::Tar(plan) => {
+                if let Err(e) = plan.send_entries(tx) {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Plans a ZIP or a tar archive, told apart by their first bytes.
+fn plan_any(source: ZipSource, limits: ZipLimits) -> ApiResult<ArchivePlan> {
+    let mut reader = match source {
+        ZipSource::File(f) => Reader::File(f),
+        ZipSource::Memory(b) => Reader::Memory(std::io::Cursor::new(b)),
+    };
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    (&mut reader).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(ApiError::internal)?;
+    reader.rewind().map_err(ApiError::internal)?;
+    match (head.starts_with(ZIP_MAGIC), tar_compression(&head)) {
+        (false, Some(compression)) => plan_tar(reader, compression, limits).map(ArchivePlan::Tar),
+        _ => plan(reader, limits, &mut Budget::default(), 0).map(ArchivePlan::Zip),
+    }
+}
+
+/// First pass over a tar archive (blocking).
+fn plan_tar(reader: Reader, compression: TarCompression, limits: ZipLimits) -> ApiResult<TarPlan> {
+    let reader = match reader {
+        Reader::File(f) => {
+            let f2 = f.try_clone().map_err(ApiError::internal)?;
+            (Reader::File(f), Reader::File(f2))
+        }
+        Reader::Memory(c) => (Reader::Memory(std::io::Cursor::new(c.get_ref().clone())), Reader::Memory(c)),
+    };
+    let (first, second) = reader;
+    let mut stream = TarStream::open(first, compression, limits, 0)?;
+    let mut budget = Budget::default();
+    let mut entries = Vec::new();
+    let iter = stream.archive.entries().map_err(invalid_tar)?;
+    let mut failure: Option<String> = None;
+    let mut nested: Vec<(usize, String, std::fs::File)> = Vec::new();
+    for (ordinal, entry) in iter.enumerate() {
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Directory {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        budget.entries += 1;
+        if budget.entries > limits.max_entries {
+            return Err(too_many_entries(limits));
+        }
+        if let Some(why) = tar_refusal(kind, &name) {
+            entries.push(TarPlanned { name, what: Planned::Skip(why.to_string()) });
+            continue;
+        }
+        // Read the head to classify; spool a nested ZIP whole; the rest is read (and
+        // counted) as the archive moves on.
+        let mut head = Vec::with_capacity(132);
+        if let Err(e) = (&mut entry).take(132).read_to_end(&mut head) {
+            failure = Some(format!("{name}: {e}"));
+            break;
+        }
+        let what = match classify(&name, &head) {
+            Kind::Dicom => Planned::Dicom(ordinal),
+            Kind::Junk(why) | Kind::Other(why) => Planned::Skip(why.to_string()),
+            Kind::Tar => Planned::Skip("skipped: tar archive inside an archive (import it on its own)".into()),
+            Kind::Zip => {
+                let mut f = tempfile::tempfile().map_err(ApiError::internal)?;
+                std::io::Write::write_all(&mut f, &head).map_err(ApiError::internal)?;
+                if let Err(e) = std::io::copy(&mut entry, &mut f) {
+                    failure = Some(format!("{name}: {e}"));
+                    break;
+                }
+                nested.push((entries.len(), name.clone(), f));
+                Planned::Skip(String::new())
+            }
+        };
+        entries.push(TarPlanned { name, what });
+    }
+    if let Some(why) = failure {
+        return Err(stream.error(why));
+    }
+    // The rest of the stream (end blocks, gzip's CRC) is read too: a corrupt tail is found now.
+    let mut rest = stream.archive.into_inner();
+    if let Err(e) = std::io::copy(&mut rest, &mut std::io::sink()) {
+        return Err(tar_error(stream.breach.get(), limits, e));
+    }
+    // Nested ZIPs are checked after the tar itself, sharing its budget.
+    budget.inflated = stream.inflated.get();
+    for (at, name, mut f) in nested {
+        f.rewind().map_err(ApiError::internal)?;
+        let inner = plan(Reader::File(f), limits, &mut budget, 1).map_err(|e| {
+            if e.code == "invalid_zip" {
+                invalid_zip(format!("nested archive {name}: {}", e.message))
+            } else {
+                e
+            }
+        })?;
+        entries[at].what = Planned::Nested(Box::new(inner));
+    }
+    Ok(TarPlan { reader: second, compression, limits, entries })
+}
+
+impl TarPlan {
+    /// Second pass (blocking): decompresses the archive again and sends each entry.
+    fn send_entries(mut self, tx: &tokio::sync::mpsc::Sender<ApiResult<Entry>>) -> ApiResult<()> {
+        // The first pass proved the limits; they still guard against the file changing.
+        let mut stream = TarStream::open(self.reader, self.compression, self.limits, 0)?;
+        let breach = stream.breach.clone();
+        let limits = self.limits;
+        let fail = |e: std::io::Error| tar_error(breach.get(), limits, e);
+        let mut iter = stream.archive.entries().map_err(fail)?.enumerate();
+        for planned in std::mem::take(&mut self.entries) {
+            let item = match planned.what {
+                Planned::Skip(why) => Ok(Entry { name: planned.name, content: EntryContent::Skipped(why) }),
+                Planned::Nested(mut inner) => {
+                    if !inner.send_with_prefix(&format!("{}/", planned.name), tx) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Planned::Dicom(ordinal) => {
+                    let mut found = None;
+                    for (at, entry) in iter.by_ref() {
+                        let entry = entry.map_err(fail)?;
+                        if at == ordinal {
+                            found = Some(entry);
+                            break;
+                        }
+                    }
+                    let mut entry = found.ok_or_else(|| invalid_tar("the archive changed between the two passes"))?;
+                    let size = entry.size();
+                    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
+                    (&mut entry).take(size).read_to_end(&mut out).map_err(fail)?;
+                    Ok(Entry { name: planned.name, content: EntryContent::Dicom(Bytes::from(out)) })
+                }
+            };
+            if tx.blocking_send(item).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
