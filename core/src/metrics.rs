@@ -35,6 +35,13 @@ pub struct Metrics {
     pub logins_succeeded: AtomicU64,
     pub logins_failed: AtomicU64,
     pub logins_throttled: AtomicU64,
+    /// Imports that produced a report (200).
+    pub imports: AtomicU64,
+    pub import_instances_stored: AtomicU64,
+    pub import_instances_already_stored: AtomicU64,
+    pub import_instances_failed: AtomicU64,
+    /// Export archives whose answer was produced (one per request).
+    pub exports: AtomicU64,
 }
 
 /// The process's figures.
@@ -84,6 +91,14 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one import that produced a report, with its instances.
+    pub fn record_import(&self, stored: u64, already_stored: u64, failed: u64) {
+        self.imports.fetch_add(1, Ordering::Relaxed);
+        self.import_instances_stored.fetch_add(stored, Ordering::Relaxed);
+        self.import_instances_already_stored.fetch_add(already_stored, Ordering::Relaxed);
+        self.import_instances_failed.fetch_add(failed, Ordering::Relaxed);
+    }
+
     /// The figures in the Prometheus text format 0.0.4.
     pub fn render(&self, out: &mut String) {
         let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -111,6 +126,19 @@ impl Metrics {
         {
             let _ = writeln!(out, "cohort_logins_total{{outcome=\"{outcome}\"}} {}", counter.load(Ordering::Relaxed));
         }
+        out.push_str("# HELP cohort_imports_total Imports that produced a report.\n# TYPE cohort_imports_total counter\n");
+        let _ = writeln!(out, "cohort_imports_total {}", self.imports.load(Ordering::Relaxed));
+        out.push_str("# HELP cohort_import_instances_total DICOM instances received by imports, by outcome.\n");
+        out.push_str("# TYPE cohort_import_instances_total counter\n");
+        for (outcome, counter) in [
+            ("stored", &self.import_instances_stored),
+            ("already_stored", &self.import_instances_already_stored),
+            ("failed", &self.import_instances_failed),
+        ] {
+            let _ = writeln!(out, "cohort_import_instances_total{{outcome=\"{outcome}\"}} {}", counter.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP cohort_exports_total Export archives answered.\n# TYPE cohort_exports_total counter\n");
+        let _ = writeln!(out, "cohort_exports_total {}", self.exports.load(Ordering::Relaxed));
     }
 }
 

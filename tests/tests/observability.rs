@@ -47,6 +47,12 @@ async fn metrics_text(c: &Client) -> String {
     text
 }
 
+/// One generated DICOM file, shared by the tests of this binary.
+fn one_file() -> &'static cohort_e2e::dicom::Generated {
+    static G: std::sync::OnceLock<cohort_e2e::dicom::Generated> = std::sync::OnceLock::new();
+    G.get_or_init(|| cohort_e2e::dicom::study(&cohort_e2e::dicom::StudySpec::new("IPP-METRICS").studies(1).series(1).instances(1).seed(7)))
+}
+
 async fn observability(d: Deployment) {
     let c = d.client();
 
@@ -114,11 +120,32 @@ async fn observability(d: Deployment) {
         .as_str()
         .expect("token")
         .to_string();
+    // An import (admins may import without a group) and an export of its patient.
+    let file = one_file().paths()[0].clone();
+    let report = admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/dicom", std::fs::read(&file).expect("read DICOM"))
+        .send()
+        .await
+        .expect_status(200);
+    let patient = report["patients"][0]["id"].as_i64().expect("patient id");
+    let zip = admin.get(&format!("/api/patients/{patient}/export")).await;
+    assert_eq!(zip.status.as_u16(), 200);
     let scraper = d.client().with_bearer(&token);
     let after = metrics_text(&scraper).await;
     assert_eq!(sample(&after, live_ok), Some(n_live + 3.0), "three more live answers counted:\n{after}");
     assert_eq!(sample(&after, live_count), sample(&before, live_count).map(|n| n + 3.0), "{after}");
     assert_eq!(sample(&after, failed), sample(&before, failed).map(|n| n + 1.0), "one failed login counted:\n{after}");
+    for (series, more) in [
+        ("cohort_imports_total", 1.0),
+        ("cohort_import_instances_total{outcome=\"stored\"}", 1.0),
+        ("cohort_import_instances_total{outcome=\"already_stored\"}", 0.0),
+        ("cohort_exports_total", 1.0),
+    ] {
+        let was = sample(&before, series).unwrap_or_else(|| panic!("{series} missing:\n{before}"));
+        assert_eq!(sample(&after, series), Some(was + more), "{series}:\n{after}");
+    }
+    assert_eq!(sample(&after, "cohort_password_hashing_queue"), Some(0.0), "{after}");
     assert!(sample(&after, "cohort_http_requests_total{route=\"/api/metrics\",status=\"403\"}").is_some_and(|n| n >= 1.0), "{after}");
 
     // One log line per request, with the id, the route template, status and duration.

@@ -107,6 +107,12 @@ async fn metrics(State(app): State<SharedApp>, _: Admin) -> Response {
     crate::metrics::gauge(&mut out, "cohort_db_pool_idle_connections", "Of those, idle ones.", idle);
     crate::metrics::gauge(
         &mut out,
+        "cohort_password_hashing_queue",
+        "Password hashing jobs admitted and not finished.",
+        app.passwords.queued(),
+    );
+    crate::metrics::gauge(
+        &mut out,
         "cohort_export_memory_held_bytes",
         "Bytes held by answers built in memory (MaxExportBytes).",
         app.export_memory.in_use(),

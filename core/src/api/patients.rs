@@ -222,6 +222,7 @@ fn attachment(filename: &str) -> HeaderValue {
 }
 
 fn zip_response(export: Export) -> Response {
+    crate::metrics::global().exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let disposition = attachment(&export.filename);
     let mut resp = super::export_body(export.body);
     let h = resp.headers_mut();
@@ -507,6 +508,8 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
             format!("nothing in the upload is DICOM ({} entries skipped: {detail})", report.skipped),
         ));
     }
+    let n = &report.instances;
+    crate::metrics::global().record_import(n.stored, n.already_stored, n.failed);
     Ok(Json(report))
 }
 
