@@ -105,8 +105,13 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
     let last_name = changes.last_name.as_deref().map(domain::clean_name).transpose().map_err(invalid("last_name"))?;
 
     let mut tx = app.store.begin().await?;
-    let mut row = tx.user_by_id_for_update(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
     let demoted = changes.role.is_some_and(|r| r != Role::Admin) || changes.status == Some(UserStatus::Inactive);
+    if demoted {
+        // The admin-set lock comes before the row lock, in every path (see
+        // `lock_active_admins`), so two demotions cannot deadlock.
+        tx.lock_active_admins().await?;
+    }
+    let mut row = tx.user_by_id_for_update(id).await?.ok_or_else(|| ApiError::not_found("user"))?;
     if demoted {
         ensure_not_last_admin(&mut tx, &row).await?;
     }

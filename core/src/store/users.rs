@@ -5,6 +5,9 @@ use chrono::{DateTime, Utc};
 use super::{Db, Page, PageRequest, StoreResult};
 use crate::domain::{fold_for_search, Id, Role, UserStatus};
 
+/// The advisory-lock id that serialises changes to the set of active admins (PostgreSQL).
+const ADMIN_SET_LOCK: i64 = 0x636f_686f_7274_4164; // "cohortAd"
+
 /// A `users` row. The hash never leaves the services layer.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct UserRow {
@@ -210,12 +213,15 @@ impl Db {
             .await)?)
     }
 
-    /// Locks the active admins' rows until the transaction ends, so two admins demoting
-    /// each other at once cannot both pass the last-admin check. SQLite needs nothing:
-    /// `BEGIN IMMEDIATE` already serialises writers.
+    /// Serialises changes to the set of active admins until the transaction ends, so two
+    /// admins demoting each other at once cannot both pass the last-admin check. On
+    /// PostgreSQL a transaction-scoped advisory lock, taken *before* any user row is
+    /// locked: locking the admins' rows instead deadlocked (each demotion held its target's
+    /// row and waited for the other's), which PostgreSQL broke with a 500. SQLite needs
+    /// nothing: `BEGIN IMMEDIATE` already serialises writers.
     pub async fn lock_active_admins(&mut self) -> StoreResult<()> {
         if let super::Inner::Postgres(h) = &mut self.0 {
-            sqlx::query("SELECT id FROM users WHERE role = 'admin' AND status = 'active' FOR UPDATE").execute(h.conn()).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ADMIN_SET_LOCK).execute(h.conn()).await?;
         }
         Ok(())
     }
