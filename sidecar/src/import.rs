@@ -112,7 +112,9 @@ pub async fn run_remote(url: &str, token_file: &Path, path: PathBuf) -> anyhow::
         anyhow::bail!("the token file {} is empty", token_file.display());
     }
     let endpoint = format!("{}/api/patients/import", url.trim_end_matches('/'));
-    let client = reqwest::Client::builder().build()?;
+    // A plugin-mode Cohort is Orthanc, which closes idle kept-alive connections after 1 s:
+    // reuse a connection only while it is surely still open (POSTs are not retried).
+    let client = reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_millis(500)).build()?;
     let files = if path.is_dir() { files_under(&path)? } else { vec![path.clone()] };
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(

@@ -24,7 +24,11 @@ impl OrthancHttp {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Orthanc closes a kept-alive connection after 1 s of silence (1.10.1's
+            // KeepAliveTimeout default): a request sent on a connection idle that long can
+            // meet the close and fail with "connection closed before message completed",
+            // which is not retried for a POST. Idle connections are dropped first.
+            .pool_idle_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .build()?;
         let credentials = config.orthanc_username.clone().zip(config.orthanc_password.clone());

@@ -132,6 +132,9 @@ impl Client {
             .cookie_provider(jar.clone())
             .user_agent(user_agent)
             .local_address(local)
+            // Below Orthanc's 1 s keep-alive timeout: a POST sent on a connection Orthanc
+            // is closing fails with IncompleteMessage and is not retried.
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
             .build()
             .expect("HTTP client");
         Client { base: base.trim_end_matches('/').to_string(), http, jar, bearer: None }
