@@ -91,6 +91,12 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// All answers counted, and those with a 5xx status.
+    pub fn request_totals(&self) -> (u64, u64) {
+        let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.by_status.iter().fold((0, 0), |(all, errors), ((_, status), n)| (all + n, if *status >= 500 { errors + n } else { errors }))
+    }
+
     /// Counts one import that produced a report, with its instances.
     pub fn record_import(&self, stored: u64, already_stored: u64, failed: u64) {
         self.imports.fetch_add(1, Ordering::Relaxed);

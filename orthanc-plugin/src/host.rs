@@ -99,8 +99,33 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
     plugin.register_rest_route("/", handle_api)?;
     plugin.register_http_filter(filter)?;
     plugin.register_on_change(on_change)?;
+    plugin.register_refresh_metrics(orthanc_metrics)?;
     tracing::info!(protect_orthanc_api = protect, "cohort serves /api inside Orthanc");
     Ok(())
+}
+
+/// Cohort's main figures, for Orthanc's `/tools/metrics-prometheus` (counters since
+/// the plugin started; `f32` is what the SDK takes).
+#[allow(clippy::cast_precision_loss)]
+fn orthanc_metrics() -> Vec<(&'static str, f32)> {
+    let m = cohort_core::metrics::global();
+    let (requests, server_errors) = m.request_totals();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f32;
+    let mut out = vec![
+        ("cohort_http_requests", requests as f32),
+        ("cohort_http_server_errors", server_errors as f32),
+        ("cohort_logins_succeeded", load(&m.logins_succeeded)),
+        ("cohort_logins_failed", load(&m.logins_failed)),
+        ("cohort_logins_throttled", load(&m.logins_throttled)),
+        ("cohort_imports", load(&m.imports)),
+        ("cohort_import_instances_stored", load(&m.import_instances_stored)),
+        ("cohort_exports", load(&m.exports)),
+    ];
+    if let Some(cohort) = COHORT.get() {
+        out.push(("cohort_password_hashing_queue", cohort.app.passwords.queued() as f32));
+        out.push(("cohort_db_pool_connections", cohort.app.store.pool_use().0 as f32));
+    }
+    out
 }
 
 /// Stops background work and closes the database; called before `sdk::finalize`.

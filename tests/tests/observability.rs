@@ -148,6 +148,19 @@ async fn observability(d: Deployment) {
     assert_eq!(sample(&after, "cohort_password_hashing_queue"), Some(0.0), "{after}");
     assert!(sample(&after, "cohort_http_requests_total{route=\"/api/metrics\",status=\"403\"}").is_some_and(|n| n >= 1.0), "{after}");
 
+    // The plugin publishes its main figures in Orthanc's own metrics.
+    if d.host == Host::Plugin {
+        let r = d.orthanc_client().await.get("/tools/metrics-prometheus").await;
+        assert_eq!(r.status.as_u16(), 200);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        let published = |name: &str| text.lines().find(|l| l.starts_with(&format!("{name} "))).map(str::to_string);
+        for name in ["cohort_http_requests", "cohort_logins_failed", "cohort_imports", "cohort_exports"] {
+            assert!(published(name).is_some(), "{name} not in Orthanc's metrics:\n{text}");
+        }
+        let imports: f64 = published("cohort_imports").and_then(|l| l.split(' ').nth(1)?.parse().ok()).expect("value");
+        assert!(imports >= 1.0, "{text}");
+    }
+
     // One log line per request, with the id, the route template, status and duration.
     if d.host == Host::Sidecar {
         admin.req(Method::GET, "/api/users/424242").header("x-request-id", "trace-me-42").send().await.expect_status(404);

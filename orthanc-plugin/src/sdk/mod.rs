@@ -19,6 +19,7 @@ mod buffer;
 mod changes;
 mod filter;
 mod log;
+mod metrics;
 mod rest;
 
 use std::any::Any;
