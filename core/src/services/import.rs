@@ -1317,6 +1317,82 @@ mod tests {
         assert!(matches!(classify("x", b"hello world, plain text"), Kind::Other(_)));
     }
 
+    fn tar_of(entries: &[(&str, tar::EntryType, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            // Written raw: `set_path` refuses the absolute and `..` names under test.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, data.as_slice()).expect("append");
+        }
+        b.into_inner().expect("finish")
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    fn tar_planned(bytes: Vec<u8>, limits: ZipLimits) -> ApiResult<Vec<(String, &'static str)>> {
+        match plan_any(ZipSource::Memory(Bytes::from(bytes)), limits)? {
+            ArchivePlan::Tar(p) => {
+                Ok(p.entries.iter().map(|e| (e.name.clone(), if matches!(e.what, Planned::Dicom(_)) { "dicom" } else { "skip" })).collect())
+            }
+            ArchivePlan::Zip(_) => panic!("planned as a ZIP"),
+        }
+    }
+
+    #[test]
+    fn tar_entries_are_classified_and_hostile_ones_skipped() {
+        use tar::EntryType as T;
+        let plain = tar_of(&[
+            ("a/IM1", T::Regular, dicom_like(b"1")),
+            ("link.dcm", T::Symlink, Vec::new()),
+            ("/abs.dcm", T::Regular, dicom_like(b"2")),
+            ("x/../../evil.dcm", T::Regular, dicom_like(b"3")),
+            ("dev", T::Char, Vec::new()),
+            ("notes.txt", T::Regular, b"hello".to_vec()),
+        ]);
+        assert_eq!(sniff(&plain[..SNIFF_LEN]), Some("tar"));
+        let expect: Vec<(String, &str)> = [
+            ("a/IM1", "dicom"),
+            ("link.dcm", "skip"),
+            ("/abs.dcm", "skip"),
+            ("x/../../evil.dcm", "skip"),
+            ("dev", "skip"),
+            ("notes.txt", "skip"),
+        ]
+        .iter()
+        .map(|(n, k)| (n.to_string(), *k))
+        .collect();
+        assert_eq!(tar_planned(plain.clone(), LIMITS).expect("plain tar"), expect);
+        let tgz = gz(&plain);
+        assert_eq!(sniff(&tgz), Some("tar"));
+        assert_eq!(tar_planned(tgz.clone(), LIMITS).expect("tgz"), expect);
+        let e = tar_planned(tgz[..tgz.len() - 6].to_vec(), LIMITS).expect_err("truncated");
+        assert_eq!((e.status.as_u16(), e.code), (422, "invalid_archive"));
+    }
+
+    #[test]
+    fn tar_limits_stop_reading_at_once() {
+        use tar::EntryType as T;
+        let many: Vec<(String, tar::EntryType, Vec<u8>)> = (0..11).map(|i| (format!("{i}.dcm"), T::Regular, dicom_like(b"x"))).collect();
+        let many: Vec<(&str, tar::EntryType, Vec<u8>)> = many.iter().map(|(n, k, d)| (n.as_str(), *k, d.clone())).collect();
+        let e = tar_planned(tar_of(&many), LIMITS).expect_err("too many entries");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+        let bomb = gz(&tar_of(&[("zeros", T::Regular, vec![0u8; 4 << 20])]));
+        let e = tar_planned(bomb.clone(), LIMITS).expect_err("ratio");
+        assert_eq!((e.status.as_u16(), e.code), (422, "zip_bomb"));
+        let small = ZipLimits { max_uncompressed: 1 << 20, max_ratio: 100_000, ..LIMITS };
+        let e = tar_planned(bomb, small).expect_err("total size");
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_large"));
+    }
+
     #[test]
     fn bodies_are_sniffed() {
         assert_eq!(sniff(&dicom_like(b"")), Some("dicom"));
