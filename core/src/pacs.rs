@@ -168,14 +168,7 @@ pub trait Pacs: Send + Sync + 'static {
     /// Stores one DICOM instance read from a (spooled) file. By default the file is read
     /// into memory; a store that can stream it from disk does so.
     async fn store_instance_file(&self, file: std::fs::File) -> PacsResult<StoredInstance> {
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut file, &mut buf).map(|_| Bytes::from(buf))
-        })
-        .await
-        .map_err(|e| PacsError::Unavailable(e.to_string()))?
-        .map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?;
+        let bytes = read_spooled(file).await?;
         self.store_instance(bytes).await
     }
     /// A study with its patient tags and instances; `NotFound` when Orthanc has no such study.
@@ -210,14 +203,7 @@ pub trait Transport: Send + Sync + 'static {
     /// A POST whose body is read from a file while it is sent; by default the file is
     /// read into memory first.
     async fn post_file(&self, path: &str, file: std::fs::File) -> PacsResult<Bytes> {
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut file, &mut buf).map(|_| Bytes::from(buf))
-        })
-        .await
-        .map_err(|e| PacsError::Unavailable(e.to_string()))?
-        .map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?;
+        let bytes = read_spooled(file).await?;
         self.post(path, bytes).await
     }
     async fn delete(&self, path: &str) -> PacsResult<()>;
@@ -479,4 +465,17 @@ fn stored_instance(body: &[u8]) -> PacsResult<StoredInstance> {
         other => return Err(PacsError::Rejected { status: 400, message: format!("Orthanc did not store the instance: {other}") }),
     };
     Ok(StoredInstance { instance_id: a.id, patient_id: a.parent_patient, study_id: a.parent_study, series_id: a.parent_series, status })
+}
+
+/// A spooled upload read back into memory (off the async threads), for a store or a
+/// transport that cannot stream it from disk.
+async fn read_spooled(file: std::fs::File) -> PacsResult<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut buf).map(|_| Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| PacsError::Unavailable(e.to_string()))?
+    .map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))
 }
