@@ -9,9 +9,9 @@ use crate::domain::{ExportPolicy, Id, PatientStatus, Role, TokenScope, UserStatu
 use crate::store::audit::AuditRow;
 use crate::store::groups::GroupRow;
 use crate::store::patients::{InstanceWithStudy, PatientRow, StudyRow};
-use crate::store::sessions::{SessionAuth, SessionRow};
-use crate::store::tokens::{TokenAuth, TokenRow};
-use crate::store::users::UserRow;
+use crate::store::sessions::SessionRow;
+use crate::store::tokens::TokenRow;
+use crate::store::users::{AuthUser, UserRow};
 
 /// A user as the API shows it; never a hash.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -41,25 +41,10 @@ impl From<&UserRow> for User {
     }
 }
 
-impl From<&SessionAuth> for User {
-    fn from(r: &SessionAuth) -> Self {
+impl From<&AuthUser> for User {
+    fn from(r: &AuthUser) -> Self {
         User {
-            id: r.user_id,
-            email: r.email.clone(),
-            role: r.role,
-            status: r.status,
-            group_id: r.group_id,
-            first_name: r.first_name.clone(),
-            last_name: r.last_name.clone(),
-            created_at: r.created_at,
-        }
-    }
-}
-
-impl From<&TokenAuth> for User {
-    fn from(r: &TokenAuth) -> Self {
-        User {
-            id: r.user_id,
+            id: r.id,
             email: r.email.clone(),
             role: r.role,
             status: r.status,

@@ -308,17 +308,17 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
             s
         }
     };
-    if session.revoked_at.is_some() || session.expires_at <= now || session.user_id.to_string() != claims.sub {
+    if session.revoked_at.is_some() || session.expires_at <= now || session.user.id.to_string() != claims.sub {
         return Err(session_gone());
     }
-    if session.status != UserStatus::Active {
+    if session.user.status != UserStatus::Active {
         return Err(ApiError::unauthorized("account_inactive", "this account is inactive"));
     }
     Ok(principal(session, via, client))
 }
 
 fn principal(s: SessionAuth, via: Via, client: ClientInfo) -> Principal {
-    Principal { user: User::from(&s), session_id: s.session_id, via, csrf_hash: s.csrf_hash, client, token: None }
+    Principal { user: User::from(&s.user), session_id: s.session_id, via, csrf_hash: s.csrf_hash, client, token: None }
 }
 
 /// The caller's live sessions, newest first, the current one flagged.

@@ -148,7 +148,7 @@ pub async fn authenticate(app: &App, secret: &str, client: ClientInfo) -> ApiRes
     if auth.expires_at <= now {
         return Err(ApiError::unauthorized("token_expired", "the token has expired"));
     }
-    if auth.status != UserStatus::Active {
+    if auth.user.status != UserStatus::Active {
         return Err(ApiError::unauthorized("account_inactive", "this account is inactive"));
     }
     Ok(principal(auth, client))
@@ -156,7 +156,7 @@ pub async fn authenticate(app: &App, secret: &str, client: ClientInfo) -> ApiRes
 
 fn principal(a: TokenAuth, client: ClientInfo) -> Principal {
     Principal {
-        user: User::from(&a),
+        user: User::from(&a.user),
         session_id: String::new(),
         via: Via::Bearer,
         csrf_hash: String::new(),

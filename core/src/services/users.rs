@@ -146,8 +146,8 @@ pub async fn update(app: &App, who: &Principal, id: Id, changes: UserChanges) ->
     })))
     .await?;
     tx.commit().await?;
-    app.sessions.forget_where(|s| s.user_id == id);
-    app.tokens.forget_where(|t| t.user_id == id);
+    app.sessions.forget_where(|s| s.user.id == id);
+    app.tokens.forget_where(|t| t.user.id == id);
     Ok(after)
 }
 
@@ -177,8 +177,8 @@ pub async fn delete(app: &App, who: &Principal, id: Id) -> ApiResult<()> {
     .await?;
     tx.delete_user(id).await?;
     tx.commit().await?;
-    app.sessions.forget_where(|s| s.user_id == id);
-    app.tokens.forget_where(|t| t.user_id == id);
+    app.sessions.forget_where(|s| s.user.id == id);
+    app.tokens.forget_where(|t| t.user.id == id);
     Ok(())
 }
 
@@ -262,7 +262,7 @@ pub async fn update_profile(app: &App, who: &Principal, changes: ProfileChanges)
         .await?;
     }
     tx.commit().await?;
-    app.sessions.forget_where(|s| s.user_id == who.id());
+    app.sessions.forget_where(|s| s.user.id == who.id());
     Ok(after)
 }
 

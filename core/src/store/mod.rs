@@ -37,6 +37,14 @@ macro_rules! on_db {
     };
 }
 
+/// The `users` columns of an [`users::AuthUser`], for the joins that authenticate a
+/// request (`sessions.rs`, `tokens.rs`); `u` is the alias of `users` in those queries.
+macro_rules! auth_user_columns {
+    () => {
+        "u.id AS user_id, u.email, u.role, u.status, u.group_id, u.first_name, u.last_name, u.created_at"
+    };
+}
+
 pub mod audit;
 pub mod groups;
 pub mod patients;

@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::users::AuthUser;
 use super::{Db, StoreResult};
-use crate::domain::{Id, Role, UserStatus};
+use crate::domain::Id;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct SessionRow {
@@ -30,16 +31,8 @@ pub struct SessionAuth {
     pub last_seen_at: DateTime<Utc>,
     pub refresh_jti: String,
     pub csrf_hash: String,
-    pub user_id: Id,
-    pub email: String,
-    #[sqlx(try_from = "String")]
-    pub role: Role,
-    #[sqlx(try_from = "String")]
-    pub status: UserStatus,
-    pub group_id: Option<Id>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub user: AuthUser,
 }
 
 macro_rules! session_columns {
@@ -79,11 +72,11 @@ impl Db {
     }
 
     pub async fn session_auth(&mut self, id: &str) -> StoreResult<Option<SessionAuth>> {
-        Ok(on_db!(self, |c| sqlx::query_as(
-            "SELECT s.id AS session_id, s.expires_at, s.revoked_at, s.last_seen_at, s.refresh_jti, s.csrf_hash, \
-             u.id AS user_id, u.email, u.role, u.status, u.group_id, u.first_name, u.last_name, u.created_at \
-             FROM user_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1"
-        )
+        Ok(on_db!(self, |c| sqlx::query_as(concat!(
+            "SELECT s.id AS session_id, s.expires_at, s.revoked_at, s.last_seen_at, s.refresh_jti, s.csrf_hash, ",
+            auth_user_columns!(),
+            " FROM user_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1"
+        ))
         .bind(id)
         .fetch_optional(c)
         .await)?)

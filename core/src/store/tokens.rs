@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::users::AuthUser;
 use super::{Db, Page, PageRequest, StoreResult};
-use crate::domain::{Id, Role, TokenScope, UserStatus};
+use crate::domain::{Id, TokenScope};
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TokenRow {
@@ -28,16 +29,8 @@ pub struct TokenAuth {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
-    pub user_id: Id,
-    pub email: String,
-    #[sqlx(try_from = "String")]
-    pub role: Role,
-    #[sqlx(try_from = "String")]
-    pub status: UserStatus,
-    pub group_id: Option<Id>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub user: AuthUser,
 }
 
 /// A token to store.
@@ -105,11 +98,11 @@ impl Db {
     }
 
     pub async fn token_auth(&mut self, token_hash: &str) -> StoreResult<Option<TokenAuth>> {
-        Ok(on_db!(self, |c| sqlx::query_as(
-            "SELECT t.id AS token_id, t.scope, t.expires_at, t.revoked_at, t.last_used_at, \
-             u.id AS user_id, u.email, u.role, u.status, u.group_id, u.first_name, u.last_name, u.created_at \
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1"
-        )
+        Ok(on_db!(self, |c| sqlx::query_as(concat!(
+            "SELECT t.id AS token_id, t.scope, t.expires_at, t.revoked_at, t.last_used_at, ",
+            auth_user_columns!(),
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1"
+        ))
         .bind(token_hash)
         .fetch_optional(c)
         .await)?)

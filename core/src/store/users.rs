@@ -36,6 +36,24 @@ impl UserRow {
     }
 }
 
+/// The user an authenticated request acts as, as the session and token joins read it
+/// (`auth_user_columns!`): embedded with `#[sqlx(flatten)]` in `SessionAuth` and
+/// `TokenAuth`, so the columns are declared once.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct AuthUser {
+    #[sqlx(rename = "user_id")]
+    pub id: Id,
+    pub email: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    #[sqlx(try_from = "String")]
+    pub status: UserStatus,
+    pub group_id: Option<Id>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// What creating a user needs.
 #[derive(Clone, Debug)]
 pub struct NewUser {
