@@ -11,10 +11,11 @@ as_root() {
 }
 
 # Debian packages: Orthanc 1.10.1 and its SDK header, libclang for bindgen, dcmtk for
-# DICOM test tools, PostgreSQL server binaries (for a throwaway cluster when none runs),
-# Chromium, its WebDriver and fonts for the web console's browser tests.
+# DICOM test tools, p7zip-full and zstd for archives made by real tools (Deflate64 and
+# encrypted ZIPs, .tar.zst), PostgreSQL server binaries (for a throwaway cluster when
+# none runs), Chromium, its WebDriver and fonts for the web console's browser tests.
 ensure_packages() {
-  local want=(orthanc orthanc-dev libclang-dev dcmtk postgresql python3-pip pkg-config
+  local want=(orthanc orthanc-dev libclang-dev dcmtk p7zip-full zstd postgresql python3-pip pkg-config
               chromium chromium-driver fonts-liberation fonts-dejavu-core)
   local missing=()
   for p in "${want[@]}"; do

@@ -1,6 +1,7 @@
 //! Importing what people actually bring (issue 14), against each deployment: DICOM
 //! written without the 128-byte preamble (pydicom's own `rtstruct.dcm`), ZIP archives
-//! compressed with Deflate64, archives whose method Cohort still cannot read, and a
+//! compressed with Deflate64 (hand-made, and by Debian's `7z`), encrypted ZIPs made by
+//! `7z` (ZipCrypto, AES-256), archives whose method Cohort still cannot read, and a
 //! CD/DVD tree (`DICOMDIR` made by dcmtk's `dcmmkdir`, files without an extension
 //! several levels deep) through `cohort import`.
 
@@ -179,6 +180,148 @@ async fn tar_archives(d: Deployment) {
 }
 per_deployment!(tar_archives);
 
+/// One entry of a ZIP as its headers say: the name, the general-purpose flags and the
+/// method of the central directory, and the method of the local header.
+#[derive(Debug)]
+struct RawEntry {
+    name: String,
+    flags: u16,
+    central_method: u16,
+    local_method: u16,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+}
+
+/// Reads the central directory and each entry's local header, so a test knows what the
+/// tool really wrote (7-Zip silently falls back to another method for some inputs).
+fn raw_entries(zip: &[u8]) -> Vec<RawEntry> {
+    let eocd = zip.windows(4).rposition(|w| w == b"PK\x05\x06").expect("end of central directory");
+    let (count, mut at) = (u16_at(zip, eocd + 10), u32_at(zip, eocd + 16));
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        assert_eq!(&zip[at..at + 4], b"PK\x01\x02", "central directory entry");
+        let (n, m, k) = (u16_at(zip, at + 28) as usize, u16_at(zip, at + 30) as usize, u16_at(zip, at + 32) as usize);
+        let local = u32_at(zip, at + 42);
+        assert_eq!(&zip[local..local + 4], b"PK\x03\x04", "local header");
+        entries.push(RawEntry {
+            name: String::from_utf8_lossy(&zip[at + 46..at + 46 + n]).into_owned(),
+            flags: u16_at(zip, at + 8),
+            central_method: u16_at(zip, at + 10),
+            local_method: u16_at(zip, local + 8),
+        });
+        at += 46 + n + m + k;
+    }
+    entries
+}
+
+/// The files laid out as a CD would hold them, `CD/DICOM/ST…/IM…` without extensions, in
+/// `dir`; returns their names in the archive.
+fn cd_layout(dir: &Path, files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let name = format!("CD/DICOM/ST{:04}/IM{i:06}", i / 3);
+            let to = dir.join(&name);
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(f, to).expect("copy");
+            name
+        })
+        .collect()
+}
+
+/// Runs Debian's `7z` (package p7zip-full) in `dir`: `7z a -tzip OPTIONS out.zip NAMES…`.
+fn seven_zip(dir: &Path, out: &str, options: &[&str], names: &[String]) -> Vec<u8> {
+    let made = Command::new("7z")
+        .current_dir(dir)
+        .args(["a", "-tzip", "-bd"])
+        .args(options)
+        .arg(out)
+        .args(names)
+        .output()
+        .expect("run 7z (Debian's p7zip-full)");
+    assert!(made.status.success(), "7z: {}{}", String::from_utf8_lossy(&made.stdout), String::from_utf8_lossy(&made.stderr));
+    std::fs::read(dir.join(out)).expect("read the archive")
+}
+
+/// Archives made by 7-Zip, as users make them: Deflate64 is read; encrypted entries
+/// (ZipCrypto and AES) are skipped and named with what to do, and nothing is stored
+/// from an archive that holds only those; a method Cohort does not read is named.
+async fn archives_made_by_7z(admin: &Client, dir: &Path) {
+    let study = dicom::study(&StudySpec::new("IPP-7Z-D64").studies(1).series(2).instances(3).seed(148));
+    let mut files = study.paths();
+    files.push(rtstruct());
+    let names = cd_layout(dir, &files);
+
+    let d64 = seven_zip(dir, "deflate64.zip", &["-mm=Deflate64"], &["CD".to_string()]);
+    let entries = raw_entries(&d64);
+    let dicom: Vec<&RawEntry> = entries.iter().filter(|e| !e.name.ends_with('/')).collect();
+    assert_eq!(dicom.len(), files.len(), "{entries:?}");
+    for e in &dicom {
+        assert_eq!((e.central_method, e.local_method), (9, 9), "7z wrote Deflate64: {e:?}");
+    }
+    let before = patient_total(admin).await;
+    let r = import(admin, "application/zip", d64).await.expect_status(200);
+    // rtstruct.dcm was imported on its own before: already stored.
+    assert_eq!(r["instances"], json!({"received": 7, "stored": 6, "already_stored": 1, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 0, "{r}");
+    assert_eq!(patient_total(admin).await, before + 1, "the study's patient is registered");
+    let list = admin.get("/api/patients?q=IPP-7Z-D64").await.expect_status(200);
+    assert_eq!(list["total"], 1, "{list}");
+    let id = list["items"][0]["id"].as_i64().expect("id");
+    let instances = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200);
+    let uids: std::collections::BTreeSet<String> =
+        instances.as_array().expect("list").iter().filter_map(|i| i["sop_instance_uid"].as_str().map(String::from)).collect();
+    assert_eq!(uids, study.sop_uids(), "every instance of the Deflate64 archive is registered");
+
+    // Encrypted with a password, ZipCrypto (7z's default) and AES-256: refused whole when
+    // nothing else is in the archive, each entry named with what to do; nothing stored.
+    let secret = dicom::study(&StudySpec::new("IPP-7Z-SECRET").studies(1).series(1).instances(3).seed(149));
+    let secret_dir = dir.join("secret");
+    let secret_names = cd_layout(&secret_dir, &secret.paths());
+    for (label, options, method) in [("ZipCrypto", &["-pcorrect horse"][..], 8), ("AES", &["-pcorrect horse", "-mem=AES256"][..], 99)] {
+        let zip = seven_zip(&secret_dir, &format!("{label}.zip"), options, &["CD".to_string()]);
+        for e in raw_entries(&zip).iter().filter(|e| !e.name.ends_with('/')) {
+            assert!(e.flags & 1 == 1 && e.central_method == method && e.local_method == method, "{label}: {e:?}");
+        }
+        let e = import(admin, "application/zip", zip).await.expect_error(400, "no_dicom");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        for name in &secret_names {
+            assert!(message.contains(&format!("{name}: skipped: encrypted ZIP entry: re-export without a password")), "{label}: {e}");
+        }
+        assert_eq!(patient_total(admin).await, before + 1, "{label}: nothing stored");
+    }
+    // One encrypted entry beside readable ones: the others are imported, it is reported.
+    seven_zip(&secret_dir, "mixed.zip", &[], &secret_names[..2]);
+    let mixed = seven_zip(&secret_dir, "mixed.zip", &["-pcorrect horse", "-mem=AES256"], &secret_names[2..]);
+    let flags: Vec<(String, u16)> = raw_entries(&mixed).into_iter().map(|e| (e.name, e.flags & 1)).collect();
+    let expected: Vec<(String, u16)> = secret_names.iter().enumerate().map(|(i, n)| (n.clone(), u16::from(i == 2))).collect();
+    assert_eq!(flags, expected, "7z added the third entry encrypted and kept the first two as they were");
+    let r = import(admin, "application/zip", mixed).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 2, "stored": 2, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(r["skipped"], 1, "{r}");
+    assert_eq!(
+        r["errors"],
+        json!([{"file": secret_names[2], "error": "skipped: encrypted ZIP entry: re-export without a password"}]),
+        "{r}"
+    );
+
+    // BZip2 and PPMd, which 7-Zip offers and Cohort does not read: refused, named.
+    for (option, method) in [("-mm=BZip2", "BZIP2 (method 12)"), ("-mm=PPMd", "PPMd (method 98)")] {
+        let zip = seven_zip(dir, &format!("{}.zip", &option[4..]), &[option], &names[..1]);
+        let e = import(admin, "application/zip", zip).await.expect_error(422, "invalid_zip");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("{} is compressed with {method}", names[0])), "{e}");
+        assert!(message.contains("re-create the archive with Deflate"), "{e}");
+    }
+}
+
 async fn what_people_bring(d: Deployment) {
     let admin = d.admin().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -214,6 +357,8 @@ async fn what_people_bring(d: Deployment) {
     let message = e["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("CD/DICOM/ST0000/IM000000 is compressed with LZMA (method 14)"), "{e}");
     assert!(message.contains("re-create the archive with Deflate"), "{e}");
+
+    archives_made_by_7z(&admin, dir.path()).await;
 }
 per_deployment!(what_people_bring);
 
