@@ -2,8 +2,8 @@
 //! the image preview and `/api/docs` over HTTP, then a person's work in a real headless
 //! Chromium (Debian's `chromium` + `chromium-driver`): sign-in errors and throttling,
 //! import of a ZIP and its report, search, previews, a CSRF-protected status change,
-//! export, revoking a session from a second browser, group isolation, the admin pages
-//! and Orthanc Explorer. Screenshots of the main pages go to
+//! export, revoking a session from a second browser, group isolation, the admin pages,
+//! a CD's folder imported through the folder picker, and Orthanc Explorer. Screenshots of the main pages go to
 //! `target/<profile>/console-screenshots/<host>/`.
 
 use std::collections::BTreeMap;
@@ -51,6 +51,35 @@ fn secret() -> &'static Generated {
     static G: OnceLock<Generated> = OnceLock::new();
     G.get_or_init(|| dicom::study(&StudySpec::new("IPP-SECRET").name("Cachet^Bernard").studies(1).series(1).instances(2).seed(42)))
 }
+
+/// A patient's CD copied to disk, as the folder picker gets it: `DICOMDIR` (dcmtk's
+/// `dcmmkdir`) at the root, files without an extension three levels down, and a folder
+/// with a long accented name the user added. Returns the
+/// temporary directory (kept alive by the caller), the CD folder and the study.
+fn cd_folder() -> (tempfile::TempDir, PathBuf, Generated) {
+    let study = dicom::study(&StudySpec::new("IPP-CONSOLE-CD").name("Petit^Louis").studies(1).series(2).instances(2).seed(43));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cd = tmp.path().join("CD-PETIT");
+    for (i, file) in study.paths().iter().enumerate() {
+        let dir = cd.join("DICOM").join("ST000000").join(format!("SE{:06}", i / 2));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(file, dir.join(format!("IM{i:06}"))).expect("copy");
+    }
+    let made = std::process::Command::new("dcmmkdir").current_dir(&cd).args(["--recurse", "DICOM"]).output().expect("dcmmkdir");
+    assert!(made.status.success(), "dcmmkdir: {}", String::from_utf8_lossy(&made.stderr));
+    assert!(cd.join("DICOMDIR").is_file());
+    // What people add to a copied CD: a folder whose name (accents, over 100 bytes with
+    // the path) needs a pax record in the tar, holding one of the images and a note.
+    let extra = cd.join(LONG_FOLDER);
+    std::fs::create_dir_all(&extra).expect("mkdir");
+    let last = study.paths().len() - 1;
+    let moved = cd.join("DICOM").join("ST000000").join(format!("SE{:06}", last / 2)).join(format!("IM{last:06}"));
+    std::fs::rename(moved, extra.join(format!("IM{last:06}"))).expect("move");
+    std::fs::write(extra.join("compte rendu.txt"), "Compte rendu remis au patient.\n").expect("write");
+    (tmp, cd, study)
+}
+
+const LONG_FOLDER: &str = "Examens complémentaires — IRM cérébrale du 12 mars 2024 (copie du CD remis par le patient)";
 
 fn shots(host: Host) -> PathBuf {
     let dir = cohort_e2e::target_dir().join("console-screenshots").join(format!("{host:?}").to_lowercase());
@@ -433,13 +462,54 @@ async fn console_in_a_browser(d: Deployment) {
     } else {
         assert!(other.find("#nav a[href='/app/explorer.html']").await.is_none(), "no Explorer link beside the sidecar");
     }
+
+    // A file dropped on the zone: a script-made DataTransfer reaches the drop handler
+    // (an OS drag of a folder cannot be made headless: its directory entries exist only
+    // for real drags), which uploads it and shows its report.
+    other.goto(&format!("{}/ui/#/import", d.url)).await;
+    other.wait_for("#dropzone").await;
+    let bytes = std::fs::read(&durand().files[0].path).expect("read");
+    let entry = other
+        .js(
+            "const [bytes, name] = arguments;
+             const dt = new DataTransfer();
+             dt.items.add(new File([new Uint8Array(bytes)], name));
+             const entry = dt.items[0].webkitGetAsEntry();
+             document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             return entry ? (entry.isFile ? 'file entry' : 'other entry') : 'no entry';",
+            vec![json!(bytes), json!("IM-DROPPED")],
+        )
+        .await;
+    eprintln!("a script-made drop gives: {entry}");
+    let report = other.wait_text("#import-results .report[data-file='IM-DROPPED']", "IPP-CONSOLE").await;
+    assert!(report.contains("1\nAlready stored"), "report:\n{report}");
+
+    // A CD's folder through the folder picker (ChromeDriver uploads a directory given to
+    // an <input webkitdirectory>): one tar of its files, the DICOMDIR skipped and named.
+    let (_cd_tmp, cd, cd_study) = cd_folder();
+    other.upload("#import-folder", &cd).await;
+    other.wait_for("#import-done").await;
+    let report = other.wait_text("#import-results .report[data-file='CD-PETIT/']", "IPP-CONSOLE-CD").await;
+    let n = cd_study.files.len();
+    for counted in [format!("{n}\nDICOM received"), format!("{n}\nStored"), "2\nSkipped".to_string()] {
+        assert!(report.contains(&counted), "{counted:?} in the report:\n{report}");
+    }
+    assert!(report.contains("CD-PETIT/DICOMDIR"), "the DICOMDIR is named by its path in the folder:\n{report}");
+    assert!(report.contains(&format!("CD-PETIT/{LONG_FOLDER}/compte rendu.txt")), "a long name named whole:\n{report}");
+    other.screenshot(&dir.join("11b-import-folder.png")).await;
+    let found = admin.get("/api/patients?q=IPP-CONSOLE-CD").await.expect_status(200);
+    let id = found["items"][0]["id"].as_i64().expect("the CD's patient is registered");
+    let instances = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200);
+    let uids: std::collections::BTreeSet<String> =
+        instances.as_array().expect("list").iter().filter_map(|i| i["sop_instance_uid"].as_str().map(String::from)).collect();
+    assert_eq!(uids, cd_study.sop_uids(), "every file of the CD stored and registered");
     other.goto(&format!("{}/ui/#/patients", d.url)).await;
 
     // French, and a tablet-sized window.
     other.wait_for("#patient-search").await;
     other.choose("#account select", "fr").await;
     other.wait_text("#nav", "Importer").await;
-    other.wait_text("#patient-count", "2 patient").await;
+    other.wait_text("#patient-count", "3 patient").await;
     assert_translated(&other).await;
     other.set_size(820, 1180).await;
     other.screenshot(&dir.join("13-patients-fr-tablet.png")).await;
