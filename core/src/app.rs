@@ -36,6 +36,39 @@ pub struct App {
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
     pub host: Host,
+    /// The registry's sizes for `/api/metrics`, counted at most once per
+    /// `RegistryCountSeconds` (with when they were counted).
+    pub registry_sizes: crate::metrics::RegistryCount,
+    /// Fired when the host stops waiting for the requests in flight (the drain deadline
+    /// passed): long work stops where it is and records how far it got.
+    pub abort: Abort,
+}
+
+/// A one-way signal: once fired, stays fired.
+#[derive(Debug)]
+pub struct Abort(tokio::sync::watch::Sender<bool>);
+
+impl Default for Abort {
+    fn default() -> Self {
+        Abort(tokio::sync::watch::channel(false).0)
+    }
+}
+
+impl Abort {
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once fired.
+    pub async fn fired(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this only ends when fired.
+        let _ = rx.wait_for(|fired| *fired).await;
+    }
 }
 
 /// Which program hosts the core.
@@ -107,6 +140,8 @@ impl App {
             instance_owners: OwnerCache::new(CACHE_TTL),
             export_memory: ByteBudget::new(config.max_export_bytes),
             export_policies: TtlCache::new(CACHE_TTL),
+            registry_sizes: crate::metrics::RegistryCount::new(Duration::from_secs(u64::from(config.registry_count_seconds))),
+            abort: Abort::default(),
             store,
             config,
             pacs,

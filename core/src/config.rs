@@ -55,6 +55,8 @@ pub struct Config {
     /// Plugin: require an admin session on Orthanc's native routes.
     pub protect_orthanc_api: bool,
     pub log_format: LogFormat,
+    /// `/api/metrics` counts the registry's rows at most once per this many seconds.
+    pub registry_count_seconds: u32,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             orthanc_password: None,
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
+            registry_count_seconds: 60,
         }
     }
 }
@@ -164,6 +167,7 @@ const KEYS: &[Key] = &[
     key!("OrthancPassword", "COHORT_ORTHANC_PASSWORD", |c, r| c.orthanc_password = non_empty(r)?),
     key!("ProtectOrthancApi", "COHORT_PROTECT_ORTHANC_API", |c, r| c.protect_orthanc_api = boolean(r)?),
     key!("LogFormat", "COHORT_LOG_FORMAT", |c, r| c.log_format = log_format(r)?),
+    key!("RegistryCountSeconds", "COHORT_REGISTRY_COUNT_SECONDS", |c, r| c.registry_count_seconds = int(r, 1, 86_400)? as u32),
 ];
 
 /// Environment variables with this prefix are the test harness's, not configuration.

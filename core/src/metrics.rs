@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency histogram, in seconds (`+Inf` is implied).
 pub const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -40,8 +40,75 @@ pub struct Metrics {
     pub import_instances_stored: AtomicU64,
     pub import_instances_already_stored: AtomicU64,
     pub import_instances_failed: AtomicU64,
+    /// Bytes of DICOM that imports handed to Orthanc (each instance as sent).
+    pub import_bytes: AtomicU64,
     /// Export archives whose answer was produced (one per request).
     pub exports: AtomicU64,
+    /// Bytes of export archives sent (streamed ones counted as they go out).
+    pub export_bytes: AtomicU64,
+    /// The change follower's progress.
+    pub follower: FollowerFigures,
+}
+
+/// Where the change follower is in Orthanc's change log (`services::registry`).
+#[derive(Default)]
+pub struct FollowerFigures {
+    /// The cursor: the last change handled (or skipped).
+    pub cursor: AtomicI64,
+    /// Orthanc's newest change, as last seen by the follower.
+    pub orthanc_last: AtomicI64,
+    /// When the follower last read a page of changes and handled it to its end (Unix
+    /// seconds; 0 = not yet).
+    pub last_success_unix: AtomicI64,
+    /// Changes given up on after their attempts (audited `REGISTRATION_FAILED`).
+    pub skipped: AtomicU64,
+}
+
+impl FollowerFigures {
+    /// Records a page followed to its end (or to a change that will be retried).
+    pub fn followed(&self, cursor: i64, orthanc_last: i64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
+        self.orthanc_last.store(orthanc_last.max(cursor), Ordering::Relaxed);
+        self.last_success_unix.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+}
+
+/// The registry's sizes, as last counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistrySizes {
+    pub patients: i64,
+    pub studies: i64,
+    pub instances: i64,
+}
+
+/// The last count of the registry, with when it was made; counted again once older
+/// than its time to live.
+#[derive(Debug)]
+pub struct RegistryCount {
+    ttl: Duration,
+    last: Mutex<Option<(Instant, RegistrySizes)>>,
+}
+
+impl RegistryCount {
+    pub fn new(ttl: Duration) -> Self {
+        RegistryCount { ttl, last: Mutex::new(None) }
+    }
+
+    /// The last count, however old.
+    pub fn last(&self) -> Option<(Instant, RegistrySizes)> {
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last count while younger than the time to live.
+    pub fn fresh(&self) -> Option<(Instant, RegistrySizes)> {
+        self.last().filter(|(at, _)| at.elapsed() < self.ttl)
+    }
+
+    pub fn put(&self, sizes: RegistrySizes) -> (Instant, RegistrySizes) {
+        let entry = (Instant::now(), sizes);
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(entry);
+        entry
+    }
 }
 
 /// The process's figures.
@@ -143,14 +210,66 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "cohort_import_instances_total{{outcome=\"{outcome}\"}} {}", counter.load(Ordering::Relaxed));
         }
+        counter(
+            out,
+            "cohort_import_bytes_total",
+            "Bytes of DICOM that imports sent to Orthanc.",
+            self.import_bytes.load(Ordering::Relaxed),
+        );
         out.push_str("# HELP cohort_exports_total Export archives answered.\n# TYPE cohort_exports_total counter\n");
         let _ = writeln!(out, "cohort_exports_total {}", self.exports.load(Ordering::Relaxed));
+        counter(out, "cohort_export_bytes_total", "Bytes of export archives sent.", self.export_bytes.load(Ordering::Relaxed));
+        self.render_follower(out);
+    }
+
+    fn render_follower(&self, out: &mut String) {
+        let f = &self.follower;
+        counter(
+            out,
+            "cohort_change_follower_skipped_total",
+            "Orthanc changes given up on after their attempts (audited REGISTRATION_FAILED).",
+            f.skipped.load(Ordering::Relaxed),
+        );
+        let last_success = f.last_success_unix.load(Ordering::Relaxed);
+        if last_success == 0 {
+            // The follower has not read Orthanc's change log yet (or does not run here).
+            return;
+        }
+        let cursor = f.cursor.load(Ordering::Relaxed);
+        gauge(out, "cohort_change_follower_cursor", "The last Orthanc change the follower handled.", cursor);
+        gauge(
+            out,
+            "cohort_change_follower_lag",
+            "Orthanc changes not handled yet: Orthanc's newest change (as last seen) minus the cursor.",
+            (f.orthanc_last.load(Ordering::Relaxed) - cursor).max(0),
+        );
+        gauge(
+            out,
+            "cohort_change_follower_seconds_since_success",
+            "Seconds since the follower last read Orthanc's change log and handled what it got.",
+            (chrono::Utc::now().timestamp() - last_success).max(0),
+        );
     }
 }
 
 /// A label value as the text format wants it: `\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Appends one counter with its help and type lines.
+pub fn counter(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+/// Appends the registry's sizes and how old that count is.
+pub fn render_registry(out: &mut String, sizes: RegistrySizes, age: Duration) {
+    out.push_str("# HELP cohort_registry_size Rows of the registry, by kind (counted at most once per RegistryCountSeconds).\n");
+    out.push_str("# TYPE cohort_registry_size gauge\n");
+    for (kind, n) in [("patients", sizes.patients), ("studies", sizes.studies), ("instances", sizes.instances)] {
+        let _ = writeln!(out, "cohort_registry_size{{kind=\"{kind}\"}} {n}");
+    }
+    gauge(out, "cohort_registry_size_age_seconds", "Age of that count.", age.as_secs());
 }
 
 /// Appends one gauge with its help and type lines.

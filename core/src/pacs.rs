@@ -190,6 +190,8 @@ pub trait Pacs: Send + Sync + 'static {
     async fn statistics(&self) -> PacsResult<Statistics>;
     /// Orthanc's change log after `since`.
     async fn changes(&self, since: i64, limit: u32) -> PacsResult<ChangesPage>;
+    /// The sequence number of Orthanc's newest change (0 when there is none).
+    async fn last_change_seq(&self) -> PacsResult<i64>;
     /// The Orthanc ids of every study Orthanc holds.
     async fn study_ids(&self) -> PacsResult<Vec<String>>;
 }
@@ -308,10 +310,12 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
     }
 
     async fn store_instance(&self, dicom: Bytes) -> PacsResult<StoredInstance> {
+        count_import_bytes(dicom.len() as u64);
         stored_instance(&self.transport.post("/instances", dicom).await?)
     }
 
     async fn store_instance_file(&self, file: std::fs::File) -> PacsResult<StoredInstance> {
+        count_import_bytes(file.metadata().map(|m| m.len()).unwrap_or(0));
         stored_instance(&self.transport.post_file("/instances", file).await?)
     }
 
@@ -454,6 +458,21 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
             done: raw.done,
         })
     }
+
+    async fn last_change_seq(&self) -> PacsResult<i64> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Raw {
+            last: i64,
+        }
+        let raw: Raw = self.get_json("/changes?last").await?;
+        Ok(raw.last)
+    }
+}
+
+/// Counts DICOM bytes sent to Orthanc for storage (imports are the only writers).
+fn count_import_bytes(n: u64) {
+    crate::metrics::global().import_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What Orthanc answered to `POST /instances` with one DICOM file.

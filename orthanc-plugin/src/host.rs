@@ -110,7 +110,8 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
 fn orthanc_metrics() -> Vec<(&'static str, f32)> {
     let m = cohort_core::metrics::global();
     let (requests, server_errors) = m.request_totals();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f32;
+    use std::sync::atomic::Ordering::Relaxed;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed) as f32;
     let mut out = vec![
         ("cohort_http_requests", requests as f32),
         ("cohort_http_server_errors", server_errors as f32),
@@ -119,11 +120,26 @@ fn orthanc_metrics() -> Vec<(&'static str, f32)> {
         ("cohort_logins_throttled", load(&m.logins_throttled)),
         ("cohort_imports", load(&m.imports)),
         ("cohort_import_instances_stored", load(&m.import_instances_stored)),
+        ("cohort_import_bytes", load(&m.import_bytes)),
         ("cohort_exports", load(&m.exports)),
+        ("cohort_export_bytes", load(&m.export_bytes)),
+        ("cohort_change_follower_skipped", load(&m.follower.skipped)),
     ];
+    let f = &m.follower;
+    if f.last_success_unix.load(Relaxed) > 0 {
+        let cursor = f.cursor.load(Relaxed);
+        out.push(("cohort_change_follower_cursor", cursor as f32));
+        out.push(("cohort_change_follower_lag", (f.orthanc_last.load(Relaxed) - cursor).max(0) as f32));
+    }
     if let Some(cohort) = COHORT.get() {
         out.push(("cohort_password_hashing_queue", cohort.app.passwords.queued() as f32));
         out.push(("cohort_db_pool_connections", cohort.app.store.pool_use().0 as f32));
+        // The last count (the follower refreshes it): this runs on an HTTP thread, no query here.
+        if let Some((_, sizes)) = cohort.app.registry_sizes.last() {
+            out.push(("cohort_registry_patients", sizes.patients as f32));
+            out.push(("cohort_registry_studies", sizes.studies as f32));
+            out.push(("cohort_registry_instances", sizes.instances as f32));
+        }
     }
     out
 }

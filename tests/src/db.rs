@@ -70,6 +70,44 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Runs `sql` (one or more statements) on this database, from a connection of its
+    /// own: what a database administrator would do beside Cohort.
+    pub async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("connect to SQLite");
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = conn.close().await;
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.expect("connect to PostgreSQL");
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let _ = conn.close().await;
+            }
+        }
+    }
+
+    /// The value of a row of Cohort's `settings` table.
+    pub async fn setting(&self, key: &str) -> Option<String> {
+        let sql = "SELECT value FROM settings WHERE key = $1";
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("connect to SQLite");
+                let value = sqlx::query_scalar(sql).bind(key).fetch_optional(&mut conn).await.expect("settings");
+                let _ = conn.close().await;
+                value
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.expect("connect to PostgreSQL");
+                let value = sqlx::query_scalar(sql).bind(key).fetch_optional(&mut conn).await.expect("settings");
+                let _ = conn.close().await;
+                value
+            }
+        }
+    }
+}
+
 fn database_url(admin: &str, name: &str) -> String {
     let mut url = url::Url::parse(admin).expect("PostgreSQL URL");
     url.set_path(name);

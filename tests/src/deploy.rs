@@ -113,6 +113,40 @@ impl Sidecar {
         }
     }
 
+    /// Kills the process (Cohort's side down; Orthanc keeps running).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again after [`Sidecar::kill`] or [`Sidecar::terminate`], on
+    /// the same port when it is still free (else another: [`Sidecar::url`] says where).
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the sidecar is still running");
+        self.restart().await;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (at most `within`); returns its
+    /// exit status and how long it took. Panics if it is still running then.
+    pub fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("the sidecar is running");
+        let started = Instant::now();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the sidecar did not exit within {within:?} of SIGTERM; its log:\n{}", tail(&self.log(), 60));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }

@@ -132,6 +132,8 @@ async fn observability(d: Deployment) {
     let zip = admin.get(&format!("/api/patients/{patient}/export")).await;
     assert_eq!(zip.status.as_u16(), 200);
     let scraper = d.client().with_bearer(&token);
+    // The registry is counted at most once per `RegistryCountSeconds` (1 s here).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let after = metrics_text(&scraper).await;
     assert_eq!(sample(&after, live_ok), Some(n_live + 3.0), "three more live answers counted:\n{after}");
     assert_eq!(sample(&after, live_count), sample(&before, live_count).map(|n| n + 3.0), "{after}");
@@ -146,6 +148,22 @@ async fn observability(d: Deployment) {
         assert_eq!(sample(&after, series), Some(was + more), "{series}:\n{after}");
     }
     assert_eq!(sample(&after, "cohort_password_hashing_queue"), Some(0.0), "{after}");
+    // Bytes: the instance as sent to Orthanc, the archive as sent to the client.
+    let size = std::fs::metadata(&file).expect("size").len() as f64;
+    let grew = |series: &str| sample(&after, series).unwrap_or(f64::NAN) - sample(&before, series).unwrap_or(f64::NAN);
+    assert_eq!(grew("cohort_import_bytes_total"), size, "{after}");
+    assert_eq!(grew("cohort_export_bytes_total"), zip.body.len() as f64, "{after}");
+    // The registry's sizes (one patient, study and instance) and how old that count is.
+    for kind in ["patients", "studies", "instances"] {
+        assert_eq!(sample(&after, &format!("cohort_registry_size{{kind=\"{kind}\"}}")), Some(1.0), "{kind}:\n{after}");
+    }
+    assert!(sample(&after, "cohort_registry_size_age_seconds").is_some_and(|s| s <= 1.0), "{after}");
+    // The change follower runs in both hosts: its cursor, lag and last success.
+    assert!(sample(&after, "cohort_change_follower_cursor").is_some_and(|c| c >= 1.0), "{after}");
+    assert!(sample(&after, "cohort_change_follower_lag").is_some_and(|l| l >= 0.0), "{after}");
+    assert!(sample(&after, "cohort_change_follower_seconds_since_success").is_some_and(|s| s < 30.0), "{after}");
+    assert_eq!(sample(&after, "cohort_change_follower_skipped_total"), Some(0.0), "{after}");
+    assert!(sample(&after, "cohort_db_pool_idle_connections").is_some(), "{after}");
     assert!(sample(&after, "cohort_http_requests_total{route=\"/api/metrics\",status=\"403\"}").is_some_and(|n| n >= 1.0), "{after}");
 
     // The plugin publishes its main figures in Orthanc's own metrics.
@@ -154,7 +172,18 @@ async fn observability(d: Deployment) {
         assert_eq!(r.status.as_u16(), 200);
         let text = String::from_utf8_lossy(&r.body).to_string();
         let published = |name: &str| text.lines().find(|l| l.starts_with(&format!("{name} "))).map(str::to_string);
-        for name in ["cohort_http_requests", "cohort_logins_failed", "cohort_imports", "cohort_exports"] {
+        for name in [
+            "cohort_http_requests",
+            "cohort_logins_failed",
+            "cohort_imports",
+            "cohort_exports",
+            "cohort_import_bytes",
+            "cohort_export_bytes",
+            "cohort_change_follower_lag",
+            "cohort_registry_patients",
+            "cohort_password_hashing_queue",
+            "cohort_db_pool_connections",
+        ] {
             assert!(published(name).is_some(), "{name} not in Orthanc's metrics:\n{text}");
         }
         let imports: f64 = published("cohort_imports").and_then(|l| l.split(' ').nth(1)?.parse().ok()).expect("value");
@@ -181,15 +210,20 @@ async fn live_without_orthanc(mut d: Deployment) {
     assert_eq!(c.get("/api/health").await.status.as_u16(), 503);
 }
 
+/// A deployment whose registry count is at most 1 s old.
+async fn deployment(host: Host, backend: Backend) -> Deployment {
+    let settings = [("RegistryCountSeconds".to_string(), json!(1))].into_iter().collect();
+    Deployment::start_with(host, backend, settings).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_sqlite() {
-    let d = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
-    observability(d).await;
+    observability(deployment(Host::Sidecar, Backend::Sqlite).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_sqlite() {
-    observability(Deployment::start(Host::Plugin, Backend::Sqlite).await).await;
+    observability(deployment(Host::Plugin, Backend::Sqlite).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +231,7 @@ async fn sidecar_postgres() {
     if postgres_skipped() {
         return;
     }
-    observability(Deployment::start(Host::Sidecar, Backend::Postgres).await).await;
+    observability(deployment(Host::Sidecar, Backend::Postgres).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

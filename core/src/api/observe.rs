@@ -117,6 +117,12 @@ async fn metrics(State(app): State<SharedApp>, _: Admin) -> Response {
         "Bytes held by answers built in memory (MaxExportBytes).",
         app.export_memory.in_use(),
     );
+    // Counted at most once per `RegistryCountSeconds` (the follower refreshes it too); a database that does
+    // not answer leaves them out, the scrape still answers.
+    match crate::services::registry::registry_sizes(&app).await {
+        Ok((counted, sizes)) => crate::metrics::render_registry(&mut out, sizes, counted.elapsed()),
+        Err(e) => tracing::warn!(error = %e, "could not count the registry for the metrics"),
+    }
     (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], out).into_response()
 }
 

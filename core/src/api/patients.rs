@@ -22,7 +22,7 @@ use crate::app::{App, SharedApp};
 use crate::domain::{Id, PatientStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::model::{PageParams, Paginated, Patient, PatientDetail, PatientInstance, StatusLabel};
-use crate::services::export::{self, Export};
+use crate::services::export::{self, Export, ExportBody};
 use crate::services::images;
 use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource, SNIFF_LEN};
 use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
@@ -222,9 +222,23 @@ fn attachment(filename: &str) -> HeaderValue {
 }
 
 fn zip_response(export: Export) -> Response {
-    crate::metrics::global().exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    let metrics = crate::metrics::global();
+    metrics.exports.fetch_add(1, Relaxed);
     let disposition = attachment(&export.filename);
-    let mut resp = super::export_body(export.body);
+    // Bytes are counted as they leave (a streamed export cut short counts what went).
+    let body = match export.body {
+        ExportBody::Stream(stream) => ExportBody::Stream(Box::pin(stream.inspect(move |chunk| {
+            if let Ok(bytes) = chunk {
+                metrics.export_bytes.fetch_add(bytes.len() as u64, Relaxed);
+            }
+        }))),
+        ExportBody::Buffered(bytes, held) => {
+            metrics.export_bytes.fetch_add(bytes.len() as u64, Relaxed);
+            ExportBody::Buffered(bytes, held)
+        }
+    };
+    let mut resp = super::export_body(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
     h.insert(header::CONTENT_DISPOSITION, disposition);

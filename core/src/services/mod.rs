@@ -161,4 +161,6 @@ pub mod action {
     pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
     pub const TOKEN_CREATE: &str = "TOKEN_CREATE";
     pub const TOKEN_REVOKE: &str = "TOKEN_REVOKE";
+    /// An Orthanc change the follower gave up on (`services::registry`).
+    pub const REGISTRATION_FAILED: &str = "REGISTRATION_FAILED";
 }

@@ -143,6 +143,14 @@ const CURSOR_KEY: &str = "orthanc_changes_seq";
 const PAGE: u32 = 200;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How many times one change is tried while Orthanc and the database both answer
+/// before it is given up on: skipped, and audited `REGISTRATION_FAILED`.
+pub const CHANGE_ATTEMPTS: u32 = 5;
+/// The wait before a failed change is tried again, doubled at each attempt (0.25 + 0.5
+/// + 1 + 2 s: a change is given up on about 4 s after it first failed).
+const CHANGE_RETRY: Duration = Duration::from_millis(250);
+/// A dependency that does not answer the follower's probe within this delay is down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an idle follower looks for studies deleted in Orthanc directly: at most
 /// this often when Orthanc's study count went down, at least this often anyway.
 const SWEEP_WHEN_FEWER: Duration = Duration::from_secs(2);
@@ -152,21 +160,33 @@ const SWEEP_ANYWAY: Duration = Duration::from_secs(300);
 /// restart neither misses nor repeats work; repeats are harmless anyway, registration is
 /// idempotent). `wake` lets a host signal new changes before the next poll.
 ///
+/// Two kinds of failure are told apart. When Orthanc or the database is down, nothing
+/// is skipped: the follower waits (backing off up to 15 s) and goes on from its cursor
+/// once both answer. When one change fails while both answer (a study the registry
+/// refuses), that change is tried [`CHANGE_ATTEMPTS`] times, then skipped with a
+/// `REGISTRATION_FAILED` audit row naming the resource, and the follower moves on.
+///
 /// Orthanc's change log says nothing of deletions (deleting a resource even removes its
 /// earlier entries), so an idle follower also sweeps: see [`sweep_deleted`].
 pub async fn follow_changes(app: Arc<App>, wake: Arc<Notify>) {
     let mut backoff = Duration::from_millis(500);
     let mut sweeps = Sweeps::default();
+    let mut failing = Failing::default();
     loop {
-        match follow_once(&app).await {
-            Ok(true) => continue,
-            Ok(false) => {
+        match follow_page(&app, &mut failing).await {
+            Ok(Page::More) => backoff = Duration::from_millis(500),
+            Ok(Page::Done) => {
                 backoff = Duration::from_millis(500);
                 if let Err(e) = sweeps.maybe_sweep(&app).await {
                     tracing::warn!(error = %e, "looking for studies deleted in Orthanc failed; will retry");
                 }
+                // Keeps the metrics' registry sizes fresh (a no-op while the count is).
+                if let Err(e) = registry_sizes(&app).await {
+                    tracing::debug!(error = %e, "could not count the registry");
+                }
                 let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
             }
+            Ok(Page::RetryChange(wait)) => tokio::time::sleep(wait).await,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "following Orthanc's changes failed; will retry");
                 tokio::time::sleep(backoff).await;
@@ -174,6 +194,159 @@ pub async fn follow_changes(app: Arc<App>, wake: Arc<Notify>) {
             }
         }
     }
+}
+
+/// What one call of [`follow_page`] left to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Page {
+    /// More changes are waiting.
+    More,
+    /// The change log is read to its end.
+    Done,
+    /// A change failed while Orthanc and the database answer: try it again after this.
+    RetryChange(Duration),
+}
+
+/// The change that keeps failing, and how many times it has.
+#[derive(Debug, Default)]
+struct Failing {
+    seq: i64,
+    attempts: u32,
+}
+
+/// Processes one page of changes; true when more are waiting. A change that fails
+/// makes this an error (the caller retries); see [`follow_changes`] for the loop that
+/// tells a failing change from a dependency that is down.
+pub async fn follow_once(app: &App) -> ApiResult<bool> {
+    let mut failing = Failing::default();
+    match follow_page(app, &mut failing).await? {
+        Page::More => Ok(true),
+        Page::Done => Ok(false),
+        Page::RetryChange(_) => Err(ApiError::unavailable("change_failed", "an Orthanc change could not be registered")),
+    }
+}
+
+/// Handles the changes after the cursor, in order, and moves the cursor past them. An
+/// error means a dependency is down (or the cursor could not be saved): nothing was
+/// skipped, and the cursor is after the last change handled.
+async fn follow_page(app: &App, failing: &mut Failing) -> ApiResult<Page> {
+    let pacs = app.pacs()?.clone();
+    let cursor: i64 = {
+        let mut db = app.store.conn().await?;
+        db.setting(CURSOR_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let page = pacs.changes(cursor, PAGE).await?;
+    let figures = &crate::metrics::global().follower;
+    let orthanc_last = if page.done { page.last } else { pacs.last_change_seq().await.unwrap_or(page.last) };
+    if page.changes.is_empty() {
+        figures.followed(cursor, orthanc_last);
+        return Ok(if page.done { Page::Done } else { Page::More });
+    }
+    let group = auto_register_group(app).await?;
+    let mut handled = cursor;
+    for change in &page.changes {
+        let Err(e) = handle_change(app, change, group).await else {
+            handled = handled.max(change.seq);
+            continue;
+        };
+        // Keep what was done; then judge whether this change or a dependency failed.
+        save_cursor(app, cursor, handled).await?;
+        if let Some(down) = dependency_down(app).await {
+            tracing::warn!(seq = change.seq, error = %e, "an Orthanc change failed while {down} is down; will retry it");
+            return Err(e);
+        }
+        failing.attempts = if failing.seq == change.seq { failing.attempts + 1 } else { 1 };
+        failing.seq = change.seq;
+        if failing.attempts < CHANGE_ATTEMPTS {
+            let wait = CHANGE_RETRY * 2u32.pow(failing.attempts - 1);
+            tracing::warn!(seq = change.seq, attempt = failing.attempts, error = %e, "an Orthanc change could not be registered; will retry it");
+            figures.followed(handled, orthanc_last);
+            return Ok(Page::RetryChange(wait));
+        }
+        give_up(app, change, failing.attempts, &e).await?;
+        figures.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *failing = Failing::default();
+        handled = handled.max(change.seq);
+    }
+    save_cursor(app, cursor, handled).await?;
+    figures.followed(handled, orthanc_last);
+    Ok(if page.done { Page::Done } else { Page::More })
+}
+
+/// Moves the cursor to `handled` when it went forward from `was`.
+async fn save_cursor(app: &App, was: i64, handled: i64) -> ApiResult<()> {
+    if handled > was {
+        app.store.conn().await?.set_setting(CURSOR_KEY, &handled.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// Which dependency is down, if one is: Orthanc, or the database (a write is tried, the
+/// cursor's own row rewritten: a database that answers reads but not writes is down for
+/// the follower).
+async fn dependency_down(app: &App) -> Option<&'static str> {
+    let orthanc = async {
+        match app.pacs() {
+            Ok(pacs) => matches!(tokio::time::timeout(PROBE_TIMEOUT, pacs.ping()).await, Ok(Ok(()))),
+            Err(_) => false,
+        }
+    };
+    let database = async {
+        let write = async {
+            let mut tx = app.store.begin().await?;
+            let cursor = tx.setting(CURSOR_KEY).await?.unwrap_or_else(|| "0".into());
+            tx.set_setting(CURSOR_KEY, &cursor).await?;
+            tx.commit().await
+        };
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, write).await, Ok(Ok(())))
+    };
+    match tokio::join!(orthanc, database) {
+        (false, _) => Some("Orthanc"),
+        (_, false) => Some("the database"),
+        _ => None,
+    }
+}
+
+/// Skips a change that kept failing while everything answered: audited as
+/// `REGISTRATION_FAILED` by the system, naming the resource, with the cursor moved past
+/// it in the same transaction.
+async fn give_up(app: &App, change: &Change, attempts: u32, error: &ApiError) -> ApiResult<()> {
+    let resource_type = match change.resource_type.as_str() {
+        "Patient" => "orthanc_patient",
+        "Study" => "orthanc_study",
+        "Series" => "orthanc_series",
+        "Instance" => "orthanc_instance",
+        _ => "orthanc_resource",
+    };
+    let cause: String = error.cause.as_deref().unwrap_or(&error.message).chars().take(500).collect();
+    tracing::error!(seq = change.seq, resource = %change.resource_id, attempts, error = %cause, "gave up on an Orthanc change; skipped");
+    let mut tx = app.store.begin().await?;
+    tx.insert_audit(&Actor::system().audit(action::REGISTRATION_FAILED, Outcome::Failure).on(resource_type, &change.resource_id).details(
+        json!({
+            "source": "orthanc",
+            "change_seq": change.seq,
+            "change_type": change.change_type,
+            "orthanc_id": change.resource_id,
+            "attempts": attempts,
+            "error": cause,
+        }),
+    ))
+    .await?;
+    let cursor: i64 = tx.setting(CURSOR_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    tx.set_setting(CURSOR_KEY, &cursor.max(change.seq).to_string()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The registry's sizes, counted at most once per `RegistryCountSeconds` (default 60;
+/// counting a million-row table on every scrape would cost more than the scrape),
+/// cached in `App::registry_sizes` with when they were counted.
+pub async fn registry_sizes(app: &App) -> ApiResult<(std::time::Instant, crate::metrics::RegistrySizes)> {
+    if let Some(fresh) = app.registry_sizes.fresh() {
+        return Ok(fresh);
+    }
+    let (patients, studies, instances) = app.store.conn().await?.registry_sizes().await?;
+    Ok(app.registry_sizes.put(crate::metrics::RegistrySizes { patients, studies, instances }))
 }
 
 /// When the idle follower last swept, and Orthanc's study count then.
@@ -248,25 +421,6 @@ pub async fn sweep_deleted(app: &App) -> ApiResult<usize> {
         tx.commit().await?;
     }
     Ok(forgotten)
-}
-
-/// Processes one page of changes; true when more are waiting.
-pub async fn follow_once(app: &App) -> ApiResult<bool> {
-    let pacs = app.pacs()?.clone();
-    let cursor: i64 = {
-        let mut db = app.store.conn().await?;
-        db.setting(CURSOR_KEY).await?.and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
-    let page = pacs.changes(cursor, PAGE).await?;
-    let Some(last) = page.changes.last().map(|c| c.seq) else {
-        return Ok(false);
-    };
-    let group = auto_register_group(app).await?;
-    for change in &page.changes {
-        handle_change(app, change, group).await?;
-    }
-    app.store.conn().await?.set_setting(CURSOR_KEY, &last.max(cursor).to_string()).await?;
-    Ok(!page.done)
 }
 
 async fn handle_change(app: &App, change: &Change, group: Option<Id>) -> ApiResult<()> {

@@ -383,6 +383,16 @@ impl Db {
         Ok(StatusCounts(rows))
     }
 
+    /// Rows of patients, studies and instances (three counts in one statement). A full
+    /// count: callers cache it (`/api/metrics` at most once a minute).
+    pub async fn registry_sizes(&mut self) -> StoreResult<(i64, i64, i64)> {
+        Ok(on_db!(self, |c| sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM patients), (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM instances)"
+        )
+        .fetch_one(c)
+        .await)?)
+    }
+
     /// Patients still in a group (group deletion refuses while there are some).
     pub async fn count_group_patients(&mut self, group_id: Id) -> StoreResult<i64> {
         Ok(on_db!(self, |c| sqlx::query_scalar("SELECT COUNT(*) FROM patients WHERE group_id = $1").bind(group_id).fetch_one(c).await)?)

@@ -8,7 +8,7 @@ import { setQuery, reportError, describeError } from '../app.js';
 
 const PAGE_SIZE = 50;
 const ACTIONS = ['LOGIN', 'LOGIN_FAILED', 'LOGOUT', 'REFRESH', 'REFRESH_REUSE', 'CREATE', 'UPDATE', 'DELETE', 'IMPORT', 'EXPORT',
-  'PASSWORD_CHANGE', 'SESSION_REVOKE', 'ACCESS_DENIED', 'TOKEN_CREATE', 'TOKEN_REVOKE'];
+  'PASSWORD_CHANGE', 'SESSION_REVOKE', 'ACCESS_DENIED', 'TOKEN_CREATE', 'TOKEN_REVOKE', 'REGISTRATION_FAILED'];
 export async function render(main, _params, query) {
   const f = { action: query.get('action') || '', user_id: query.get('user_id') || '', from: query.get('from') || '', to: query.get('to') || '' };
   let page = Math.max(1, parseInt(query.get('page') || '1', 10) || 1);
