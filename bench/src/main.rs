@@ -7,6 +7,8 @@
 //! search figures. Load comes from `wrk`, single transfers from `curl`; memory is the
 //! serving process's resident set, sampled every 20 ms.
 
+mod population;
+mod registry;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -15,13 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cohort_core::domain::PatientStatus;
-use cohort_core::store::patients::NewPatient;
-use cohort_core::store::Store;
 use cohort_e2e::deploy::Sidecar;
 use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
 use cohort_e2e::orthanc::{Orthanc, OrthancOptions};
-use cohort_e2e::{Backend, Client, Deployment, Host, TestDatabase, ADMIN_EMAIL, ADMIN_PASSWORD};
+use cohort_e2e::{Backend, Client, Deployment, Host, ADMIN_EMAIL, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 use tools::{curl, rss_mib, Load, RssSampler, Wrk, WRK_SCRIPT};
 
@@ -42,11 +41,18 @@ const FULL: Sizes = Sizes {
     image_side: 512,
     seconds: 10,
     import_instances: 500,
-    registry: 100_000,
+    registry: 1_000_000,
     big_instances: 1000,
 };
-const QUICK: Sizes =
-    Sizes { patients: 4, instances_per_series: 10, image_side: 128, seconds: 3, import_instances: 100, registry: 5_000, big_instances: 40 };
+const QUICK: Sizes = Sizes {
+    patients: 4,
+    instances_per_series: 10,
+    image_side: 128,
+    seconds: 3,
+    import_instances: 100,
+    registry: 20_000,
+    big_instances: 40,
+};
 
 /// Something serving HTTP that we measure.
 struct Target {
@@ -62,13 +68,34 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let sizes = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };
     let skip_big = args.iter().any(|a| a == "--skip-big");
-    let out_dir = args.windows(2).find(|w| w[0] == "--out").map(|w| PathBuf::from(&w[1])).unwrap_or_else(|| PathBuf::from("bench-out"));
+    let value = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
+    let out_dir = value("--out").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bench-out"));
+    let registry_size = value("--registry").map(|v| v.parse::<u32>()).transpose().context("--registry N")?.unwrap_or(sizes.registry);
+    let seconds = value("--seconds").map(|v| v.parse::<u32>()).transpose().context("--seconds N")?.unwrap_or(sizes.seconds);
     std::fs::create_dir_all(&out_dir)?;
     // Orthanc's --verbose logging would cost the plugin on every request.
     std::env::set_var("COHORT_TEST_ORTHANC_QUIET", "1");
     let work = tempfile::tempdir()?;
     let script = work.path().join("bench.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
+    if let Some(url) = value("--build-registry") {
+        // Only build: migrate the database at `url` and fill it with `--registry` patients.
+        let store = cohort_core::store::Store::connect(&url).await?;
+        store.migrate().await?;
+        store.close().await;
+        let built = population::build(&url, registry_size).await?;
+        eprintln!("==> {registry_size} patients in {:.0} s", built.seconds);
+        return Ok(());
+    }
+    if value("--only").as_deref() == Some("registry") {
+        let mut md = Report::header();
+        md.push_str(&registry::run(registry_size, seconds, &script, work.path()).await?);
+        let file = out_dir.join("registry.md");
+        std::fs::write(&file, &md)?;
+        println!("{md}");
+        eprintln!("==> written to {}", file.display());
+        return Ok(());
+    }
 
     eprintln!("==> starting the contenders");
     let cost = [("BcryptCost".to_string(), json!(12)), ("MaxExportBytes".to_string(), json!(u64::from(u32::MAX)))];
@@ -76,9 +103,6 @@ async fn main() -> anyhow::Result<()> {
     let native = Orthanc::start(OrthancOptions::default()).await;
     let plugin = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings.clone()).await;
     let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings.clone()).await;
-    let pg = TestDatabase::create(Backend::Postgres).await;
-    let env: BTreeMap<String, String> = [("COHORT_BCRYPT_COST".to_string(), "12".to_string())].into_iter().collect();
-    let sidecar_pg = Sidecar::start(&pg.url, &sidecar.orthanc.url(), &env).await;
 
     let native_t = Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() };
     let plugin_t =
@@ -88,12 +112,6 @@ async fn main() -> anyhow::Result<()> {
         url: sidecar.url.clone(),
         headers: vec![bearer(&sidecar.url).await?],
         pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-    };
-    let sidecar_pg_t = Target {
-        name: "Cohort sidecar (PostgreSQL)",
-        url: sidecar_pg.url.clone(),
-        headers: vec![bearer(&sidecar_pg.url).await?],
-        pid: sidecar_pg.pid(),
     };
 
     let mut report = Report::new(&native_t, &sizes).await?;
@@ -200,28 +218,7 @@ async fn main() -> anyhow::Result<()> {
     }
     report.deidentified_export(&deidentified);
 
-    eprintln!("==> search on {} patients", sizes.registry);
-    for (t, url) in [(&plugin_t, &plugin.db.url), (&sidecar_t, &sidecar.db.url), (&sidecar_pg_t, &pg.url)] {
-        seed_registry(url, sizes.registry).await?;
-        let _ = t;
-    }
-    let search_file = work.path().join("search.txt");
-    let encode = |q: &str| {
-        q.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect::<String>()
-    };
-    std::fs::write(
-        &search_file,
-        SEARCHES.iter().map(|q| format!("/api/patients?q={}&page_size=50", encode(q))).collect::<Vec<_>>().join("\n"),
-    )?;
-    let mut search = Vec::new();
-    for t in [&plugin_t, &sidecar_t, &sidecar_pg_t] {
-        let one = load(t, &script, &search_file, 1, sizes.seconds, None)?;
-        let many = load(t, &script, &search_file, 32, sizes.seconds, None)?;
-        search.push((t.name, one, many));
-    }
-    report.search(sizes.registry, &search);
+    report.md.push_str(&registry::run(registry_size, seconds, &script, work.path()).await?);
 
     eprintln!("==> login latency and a login storm");
     let me_file = work.path().join("me.txt");
@@ -275,14 +272,14 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&file, &md)?;
     println!("{md}");
     eprintln!("==> written to {}", file.display());
-    drop((plugin, sidecar, sidecar_pg, native, pg));
+    drop((plugin, sidecar, native));
     Ok(())
 }
 
-/// What people type: a family name (any case, with or without accents), part of one, or
-/// an IPP (whole or its first digits).
-const SEARCHES: &[&str] =
-    &["bernard", "CHERENEAU", "lefvèd", "mochat", "vilmit", "SEED-004217", "seed-0999", "Faroeau", "laubois", "LEVED"];
+/// Percent-encodes a query value (UTF-8 bytes outside `[A-Za-z0-9-]`).
+fn encode(q: &str) -> String {
+    q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
 
 async fn bearer(url: &str) -> anyhow::Result<String> {
     let c = Client::new(url);
@@ -374,48 +371,20 @@ async fn delete_patient(t: &Target, external_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A synthetic but varied population: 600 family names built from syllables (some with
-/// accents) and 40 given names, so a search for a name finds tens of patients out of
-/// 100,000, as in a real registry, not thousands.
-fn family_name(i: u32) -> String {
-    const HEAD: &[&str] = &[
-        "Ber", "Mar", "Du", "Lef", "Mo", "Rou", "Gar", "Fon", "Gi", "Lau", "Bon", "Mer", "Blan", "Ché", "Vil", "Ro", "Fa", "Lé", "Co", "Ta",
-    ];
-    const MID: &[&str] = &["nar", "tin", "bois", "ren", "cha", "vè", "lan", "ro", "mi", "quet"];
-    const TAIL: &[&str] = &["d", "t", "eau"];
-    let i = i as usize;
-    format!("{}{}{}", HEAD[i % HEAD.len()], MID[(i / HEAD.len()) % MID.len()], TAIL[(i / (HEAD.len() * MID.len())) % TAIL.len()])
-}
-
-const GIVEN: &[&str] = &[
-    "Éloïse", "Marc", "Nicolas", "Camille", "Léa", "Hugo", "Chloé", "Louis", "Manon", "Jules", "Inès", "Théo", "Zoé", "Lucas", "Emma",
-    "Gabriel", "Jade", "Raphaël", "Louise", "Arthur", "Alice", "Adam", "Lina", "Paul", "Rose", "Nathan", "Anna", "Tom", "Mila", "Noah",
-    "Julia", "Ethan", "Lou", "Sacha", "Agathe", "Victor", "Margaux", "Maël", "Élise", "Côme",
-];
-
-/// Fills a registry with `n` patients, in big transactions.
-async fn seed_registry(url: &str, n: u32) -> anyhow::Result<()> {
-    let store = Store::connect(url).await?;
-    let mut i = 0u32;
-    while i < n {
-        let mut tx = store.begin().await?;
-        for _ in 0..5000.min(n - i) {
-            i += 1;
-            let p = NewPatient {
-                external_id: format!("SEED-{i:06}"),
-                orthanc_patient_id: None,
-                status: PatientStatus::ALL[(i % 4) as usize],
-                first_name: Some(GIVEN[(i as usize * 7) % GIVEN.len()].to_string()),
-                last_name: Some(family_name(i.wrapping_mul(2_654_435_761) % 600)),
-                date_of_birth: None,
-                group_id: None,
-            };
-            tx.insert_patient(&p).await?;
-        }
-        tx.commit().await?;
-    }
-    store.close().await;
-    Ok(())
+/// When and where: the machine, and its load average when the run started (other work
+/// on the machine shows there).
+fn machine() -> String {
+    let cpu = command("sh", &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -n1"]);
+    let mem = command("sh", &["-c", "awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo"]);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "Run on {} by `scripts/bench` (release build). Machine: {cpu}, {} cores, {mem}, Linux {}; load average {} at the start; {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        command("nproc", &[]),
+        command("uname", &["-r"]),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        command("rustc", &["--version"])
+    )
 }
 
 /// The Markdown report.
@@ -443,19 +412,10 @@ fn command(cmd: &str, args: &[&str]) -> String {
 
 impl Report {
     async fn new(native: &Target, sizes: &Sizes) -> anyhow::Result<Self> {
-        let cpu = command("sh", &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -n1"]);
-        let mem = command("sh", &["-c", "awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo"]);
         let orthanc = authed(native).get("/system").await.expect_status(200)["Version"].as_str().unwrap_or("?").to_string();
         let mut md = String::new();
         let _ = writeln!(md, "# Benchmarks\n");
-        let _ = writeln!(
-            md,
-            "Run on {} by `scripts/bench` (release build). Machine: {cpu}, {} cores, {mem}, Linux {}; Orthanc {orthanc}; {}.\n",
-            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-            command("nproc", &[]),
-            command("uname", &["-r"]),
-            command("rustc", &["--version"])
-        );
+        let _ = writeln!(md, "{}; Orthanc {orthanc}.\n", machine());
         let _ = writeln!(
             md,
             "Contenders run on the same machine as the load generator (`wrk`, `curl`), one after the other. \
@@ -467,6 +427,11 @@ impl Report {
             sizes.patients
         );
         Ok(Report { md })
+    }
+
+    /// The header of a registry-only run (`--only registry`).
+    fn header() -> String {
+        format!("# Benchmarks: the registry at scale\n\n{}.\n\n", machine())
     }
 
     fn image(&mut self, connections: u32, row: &[Load]) {
@@ -533,19 +498,6 @@ impl Report {
                 "| {name} | {:.1} | {identified:.0} | {mbps:.0} | {} | {peak:.0} |",
                 t.bytes as f64 / 1e6,
                 ratio(mbps, *identified)
-            );
-        }
-        self.md.push('\n');
-    }
-
-    fn search(&mut self, n: u32, rows: &[(&str, Load, Load)]) {
-        let _ = writeln!(self.md, "## Patient search on {n} patients\n\nAuthenticated `GET /api/patients?q=…&page_size=50` (with the total count), `q` rotating over {} searches as people type them: family names in any case with or without accents, a name prefix, IPPs whole or in part ({}). The registry has 600 family names and 40 given names, so each search matches 1 to 500 patients. Target: p99 < 20 ms at 32 clients.\n", SEARCHES.len(), SEARCHES.iter().map(|q| format!("`{q}`")).collect::<Vec<_>>().join(", "));
-        let _ = writeln!(self.md, "| contender | 1 client req/s | 1 client p99 ms | 32 clients req/s | 32 clients p50 ms | 32 clients p99 ms |\n|---|---|---|---|---|---|");
-        for (name, one, many) in rows {
-            let _ = writeln!(
-                self.md,
-                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
-                one.rps, one.p99_ms, many.rps, many.p50_ms, many.p99_ms
             );
         }
         self.md.push('\n');

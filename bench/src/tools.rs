@@ -104,6 +104,23 @@ request = function()
 end
 "#;
 
+/// Lua for wrk: `POST /api/patients` with a new external id each time (`$BENCH_PREFIX`,
+/// the thread's number and a counter).
+pub const CREATE_SCRIPT: &str = r#"
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local n = 0
+local prefix = os.getenv("BENCH_PREFIX")
+request = function()
+  n = n + 1
+  local body = string.format('{"external_id":"%s%d-%d","last_name":"Créé-Par-Api","first_name":"Élodie","status":"to_interpret"}', prefix, tid, n)
+  return wrk.format("POST", "/api/patients", {["Content-Type"] = "application/json"}, body)
+end
+"#;
+
 /// A transfer measured with curl.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Transfer {

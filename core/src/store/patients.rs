@@ -241,6 +241,37 @@ impl Db {
         Ok(row)
     }
 
+    /// Inserts many patients as given (ids are the database's; timestamps and
+    /// `dicom_study_uid` are kept), with the same derived columns as [`Db::insert_patient`]:
+    /// one multi-row `INSERT` per 500 rows. For bulk loads (the bench's registry builder);
+    /// the API creates patients one at a time.
+    pub async fn insert_patient_rows(&mut self, rows: &[PatientRow]) -> StoreResult<u64> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(500) {
+            inserted += on_db!(self, |c| {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO patients (external_id, orthanc_patient_id, dicom_study_uid, status, first_name, last_name, \
+                     date_of_birth, group_id, search_text, created_at, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, row| {
+                    b.push_bind(&row.external_id)
+                        .push_bind(&row.orthanc_patient_id)
+                        .push_bind(&row.dicom_study_uid)
+                        .push_bind(row.status.as_str())
+                        .push_bind(&row.first_name)
+                        .push_bind(&row.last_name)
+                        .push_bind(row.date_of_birth)
+                        .push_bind(row.group_id)
+                        .push_bind(row.search_text())
+                        .push_bind(row.created_at)
+                        .push_bind(row.updated_at);
+                });
+                q.build().execute(c).await.map(|r| r.rows_affected())
+            })?;
+        }
+        Ok(inserted)
+    }
+
     /// Writes every mutable field of `row` back and stamps `updated_at`.
     pub async fn save_patient(&mut self, row: &mut PatientRow) -> StoreResult<()> {
         row.updated_at = super::now();

@@ -1,0 +1,230 @@
+//! The registry at scale: lists and searches on a registry of (by default) 1,000,000
+//! patients, on both hosts and both databases, 32 clients; creation through the API on
+//! that registry; its size on disk per patient.
+//!
+//! Two plugin deployments (SQLite, PostgreSQL) get the same registry from
+//! [`population::build`]; a sidecar is then started on each of their databases, beside
+//! the same Orthanc, so the four contenders serve the same rows.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use cohort_core::store::Store;
+use cohort_e2e::deploy::Sidecar;
+use cohort_e2e::{Backend, Client, Deployment, Host};
+use serde_json::{json, Value};
+
+use crate::population::{self, Built};
+use crate::tools::{Load, CREATE_SCRIPT};
+use crate::{bearer, encode, load, Target};
+
+const SCOPED_EMAIL: &str = "scoped@bench.test";
+const SCOPED_PASSWORD: &str = "scoped-user-password";
+const PAGE_SIZE: u32 = 50;
+
+/// One request the bench repeats, and who sends it.
+struct Case {
+    label: String,
+    path: String,
+    scoped: bool,
+}
+
+/// One database with its two hosts.
+struct Contender {
+    name: &'static str,
+    admin: Target,
+    scoped: Target,
+}
+
+pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> anyhow::Result<String> {
+    // Tokens must outlive the run; the plugin and the sidecar share each database.
+    let settings: BTreeMap<String, Value> = [("AccessTokenMinutes".to_string(), json!(600))].into_iter().collect();
+    let env: BTreeMap<String, String> = [("COHORT_ACCESS_TOKEN_MINUTES".to_string(), "600".to_string())].into_iter().collect();
+    let on_sqlite = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings.clone()).await;
+    let on_pg = Deployment::start_with(Host::Plugin, Backend::Postgres, settings.clone()).await;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "## The registry at {patients} patients\n");
+    let mut builds = Vec::new();
+    for (name, d) in [("SQLite", &on_sqlite), ("PostgreSQL", &on_pg)] {
+        eprintln!("==> building a {patients}-patient registry on {name}");
+        let built = population::build(&d.db.url, patients).await?;
+        let store = Store::connect(&d.db.url).await?;
+        let bytes = store.size_bytes().await?;
+        store.close().await;
+        eprintln!(
+            "    {:.0} s, {:.0} patients/s, {:.0} bytes per patient",
+            built.seconds,
+            f64::from(patients) / built.seconds,
+            bytes as f64 / f64::from(patients)
+        );
+        builds.push((name, built.seconds, bytes));
+        scoped_user(d, &built).await?;
+    }
+    let _ = writeln!(
+        md,
+        "Built by `population::build` (bulk `INSERT`s through the core's store, 10,000 rows per transaction, every index, trigger and derived column in place), then served as is. Size on disk is the whole database (SQLite: its pages after the build; PostgreSQL: `pg_database_size`) over the patient count.\n"
+    );
+    let _ = writeln!(md, "| database | build s | patients/s | bytes per patient |\n|---|---|---|---|");
+    for (name, secs, bytes) in &builds {
+        let _ = writeln!(md, "| {name} | {secs:.0} | {:.0} | {:.0} |", f64::from(patients) / secs, *bytes as f64 / f64::from(patients));
+    }
+    md.push('\n');
+
+    let sidecar_sqlite = Sidecar::start(&on_sqlite.db.url, &on_sqlite.orthanc.url(), &env).await;
+    let sidecar_pg = Sidecar::start(&on_pg.db.url, &on_pg.orthanc.url(), &env).await;
+    let contenders = vec![
+        contender("plugin, SQLite", &on_sqlite.url, on_sqlite.orthanc.pid()).await?,
+        contender("sidecar, SQLite", &sidecar_sqlite.url, sidecar_sqlite.pid()).await?,
+        contender("plugin, PostgreSQL", &on_pg.url, on_pg.orthanc.pid()).await?,
+        contender("sidecar, PostgreSQL", &sidecar_pg.url, sidecar_pg.pid()).await?,
+    ];
+
+    let cases = cases(&contenders[0], patients).await?;
+    eprintln!("==> lists and searches, 32 clients, {seconds} s each");
+    let mut rows: Vec<(String, i64, Vec<Load>)> = Vec::new();
+    for case in &cases {
+        let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, &case.path).await?;
+        eprintln!("  {} ({} matches): {}", case.label, matches, case.path);
+        let mut loads = Vec::new();
+        for c in &contenders {
+            let t = if case.scoped { &c.scoped } else { &c.admin };
+            let expected = total_of(t, &case.path).await?;
+            if expected != matches {
+                bail!("{} counts {expected} for {}, {} counts {matches}", c.name, case.path, contenders[0].name);
+            }
+            let file = work.join(format!("case-{}.txt", rand::random::<u32>()));
+            std::fs::write(&file, &case.path)?;
+            loads.push(load(t, script, &file, 32, seconds, None)?);
+        }
+        rows.push((case.label.clone(), matches, loads));
+    }
+    let _ = writeln!(
+        md,
+        "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell; admin unless the case says otherwise. Each cell: req/s, and p99 in ms. Target: ≥ 1,000 req/s and p99 < 20 ms.\n"
+    );
+    let _ = write!(md, "| case | matches |");
+    for c in &contenders {
+        let _ = write!(md, " {} |", c.name);
+    }
+    let _ = writeln!(md, "\n|---|---|{}", "---|".repeat(contenders.len()));
+    for (label, matches, loads) in &rows {
+        let _ = write!(md, "| {label} | {matches} |");
+        for l in loads {
+            let flag = if l.rps >= 1000.0 && l.p99_ms < 20.0 { "" } else { " ✗" };
+            let errors = if l.errors > 0 { format!(", {} errors", l.errors) } else { String::new() };
+            let _ = write!(md, " {:.0} / {:.1}{flag}{errors} |", l.rps, l.p99_ms);
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+
+    eprintln!("==> creating patients through the API on the full registry");
+    let mut created = Vec::new();
+    for c in &contenders {
+        let started = Instant::now();
+        let env = vec![("BENCH_PREFIX".to_string(), format!("API-{}-", rand::random::<u32>()))];
+        let l = crate::tools::Wrk {
+            url: &c.admin.url,
+            connections: 32,
+            seconds,
+            script: &write_script(work, CREATE_SCRIPT)?,
+            headers: c.admin.headers.clone(),
+            env,
+        }
+        .run()?;
+        eprintln!(
+            "    {:<22} {:>7.0} created/s  p99 {:>7.2} ms  errors {} ({:.0} s)",
+            c.name,
+            l.rps,
+            l.p99_ms,
+            l.errors,
+            started.elapsed().as_secs_f64()
+        );
+        created.push((c.name, l));
+    }
+    let _ = writeln!(
+        md,
+        "Creating patients through the API on that registry: `POST /api/patients` (a new IPP each time, with its audit row), 32 clients for {seconds} s. Target: > 500/s.\n"
+    );
+    let _ = writeln!(md, "| contender | created/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
+    for (name, l) in &created {
+        let _ = writeln!(md, "| {name} | {:.0} | {:.1} | {:.1} | {} |", l.rps, l.p50_ms, l.p99_ms, l.errors);
+    }
+    md.push('\n');
+    drop((sidecar_sqlite, sidecar_pg, on_sqlite, on_pg));
+    Ok(md)
+}
+
+fn write_script(work: &Path, text: &str) -> anyhow::Result<std::path::PathBuf> {
+    let file = work.join("create.lua");
+    std::fs::write(&file, text)?;
+    Ok(file)
+}
+
+/// A user of the 1% group, made through the API.
+async fn scoped_user(d: &Deployment, built: &Built) -> anyhow::Result<()> {
+    let admin = d.admin().await;
+    let group = built.groups.first().context("no group")?.0;
+    admin
+        .post("/api/users", &json!({"email": SCOPED_EMAIL, "password": SCOPED_PASSWORD, "role": "user", "group_id": group}))
+        .await
+        .expect_status(201);
+    Ok(())
+}
+
+async fn contender(name: &'static str, url: &str, pid: u32) -> anyhow::Result<Contender> {
+    let scoped = Client::new(url);
+    scoped.login(SCOPED_EMAIL, SCOPED_PASSWORD).await.expect_status(200);
+    let scoped_token = scoped.cookie("access_token").context("no access token")?;
+    Ok(Contender {
+        name,
+        admin: Target { name, url: url.to_string(), headers: vec![bearer(url).await?], pid },
+        scoped: Target { name, url: url.to_string(), headers: vec![format!("Authorization: Bearer {scoped_token}")], pid },
+    })
+}
+
+async fn total_of(t: &Target, path: &str) -> anyhow::Result<i64> {
+    let token = t.headers[0].trim_start_matches("Authorization: Bearer ");
+    let v = Client::new(&t.url).with_bearer(token).get(path).await.expect_status(200);
+    v["total"].as_i64().context("no total")
+}
+
+async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
+    let list = |query: &str| format!("/api/patients?{query}page_size={PAGE_SIZE}");
+    let admin = |label: &str, query: &str| Case { label: label.to_string(), path: list(query), scoped: false };
+    let rare = population::RARE_NAME;
+    let ipp = population::ipp_prefix(patients);
+    let mut cases = vec![
+        admin("no filter (default sort `-updated_at`)", ""),
+        admin(&format!("common name `{}`", population::COMMON_NAME), &format!("q={}&", population::COMMON_NAME)),
+        admin(&format!("rare name `{rare}`"), &format!("q={}&", encode(rare))),
+        admin(&format!("IPP prefix `{ipp}`"), &format!("q={ipp}&")),
+        admin("status `to_interpret`", "status=to_interpret&"),
+    ];
+    for field in ["created_at", "updated_at", "last_name", "external_id", "status"] {
+        for sort in [field.to_string(), format!("-{field}")] {
+            cases.push(admin(&format!("sort `{sort}`"), &format!("sort={sort}&")));
+        }
+    }
+    let total = total_of(&first.admin, &list("")).await?;
+    let last = (total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    cases.push(admin(&format!("last page (page {last})"), &format!("page={last}&")));
+    let common = list(&format!("q={}&", population::COMMON_NAME));
+    let matches = total_of(&first.admin, &common).await?;
+    let last = (matches + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    cases.push(admin(
+        &format!("last page of `{}` (page {last})", population::COMMON_NAME),
+        &format!("q={}&page={last}&", population::COMMON_NAME),
+    ));
+    cases.push(Case { label: "user of the 1% group, no filter".into(), path: list(""), scoped: true });
+    cases.push(Case {
+        label: format!("user of the 1% group, `{}`", population::COMMON_NAME),
+        path: list(&format!("q={}&", population::COMMON_NAME)),
+        scoped: true,
+    });
+    Ok(cases)
+}
