@@ -147,6 +147,32 @@ async fn tar_archives(d: Deployment) {
     let r = import(&admin, "application/octet-stream", std::fs::read(&plain).expect("read")).await.expect_status(200);
     assert_eq!(r["instances"]["already_stored"], 3, "{r}");
 
+    // A CD's tree as a research cluster hands it back, made by GNU tar and gzip: the
+    // DICOMDIR (dcmtk's dcmmkdir) and a PDF are skipped, each with its reason in words.
+    let cd_study = dicom::study(&StudySpec::new("IPP-GNUTAR").studies(1).series(2).instances(2).seed(150));
+    let cd = dir.path().join("cd");
+    for (i, file) in cd_study.paths().iter().enumerate() {
+        let series = cd.join("DICOM").join("ST000000").join(format!("SE{:06}", i / 2));
+        std::fs::create_dir_all(&series).expect("mkdir");
+        std::fs::copy(file, series.join(format!("IM{i:06}"))).expect("copy");
+    }
+    let made = Command::new("dcmmkdir").current_dir(&cd).args(["--recurse", "DICOM"]).output().expect("dcmmkdir");
+    assert!(made.status.success(), "dcmmkdir: {}", String::from_utf8_lossy(&made.stderr));
+    std::fs::write(cd.join("report.pdf"), b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n").expect("write");
+    let tgz = dir.path().join("cd.tgz");
+    let made = Command::new("tar").current_dir(dir.path()).args(["--sort=name", "-czf"]).arg(&tgz).arg("cd").output().expect("tar");
+    assert!(made.status.success(), "tar: {}", String::from_utf8_lossy(&made.stderr));
+    let r = import(&admin, "application/gzip", std::fs::read(&tgz).expect("read")).await.expect_status(200);
+    assert_eq!(r["instances"], json!({"received": 4, "stored": 4, "already_stored": 0, "failed": 0}), "{r}");
+    assert_eq!(
+        r["errors"],
+        json!([
+            {"file": "cd/DICOMDIR", "error": "skipped: DICOMDIR index (the images are imported on their own)"},
+            {"file": "cd/report.pdf", "error": "skipped: not DICOM: PDF document"},
+        ]),
+        "{r}"
+    );
+
     // Links and hostile names are skipped, each with its reason; the rest is imported.
     let hostile = dicom::study(&StudySpec::new("IPP-HOSTILE").studies(1).series(1).instances(3).seed(145));
     let p = hostile.paths();
