@@ -57,6 +57,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `/api/metrics` counts the registry's rows at most once per this many seconds.
     pub registry_count_seconds: u32,
+    /// Sidecar: on SIGTERM, how long requests in flight may take to finish before the
+    /// long ones (imports) are cut, recording how far they got.
+    pub shutdown_drain_seconds: u32,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
             registry_count_seconds: 60,
+            shutdown_drain_seconds: 30,
         }
     }
 }
@@ -167,6 +171,7 @@ const KEYS: &[Key] = &[
     key!("OrthancPassword", "COHORT_ORTHANC_PASSWORD", |c, r| c.orthanc_password = non_empty(r)?),
     key!("ProtectOrthancApi", "COHORT_PROTECT_ORTHANC_API", |c, r| c.protect_orthanc_api = boolean(r)?),
     key!("LogFormat", "COHORT_LOG_FORMAT", |c, r| c.log_format = log_format(r)?),
+    key!("ShutdownDrainSeconds", "COHORT_SHUTDOWN_DRAIN_SECONDS", |c, r| c.shutdown_drain_seconds = int(r, 0, 3600)? as u32),
     key!("RegistryCountSeconds", "COHORT_REGISTRY_COUNT_SECONDS", |c, r| c.registry_count_seconds = int(r, 1, 86_400)? as u32),
 ];
 
@@ -407,6 +412,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(c.orthanc_url, "http://127.0.0.1:8042");
         assert!(c.protect_orthanc_api);
+        assert_eq!(c.shutdown_drain_seconds, 30, "the drain deadline defaults to 30 s");
+        assert_eq!(c.registry_count_seconds, 60);
     }
 
     #[test]

@@ -279,6 +279,9 @@ fn on_change(event: ChangeEvent) {
         ChangeType::OrthancStopped => {
             // Orthanc still has its database now, not for long: no call may reach it any more.
             crate::transport::orthanc_stopping();
+            // Imports still running stop where they are and record how far they got
+            // (`shutting_down`) rather than failing on the next call to Orthanc.
+            cohort.app.abort.fire();
             if let Some(follower) = FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 follower.abort();
             }

@@ -166,15 +166,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let app = App::start(config.clone(), Some(orthanc_pacs(&config)?), Host::Sidecar).await?;
     // DICOM that reaches Orthanc without Cohort is registered from Orthanc's change log.
-    tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
+    let follower = tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
     let router = cohort_core::api::router(app.clone());
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
     let limits = serve::Limits::new(std::time::Duration::from_secs(u64::from(config.request_timeout_seconds)));
-    serve::serve(listener, router, limits, shutdown_signal()).await;
+    let drain = std::time::Duration::from_secs(u64::from(config.shutdown_drain_seconds));
+    serve::serve(listener, router, limits, shutdown_signal(), drain, || app.abort.fire()).await;
+    // The follower's work is one transaction per change: stopping it between two awaits
+    // rolls back at most the change in hand, which the cursor still points at.
+    follower.abort();
+    app.abort.fire();
     tracing::info!("shutting down");
-    app.store.close().await;
+    // Connections dropped after the grace period may still hold database connections:
+    // do not wait for them for ever.
+    if tokio::time::timeout(serve::ABORT_GRACE, app.store.close()).await.is_err() {
+        tracing::warn!("the database pool did not close in time");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -10,6 +10,12 @@
 //! - A request must have its answer within `RequestTimeoutSeconds` (408), except
 //!   imports, whose length is bounded by `MaxUploadBytes` and the minimum rate instead.
 //!   Streamed answers (exports, images) only need to *start* within it.
+//!
+//! Stopping ([`serve`]'s `shutdown`): the listener is closed at once (new connections are
+//! refused), every connection is asked to finish its request in flight and close, and
+//! they get `ShutdownDrainSeconds` to do so. Then the `abort` callback runs (the core
+//! cuts its imports, recording how far they got) and the connections get
+//! [`ABORT_GRACE`] more before the process ends whatever is left.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,6 +45,10 @@ pub const MAX_BODY_IDLE: Duration = Duration::from_secs(10);
 /// it, once that time passes [`MAX_BODY_IDLE`].
 pub const MIN_BODY_BYTES_PER_SECOND: u64 = 1024;
 
+/// After the drain deadline, how long the requests still in flight get to wind down
+/// once told to stop (an import records how far it got) before they are dropped.
+pub const ABORT_GRACE: Duration = Duration::from_secs(5);
+
 /// The limits of one server.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -52,9 +62,21 @@ impl Limits {
     }
 }
 
-/// Accepts connections until `shutdown` resolves, serving each with `router`.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+/// Accepts connections until `shutdown` resolves, serving each with `router`; then
+/// drains them (see the module's documentation): at most `drain`, then `abort()`, then
+/// at most [`ABORT_GRACE`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    abort: impl FnOnce(),
+) {
     let mut shutdown = std::pin::pin!(shutdown);
+    // Each connection holds a receiver: `stop` tells them to finish, and `stop.closed()`
+    // resolves when the last one is gone.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -66,18 +88,47 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Li
                     continue;
                 }
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
         // Answers go out in several writes (headers, streamed bodies): without
         // TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small answers.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
-        tokio::spawn(serve_connection(tcp, peer, router.clone(), limits));
+        tokio::spawn(serve_connection(tcp, peer, router.clone(), limits, stopping.clone()));
+    }
+    drop(listener);
+    drop(stopping);
+    let in_flight = stop.receiver_count();
+    tracing::info!(connections = in_flight, drain_deadline_s = drain.as_secs(), "stopping: no new connections; draining");
+    stop.send_replace(true);
+    if tokio::time::timeout(drain, stop.closed()).await.is_ok() {
+        tracing::info!("drained: every connection finished");
+        return;
+    }
+    tracing::warn!(
+        connections = stop.receiver_count(),
+        "the drain deadline passed with requests in flight; cutting them (imports record how far they got)"
+    );
+    abort();
+    if tokio::time::timeout(ABORT_GRACE, stop.closed()).await.is_err() {
+        tracing::warn!(connections = stop.receiver_count(), "connections still open after the grace period are dropped");
     }
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, router: Router, limits: Limits) {
+/// Resolves once the server is stopping (or gone).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await: drop it here.
+    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let service = hyper::service::service_fn(move |req: axum::http::Request<Incoming>| {
         let router = router.clone();
         async move { Ok::<_, Infallible>(handle(router, req, peer, limits).await) }
@@ -89,7 +140,16 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, router: 
         // hyper refuses them itself before buffering more.
         .max_buf_size(2 * MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(tcp), service);
-    if let Err(e) = connection.await {
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = stopped(&mut stopping) => {
+            // Finish the request in flight (if any), then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }

@@ -507,9 +507,19 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
     let target = ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? };
     // The import runs to its end in its own task: a client that goes away stops the
     // reading, not the bookkeeping of what was already stored.
+    // A server that stops cuts it where it is (after its drain deadline): what was stored
+    // is registered and audited all the same, the row saying how far it got.
     let task = tokio::spawn(async move {
         let mut importer = Importer::new(&app, target)?;
-        match receive_upload(&app, &mut importer, &headers, body).await {
+        let received = tokio::select! {
+            received = receive_upload(&app, &mut importer, &headers, body) => received,
+            () = app.abort.fired() => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping: the import was cut short; what was stored is registered (see the audit trail)",
+            )),
+        };
+        match received {
             Ok(()) => importer.finish().await,
             Err(e) => Err(importer.abandon(e).await),
         }

@@ -214,18 +214,6 @@ struct Failing {
     attempts: u32,
 }
 
-/// Processes one page of changes; true when more are waiting. A change that fails
-/// makes this an error (the caller retries); see [`follow_changes`] for the loop that
-/// tells a failing change from a dependency that is down.
-pub async fn follow_once(app: &App) -> ApiResult<bool> {
-    let mut failing = Failing::default();
-    match follow_page(app, &mut failing).await? {
-        Page::More => Ok(true),
-        Page::Done => Ok(false),
-        Page::RetryChange(_) => Err(ApiError::unavailable("change_failed", "an Orthanc change could not be registered")),
-    }
-}
-
 /// Handles the changes after the cursor, in order, and moves the cursor past them. An
 /// error means a dependency is down (or the cursor could not be saved): nothing was
 /// skipped, and the cursor is after the last change handled.
