@@ -10,6 +10,7 @@ pub mod budget;
 pub mod config;
 pub mod console;
 pub mod deidentify;
+pub mod dicom_keys;
 pub mod domain;
 pub mod error;
 pub mod metrics;

@@ -194,6 +194,9 @@ pub trait Pacs: Send + Sync + 'static {
     async fn last_change_seq(&self) -> PacsResult<i64>;
     /// The Orthanc ids of every study Orthanc holds.
     async fn study_ids(&self) -> PacsResult<Vec<String>>;
+    /// The Orthanc ids of the studies with this StudyInstanceUID (one per patient that
+    /// has it; usually one or none).
+    async fn studies_with_uid(&self, study_instance_uid: &str) -> PacsResult<Vec<String>>;
 }
 
 /// How a host reaches Orthanc's REST API. Paths start with `/` (e.g. `/system`).
@@ -428,6 +431,19 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
 
     async fn study_ids(&self) -> PacsResult<Vec<String>> {
         self.get_json("/studies").await
+    }
+
+    async fn studies_with_uid(&self, study_instance_uid: &str) -> PacsResult<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Found {
+            #[serde(rename = "ID")]
+            id: String,
+            #[serde(rename = "Type")]
+            kind: String,
+        }
+        let answer = self.transport.post("/tools/lookup", Bytes::from(study_instance_uid.to_string())).await?;
+        let found: Vec<Found> = serde_json::from_slice(&answer).map_err(|e| PacsError::Protocol(format!("/tools/lookup: {e}")))?;
+        Ok(found.into_iter().filter(|f| f.kind == "Study").map(|f| f.id).collect())
     }
 
     async fn changes(&self, since: i64, limit: u32) -> PacsResult<ChangesPage> {

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use cohort_core::api::request_rules::MethodOverrideSeen;
 use cohort_core::auth::token_matches_hash;
 use cohort_core::pacs::OrthancPacs;
-use cohort_core::services::{auth, registry, ClientInfo, Via};
+use cohort_core::services::{auth, reconcile, registry, ClientInfo, Via};
 use cohort_core::{App, ClientAddr, Config, Host, SharedApp};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -46,6 +46,8 @@ struct Cohort {
 static COHORT: OnceLock<Cohort> = OnceLock::new();
 /// The change follower's task, stopped when Orthanc signals `OrthancStopped`.
 static FOLLOWER: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
+/// The task that completes imports interrupted by an earlier crash, stopped likewise.
+static RECONCILER: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
 /// The runtime itself, taken out and shut down by [`shutdown`].
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
@@ -275,6 +277,9 @@ fn on_change(event: ChangeEvent) {
         ChangeType::OrthancStarted => {
             let follower = cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone()));
             *FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
+            // On the runtime, never on this thread: it asks Orthanc and the database.
+            let reconciler = cohort.handle.spawn(reconcile::keep_reconciled(cohort.app.clone()));
+            *RECONCILER.lock().unwrap_or_else(|p| p.into_inner()) = Some(reconciler);
         }
         ChangeType::OrthancStopped => {
             // Orthanc still has its database now, not for long: no call may reach it any more.
@@ -284,6 +289,9 @@ fn on_change(event: ChangeEvent) {
             cohort.app.abort.fire();
             if let Some(follower) = FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 follower.abort();
+            }
+            if let Some(reconciler) = RECONCILER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                reconciler.abort();
             }
         }
         _ => cohort.wake.notify_one(),

@@ -13,10 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cohort_core::config::LogFormat;
 use cohort_core::domain::{Role, TokenScope};
 use cohort_core::pacs::{OrthancPacs, Pacs};
-use cohort_core::services::registry;
 use cohort_core::services::tokens::{self, TokenRequest};
 use cohort_core::services::users::NewUserInput;
 use cohort_core::services::Actor;
+use cohort_core::services::{reconcile, registry};
 use cohort_core::{App, Config, Host};
 use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
@@ -56,6 +56,11 @@ enum Command {
         #[arg(long, requires = "url")]
         token_file: Option<std::path::PathBuf>,
     },
+    /// Complete the imports that stopped before they finished (a process killed
+    /// mid-import): register what Orthanc holds of their studies under the importer's
+    /// group, audited as RECONCILE by the system. `cohort serve` does this by itself at
+    /// start-up and every minute; imports still running elsewhere are left alone.
+    Reconcile,
     /// Manage personal API tokens.
     Token {
         #[command(subcommand)]
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
             }
             Command::Import { path, url: Some(url), token_file: Some(token_file), .. } => import::run_remote(&url, &token_file, path).await,
             Command::Import { path, group, .. } => import::run(config, path, group).await,
+            Command::Reconcile => reconcile_now(config).await,
             Command::Token { command: TokenCommand::Create { email, scope, days, name } } => {
                 create_token(config, email, scope, days, name).await
             }
@@ -167,6 +173,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::start(config.clone(), Some(orthanc_pacs(&config)?), Host::Sidecar).await?;
     // DICOM that reaches Orthanc without Cohort is registered from Orthanc's change log.
     let follower = tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
+    // Imports that died with an earlier process are completed (see `cohort reconcile`).
+    let reconciler = tokio::spawn(reconcile::keep_reconciled(app.clone()));
     let router = cohort_core::api::router(app.clone());
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
@@ -175,8 +183,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let drain = std::time::Duration::from_secs(u64::from(config.shutdown_drain_seconds));
     serve::serve(listener, router, limits, shutdown_signal(), drain, || app.abort.fire()).await;
     // The follower's work is one transaction per change: stopping it between two awaits
-    // rolls back at most the change in hand, which the cursor still points at.
+    // rolls back at most the change in hand, which the cursor still points at. Likewise
+    // a reconciliation: its one transaction rolls back, and the next start does it again.
     follower.abort();
+    reconciler.abort();
     app.abort.fire();
     tracing::info!("shutting down");
     // Connections dropped after the grace period may still hold database connections:
@@ -211,6 +221,27 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+async fn reconcile_now(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config.clone(), Some(orthanc_pacs(&config)?), Host::Sidecar).await?;
+    let outcome = reconcile::reconcile_settled(&app).await.map_err(|e| anyhow::anyhow!("{}", e.message));
+    app.store.close().await;
+    let outcome = outcome?;
+    for done in &outcome.reconciled {
+        println!(
+            "import {} by {}: {} studies registered, {} refreshed, {} refused (another group's patient), {} never reached Orthanc; {} instances",
+            done.import_id,
+            done.importer.as_deref().unwrap_or("the system"),
+            done.registered,
+            done.refreshed,
+            done.refused,
+            done.not_in_orthanc,
+            done.instances
+        );
+    }
+    println!("{} interrupted imports reconciled, {} still running (left alone)", outcome.reconciled.len(), outcome.running);
+    Ok(())
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use zip::result::ZipError;
 use zip::ZipArchive;
 
+use super::reconcile::Journal;
 use super::{action, registry, Actor, Outcome};
 use crate::app::App;
 use crate::domain::Id;
@@ -125,12 +126,16 @@ pub struct Importer<'a> {
     studies: HashMap<String, StudyState>,
     patients: BTreeMap<Id, ImportedPatient>,
     progress: Option<Arc<dyn Progress>>,
+    /// Written before anything is stored, so that a process killed mid-import leaves
+    /// enough for reconciliation (`services::reconcile`).
+    journal: Arc<Journal>,
 }
 
 impl<'a> Importer<'a> {
     pub fn new(app: &'a App, target: ImportTarget) -> ApiResult<Self> {
         Ok(Importer {
             pacs: app.pacs()?.clone(),
+            journal: Journal::new(app.store.clone(), &target.actor, target.scope, target.new_patient_group),
             limits: ZipLimits::from_app(app),
             app,
             target,
@@ -185,6 +190,8 @@ impl<'a> Importer<'a> {
     pub async fn add_spooled_file(&mut self, name: &str, head: &[u8], file: std::fs::File) -> ApiResult<()> {
         match classify(name, head) {
             Kind::Dicom => {
+                let (head, file) = read_head(file).await?;
+                self.journal.before_store(&head).await?;
                 let sent = self.pacs.store_instance_file(file).await;
                 self.record(name, sent).await
             }
@@ -198,6 +205,7 @@ impl<'a> Importer<'a> {
 
     /// Sends one DICOM instance to Orthanc and claims its study for the registry.
     async fn store(&mut self, name: &str, bytes: Bytes) -> ApiResult<()> {
+        self.journal.before_store(&bytes).await?;
         let sent = self.pacs.store_instance(bytes).await;
         self.record(name, sent).await
     }
@@ -273,8 +281,10 @@ impl<'a> Importer<'a> {
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
         // A few instances travel to Orthanc at once (it stores them in parallel); results
         // are recorded in entry order.
-        let pacs = self.pacs.clone();
-        let mut sends = Box::pin(Entries(rx).map(move |entry| send_entry(pacs.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY));
+        let (pacs, journal) = (self.pacs.clone(), self.journal.clone());
+        let mut sends = Box::pin(
+            Entries(rx).map(move |entry| send_entry(pacs.clone(), journal.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY),
+        );
         let mut result = Ok(());
         while let Some(item) = sends.next().await {
             let step = match item {
@@ -307,6 +317,13 @@ impl<'a> Importer<'a> {
     /// row saying how far it got; then the error stands.
     pub async fn abandon(self, error: ApiError) -> ApiError {
         if self.report.instances.received == 0 {
+            // Nothing reached Orthanc: the journal, if any, has nothing to reconcile.
+            if let Some(id) = self.journal.opened() {
+                let closed = async { self.app.store.conn().await?.close_import_journal(id).await };
+                if let Err(e) = closed.await {
+                    tracing::warn!(import = id, error = %e, "could not close an import's journal; reconciliation will");
+                }
+            }
             return error;
         }
         if let Err(e) = self.finish_with(Some(&error)).await {
@@ -348,6 +365,10 @@ impl<'a> Importer<'a> {
             })))
             .await?;
         }
+        // The import is complete and audited: nothing left for reconciliation.
+        if let Some(id) = self.journal.opened() {
+            tx.close_import_journal(id).await?;
+        }
         tx.commit().await?;
         Ok(self.report)
     }
@@ -368,16 +389,41 @@ impl futures_util::Stream for Entries {
 type Sent = (String, Result<Result<StoredInstance, PacsError>, String>);
 
 /// Sends one archive entry to Orthanc (boxed: a concrete `Send` future for the stream).
-fn send_entry(pacs: Arc<dyn Pacs>, prefix: String, entry: ApiResult<Entry>) -> futures_util::future::BoxFuture<'static, ApiResult<Sent>> {
+fn send_entry(
+    pacs: Arc<dyn Pacs>,
+    journal: Arc<Journal>,
+    prefix: String,
+    entry: ApiResult<Entry>,
+) -> futures_util::future::BoxFuture<'static, ApiResult<Sent>> {
     async move {
         let entry = entry?;
         let path = format!("{prefix}{}", entry.name);
         Ok(match entry.content {
-            EntryContent::Dicom(bytes) => (path, Ok(pacs.store_instance(bytes).await)),
+            EntryContent::Dicom(bytes) => {
+                journal.before_store(&bytes).await?;
+                (path, Ok(pacs.store_instance(bytes).await))
+            }
             EntryContent::Skipped(why) => (path, Err(why)),
         })
     }
     .boxed()
+}
+
+/// How much of a spooled DICOM file is read for its study's keys (they come early).
+const KEYS_HEAD: u64 = 1 << 20;
+
+/// The first bytes of a spooled file (for its study's keys), and the file rewound.
+async fn read_head(file: std::fs::File) -> ApiResult<(Vec<u8>, std::fs::File)> {
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut head = Vec::new();
+        (&mut file).take(KEYS_HEAD).read_to_end(&mut head)?;
+        file.rewind()?;
+        Ok::<_, std::io::Error>((head, file))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
 }
 
 /// Orthanc's JSON error answers carry a `Message`; show that rather than the whole JSON.

@@ -11,6 +11,7 @@ pub mod images;
 pub mod import;
 pub mod patients;
 pub mod pseudonyms;
+pub mod reconcile;
 pub mod registry;
 pub mod stats;
 pub mod tokens;
@@ -163,4 +164,7 @@ pub mod action {
     pub const TOKEN_REVOKE: &str = "TOKEN_REVOKE";
     /// An Orthanc change the follower gave up on (`services::registry`).
     pub const REGISTRATION_FAILED: &str = "REGISTRATION_FAILED";
+    /// An import that died before it finished, completed by reconciliation (by the
+    /// system, naming the import and its importer).
+    pub const RECONCILE: &str = "RECONCILE";
 }

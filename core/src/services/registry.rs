@@ -461,10 +461,13 @@ async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>) -> ApiRe
         Err(e) => return Err(e.into()),
     };
     let mut tx = app.store.begin().await?;
+    // A study an unfinished import named gets the importer's group (see `reconcile`).
+    let (group, import) = super::reconcile::journal_group(&mut tx, &info, group).await?;
     let synced = apply_study(&mut tx, &info, group).await?;
     if synced.study_created {
         tx.insert_audit(&Actor::system().audit(action::IMPORT, Outcome::Success).on("patient", synced.patient.id).details(json!({
             "source": "orthanc",
+            "import": import,
             "external_id": synced.patient.external_id,
             "patient_created": synced.patient_created,
             "orthanc_study_id": info.orthanc_id,

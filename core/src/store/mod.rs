@@ -47,6 +47,7 @@ macro_rules! auth_user_columns {
 
 pub mod audit;
 pub mod groups;
+pub mod journal;
 pub mod patients;
 pub mod sessions;
 pub mod settings;

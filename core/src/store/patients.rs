@@ -157,7 +157,7 @@ struct Counted {
     total: i64,
 }
 
-fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
+pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     match scope {
         Scope::All => ("all", None),
         Scope::Group(g) => ("group", Some(g)),
