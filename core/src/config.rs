@@ -34,6 +34,9 @@ pub struct Config {
     pub max_zip_entries: u64,
     pub max_uncompressed_bytes: u64,
     pub max_compression_ratio: u64,
+    /// Where uploads and nested archives are spooled (`None`: the system's temporary
+    /// directory). A full disk there is a 507 `insufficient_storage`.
+    pub spool_dir: Option<std::path::PathBuf>,
     pub bootstrap_admin_email: Option<String>,
     pub bootstrap_admin_password: Option<String>,
     /// Group given to patients that reach Orthanc without Cohort; `None` leaves them ungrouped.
@@ -77,6 +80,7 @@ impl Default for Config {
             max_zip_entries: 100_000,
             max_uncompressed_bytes: 16 << 30,
             max_compression_ratio: 200,
+            spool_dir: None,
             bootstrap_admin_email: None,
             bootstrap_admin_password: None,
             auto_register_group: None,
@@ -155,6 +159,7 @@ const KEYS: &[Key] = &[
     key!("MaxZipEntries", "COHORT_MAX_ZIP_ENTRIES", |c, r| c.max_zip_entries = int(r, 1, u64::MAX)?),
     key!("MaxUncompressedBytes", "COHORT_MAX_UNCOMPRESSED_BYTES", |c, r| c.max_uncompressed_bytes = int(r, 1024, u64::MAX)?),
     key!("MaxCompressionRatio", "COHORT_MAX_COMPRESSION_RATIO", |c, r| c.max_compression_ratio = int(r, 2, 100_000)?),
+    key!("SpoolDir", "COHORT_SPOOL_DIR", |c, r| c.spool_dir = directory(r)?),
     key!("BootstrapAdminEmail", "COHORT_ADMIN_EMAIL", |c, r| c.bootstrap_admin_email = Some(email(r)?)),
     key!("BootstrapAdminPassword", "COHORT_ADMIN_PASSWORD", |c, r| c.bootstrap_admin_password = Some(password(r)?)),
     key!("AutoRegisterGroup", "COHORT_AUTO_REGISTER_GROUP", |c, r| c.auto_register_group = non_empty(r)?),
@@ -372,6 +377,16 @@ fn password(r: Raw<'_>) -> Result<String, String> {
     let s = text(r)?;
     domain::check_password_rules(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
+}
+
+/// An existing directory, or nothing (empty).
+fn directory(r: Raw<'_>) -> Result<Option<std::path::PathBuf>, String> {
+    let Some(s) = non_empty(r)? else { return Ok(None) };
+    let path = std::path::PathBuf::from(s);
+    if !path.is_dir() {
+        return Err(format!("{} is not a directory", path.display()));
+    }
+    Ok(Some(path))
 }
 
 fn socket_addr(r: Raw<'_>) -> Result<SocketAddr, String> {

@@ -107,6 +107,33 @@ impl ApiError {
         e
     }
 
+    /// 507 `insufficient_storage`: a disk Cohort writes to (the upload spool, the SQLite
+    /// file, PostgreSQL's data directory) is full. Nothing was kept of the request; the
+    /// same request works again once an operator frees space.
+    pub fn insufficient_storage(what: &str, cause: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{what} is full; nothing was saved, try again once space is freed"),
+        );
+        e.cause = Some(cause.to_string());
+        e
+    }
+
+    pub fn is_insufficient_storage(&self) -> bool {
+        self.status == StatusCode::INSUFFICIENT_STORAGE
+    }
+
+    /// An I/O error on Cohort's own temporary files (the upload spool): 507 when the
+    /// disk is full, 500 otherwise.
+    pub fn spool_io(e: std::io::Error) -> Self {
+        if crate::store::io_storage_full(&e) {
+            Self::insufficient_storage("the server's temporary storage (SpoolDir)", e)
+        } else {
+            Self::internal(format!("upload spool: {e}"))
+        }
+    }
+
     /// 500 with a generic message; the cause is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error");
@@ -142,7 +169,9 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if e.is_unavailable() {
+        if e.is_storage_full() {
+            ApiError::insufficient_storage("the database's storage", e)
+        } else if e.is_unavailable() {
             ApiError::unavailable("database_unavailable", e)
         } else {
             ApiError::internal(e)

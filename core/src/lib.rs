@@ -18,6 +18,7 @@ pub mod model;
 pub mod net;
 pub mod pacs;
 pub mod services;
+pub mod spool;
 pub mod store;
 pub mod zipstream;
 

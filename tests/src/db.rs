@@ -40,6 +40,12 @@ impl TestDatabase {
         Self::create_from(backend, true).await
     }
 
+    /// A database this harness did not make (a [`crate::faults::PgCluster`]'s, or a SQLite
+    /// file on a [`crate::faults::PrivateTmpfs`]): nothing to drop afterwards.
+    pub fn external(url: &str, backend: Backend) -> TestDatabase {
+        TestDatabase { url: url.to_string(), backend, _dir: None, pg_name: None }
+    }
+
     /// A database without any table, for tests of the migrations themselves.
     pub async fn empty(backend: Backend) -> TestDatabase {
         Self::create_from(backend, false).await

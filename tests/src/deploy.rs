@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::client::Client;
 use crate::db::{Backend, TestDatabase};
+use crate::faults::PrivateTmpfs;
 use crate::orthanc::{tail, Orthanc, OrthancOptions};
 
 pub const ADMIN_EMAIL: &str = "admin@cohort.test";
@@ -67,12 +70,19 @@ pub struct Sidecar {
     db_url: String,
     orthanc_url: String,
     env: BTreeMap<String, String>,
+    /// The private tmpfs the process runs with, if any.
+    tmpfs: Option<Arc<PrivateTmpfs>>,
 }
 
 impl Sidecar {
     /// Starts `cohort serve` with the harness's settings plus `env`, and waits until it
     /// answers.
     pub async fn start(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Sidecar {
+        Self::start_in(db_url, orthanc_url, env, None).await
+    }
+
+    /// As [`Sidecar::start`], in a mount namespace of its own with `tmpfs` mounted.
+    pub async fn start_in(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>, tmpfs: Option<Arc<PrivateTmpfs>>) -> Sidecar {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut sidecar = Sidecar {
             child: None,
@@ -81,6 +91,7 @@ impl Sidecar {
             db_url: db_url.to_string(),
             orthanc_url: orthanc_url.to_string(),
             env: env.clone(),
+            tmpfs,
         };
         if let Err(log) = sidecar.spawn("127.0.0.1:0").await {
             panic!("the sidecar did not start; its log:\n{log}");
@@ -91,7 +102,10 @@ impl Sidecar {
     /// Starts the process listening on `listen`; on failure, returns its log.
     async fn spawn(&mut self, listen: &str) -> Result<(), String> {
         let from = crate::process::file_len(self.log.path());
-        let mut cmd = sidecar_command(&self.db_url, &self.orthanc_url, &self.env);
+        let mut cmd = match &self.tmpfs {
+            Some(tmpfs) => configure_sidecar(tmpfs.command(crate::built("cohort")), &self.db_url, &self.orthanc_url, &self.env),
+            None => sidecar_command(&self.db_url, &self.orthanc_url, &self.env),
+        };
         cmd.arg("serve").env("COHORT_LISTEN", listen);
         let log = std::fs::OpenOptions::new().append(true).open(self.log.path()).expect("log");
         self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("start cohort serve"));
@@ -210,7 +224,10 @@ impl Drop for Sidecar {
 
 /// A `cohort` command with a clean environment: only the harness's `COHORT_*` settings.
 pub fn sidecar_command(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Command {
-    let mut cmd = crate::process::command(crate::built("cohort"));
+    configure_sidecar(crate::process::command(crate::built("cohort")), db_url, orthanc_url, env)
+}
+
+fn configure_sidecar(mut cmd: Command, db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
@@ -255,11 +272,23 @@ impl Deployment {
     /// [`TEST_PLUGIN_LIBRARY`]) instead of the production plugin.
     pub async fn start_with_library(host: Host, backend: Backend, settings: BTreeMap<String, Value>, library: &str) -> Deployment {
         let db = TestDatabase::create(backend).await;
+        Self::start_on(host, db, settings, library, None).await
+    }
+
+    /// Starts a deployment on `db`, the Cohort process (the sidecar, or Orthanc with the
+    /// plugin) running with `tmpfs` mounted in a namespace of its own when given.
+    pub async fn start_on(
+        host: Host,
+        db: TestDatabase,
+        settings: BTreeMap<String, Value>,
+        library: &str,
+        tmpfs: Option<Arc<PrivateTmpfs>>,
+    ) -> Deployment {
         match host {
             Host::Sidecar => {
                 let orthanc = Orthanc::start(OrthancOptions::default()).await;
                 let env = settings.iter().map(|(k, v)| (env_name(k), env_value(v))).collect();
-                let sidecar = Sidecar::start(&db.url, &orthanc.url(), &env).await;
+                let sidecar = Sidecar::start_in(&db.url, &orthanc.url(), &env, tmpfs).await;
                 let url = sidecar.url.clone();
                 Deployment { host, db, orthanc, sidecar: Some(sidecar), url, orthanc_token: Default::default() }
             }
@@ -277,7 +306,7 @@ impl Deployment {
                 }
                 let mut extra = serde_json::Map::new();
                 extra.insert("Cohort".into(), section);
-                let options = OrthancOptions { plugins: vec![crate::built(library)], extra, env: Vec::new() };
+                let options = OrthancOptions { plugins: vec![crate::built(library)], extra, env: Vec::new(), tmpfs };
                 let orthanc = Orthanc::start(options).await;
                 let url = orthanc.url();
                 Deployment { host, db, orthanc, sidecar: None, url, orthanc_token: Default::default() }
@@ -353,6 +382,14 @@ impl Deployment {
     /// Where Orthanc's own REST API is reached.
     pub fn orthanc_url(&self) -> String {
         self.orthanc.url()
+    }
+
+    /// The Cohort process's id (the sidecar, or Orthanc with the plugin).
+    pub fn cohort_pid(&self) -> u32 {
+        match &self.sidecar {
+            Some(s) => s.pid(),
+            None => self.orthanc.pid(),
+        }
     }
 
     /// The Cohort process's log (the sidecar's, or Orthanc's for the plugin).

@@ -14,6 +14,7 @@ pub mod client;
 pub mod db;
 pub mod deploy;
 pub mod dicom;
+pub mod faults;
 pub mod orthanc;
 pub mod process;
 
@@ -68,16 +69,24 @@ pub fn postgres_skipped() -> bool {
         std::env::var_os("COHORT_TEST_POSTGRES_URL").is_none(),
         "COHORT_TEST_SKIP_POSTGRES=1 and COHORT_TEST_POSTGRES_URL are both set: run the PostgreSQL variants or skip them, not both"
     );
+    log_skip("PostgreSQL variant; COHORT_TEST_SKIP_POSTGRES=1");
+    true
+}
+
+/// Says that the running test is skipped, and why: on the process's stderr directly
+/// (libtest captures `eprintln!`, not the stream) and in the file named by
+/// `COHORT_TEST_SKIP_LOG`, which `scripts/test` sums up at the end. A test that cannot
+/// run here says so through this, never by passing silently.
+pub fn log_skip(reason: &str) {
     // libtest names each test's thread after the test.
     let test = std::thread::current().name().unwrap_or("a test").to_string();
-    let line = format!("SKIPPED {test} (PostgreSQL variant; COHORT_TEST_SKIP_POSTGRES=1)\n");
+    let line = format!("SKIPPED {test} ({reason})\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(path) = std::env::var_os("COHORT_TEST_SKIP_LOG") {
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = f.write_all(line.as_bytes());
         }
     }
-    true
 }
 
 /// Declares one `#[tokio::test]` per deployment (host x database) for a scenario

@@ -26,6 +26,7 @@ pub struct Orthanc {
     child: Option<Child>,
     config_path: PathBuf,
     env: Vec<(String, String)>,
+    tmpfs: Option<std::sync::Arc<crate::faults::PrivateTmpfs>>,
     /// Log at info level (set when plugins are loaded, to see their messages).
     verbose: bool,
     pub http_port: u16,
@@ -43,6 +44,8 @@ pub struct OrthancOptions {
     pub extra: serde_json::Map<String, Value>,
     /// Extra environment variables of the Orthanc process.
     pub env: Vec<(String, String)>,
+    /// A tmpfs mounted in a mount namespace of Orthanc's own (for the plugin's files).
+    pub tmpfs: Option<std::sync::Arc<crate::faults::PrivateTmpfs>>,
 }
 
 /// Why a start did not succeed.
@@ -90,8 +93,17 @@ impl Orthanc {
         let aet = options.extra.get("DicomAet").and_then(Value::as_str).unwrap_or("COHORTTEST").to_string();
         // Plugins log at info level; the benchmarks turn that off (it costs per request).
         let verbose = !options.plugins.is_empty() && std::env::var("COHORT_TEST_ORTHANC_QUIET").is_err();
-        let mut orthanc =
-            Orthanc { child: None, config_path: PathBuf::new(), env: options.env.clone(), verbose, http_port: 0, dicom_port: 0, aet, dir };
+        let mut orthanc = Orthanc {
+            child: None,
+            config_path: PathBuf::new(),
+            env: options.env.clone(),
+            tmpfs: options.tmpfs.clone(),
+            verbose,
+            http_port: 0,
+            dicom_port: 0,
+            aet,
+            dir,
+        };
         for attempt in 1..=PORT_ATTEMPTS {
             let (http_port, dicom_port) = (process::random_port(), process::random_port());
             if http_port == dicom_port {
@@ -147,7 +159,10 @@ impl Orthanc {
         let log_path = self.log_path();
         let from = process::file_len(&log_path);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
-        let mut cmd = process::command(ORTHANC_BIN);
+        let mut cmd = match &self.tmpfs {
+            Some(tmpfs) => tmpfs.command(ORTHANC_BIN),
+            None => process::command(ORTHANC_BIN),
+        };
         if self.verbose {
             // Info lines: the plugin's own log messages.
             cmd.arg("--verbose");

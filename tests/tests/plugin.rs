@@ -120,7 +120,7 @@ async fn bad_configuration_stops_orthanc_with_a_clear_log_line() {
         let mut section = json!({"DatabaseUrl": format!("sqlite://{}/c.db", dir.path().display())});
         section[key] = value;
         extra.insert("Cohort".into(), section);
-        let options = OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env: Vec::new() };
+        let options = OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env: Vec::new(), tmpfs: None };
         let (status, log) = Orthanc::run_to_exit(options).await;
         assert!(!status.success(), "{key}: Orthanc started with a bad setting");
         let line = log.lines().find(|l| l.contains("invalid configuration")).unwrap_or_else(|| panic!("{key}: no clear line in\n{log}"));
@@ -191,7 +191,7 @@ async fn the_production_plugin_has_no_test_hooks() {
     let mut extra = serde_json::Map::new();
     extra.insert("Cohort".into(), section);
     let env = vec![("COHORT_PLUGIN_SELFTEST".to_string(), "1".to_string()), ("COHORT_TEST_PANIC_ROUTE".to_string(), "1".to_string())];
-    let orthanc = Orthanc::start(OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env }).await;
+    let orthanc = Orthanc::start(OrthancOptions { plugins: vec![cohort_e2e::built(PLUGIN_LIBRARY)], extra, env, tmpfs: None }).await;
     let client = Client::new(&orthanc.url());
     // Cohort is there, and its guard: no allow-all filter, no demo routes.
     client.get("/api/health").await.expect_status(200);

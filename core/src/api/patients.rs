@@ -27,6 +27,7 @@ use crate::services::images;
 use crate::services::import::{sniff, ImportReport, ImportTarget, Importer, ZipSource, SNIFF_LEN};
 use crate::services::patients::{self as service, own_group, scope_of, PatientChanges, PatientInput};
 use crate::services::stats::{self, Stats};
+use crate::spool::SpoolDir;
 
 pub fn router() -> OpenApiRouter<SharedApp> {
     OpenApiRouter::new()
@@ -356,8 +357,8 @@ impl Spooled {
             Spooled::File(f) => {
                 use std::io::{Read, Seek};
                 let mut head = Vec::with_capacity(132);
-                (&mut *f).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(ApiError::internal)?;
-                f.rewind().map_err(ApiError::internal)?;
+                (&mut *f).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(ApiError::spool_io)?;
+                f.rewind().map_err(ApiError::spool_io)?;
                 Ok(head)
             }
         }
@@ -413,7 +414,14 @@ fn upload_too_large(limit: u64) -> ApiError {
 
 /// Reads a body stream, stopping as soon as `budget` bytes are exceeded. Bodies up to
 /// `in_memory` bytes (by their announced length) stay in memory.
-async fn spool<S, E>(mut stream: S, budget: &mut u64, limit: u64, expected: Option<u64>, in_memory: u64) -> Result<Spooled, ApiError>
+async fn spool<S, E>(
+    mut stream: S,
+    dir: &SpoolDir,
+    budget: &mut u64,
+    limit: u64,
+    expected: Option<u64>,
+    in_memory: u64,
+) -> Result<Spooled, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -427,14 +435,14 @@ where
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > in_memory {
                 // The client sent more than it announced: continue on disk.
-                let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(ApiError::internal)?);
-                file.write_all(&buf).await.map_err(ApiError::internal)?;
+                let mut file = tokio::fs::File::from_std(dir.file()?);
+                file.write_all(&buf).await.map_err(ApiError::spool_io)?;
                 return spool_rest(stream, file, budget, limit).await;
             }
         }
         return Ok(Spooled::Memory(buf.freeze()));
     }
-    let file = tokio::fs::File::from_std(tempfile::tempfile().map_err(ApiError::internal)?);
+    let file = tokio::fs::File::from_std(dir.file()?);
     spool_rest(stream, file, budget, limit).await
 }
 
@@ -446,11 +454,11 @@ where
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("upload_interrupted", format!("the upload could not be read: {e}")))?;
         *budget = budget.checked_sub(chunk.len() as u64).ok_or_else(|| upload_too_large(limit))?;
-        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        file.write_all(&chunk).await.map_err(ApiError::spool_io)?;
     }
-    file.flush().await.map_err(ApiError::internal)?;
+    file.flush().await.map_err(ApiError::spool_io)?;
     let mut std_file = file.into_std().await;
-    std::io::Seek::rewind(&mut std_file).map_err(ApiError::internal)?;
+    std::io::Seek::rewind(&mut std_file).map_err(ApiError::spool_io)?;
     Ok(Spooled::File(std_file))
 }
 
@@ -501,7 +509,8 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
         (status = 413, description = "Upload, entry count or inflated size over a limit", body = ErrorBody),
         (status = 415, description = "Unsupported content type", body = ErrorBody),
         (status = 422, description = "Truncated or corrupt ZIP, or an entry compressed with a method other than Stored, Deflate or Deflate64 (`invalid_zip`, the message names the entry and the method); zip bomb (`zip_bomb`)", body = ErrorBody),
-        (status = 503, description = "Orthanc unavailable", body = ErrorBody),
+        (status = 503, description = "Orthanc or the database unavailable", body = ErrorBody),
+        (status = 507, description = "The server's disk is full (`insufficient_storage`): the spool (`SpoolDir`) or the database; nothing was kept", body = ErrorBody),
     ))]
 async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: HeaderMap, body: Body) -> Result<Json<ImportReport>, ApiError> {
     let target = ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? };
@@ -549,6 +558,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
     }
     let mut budget = limit;
+    let dir = SpoolDir::new(app.config.spool_dir.as_deref());
     let stream = body.into_data_stream();
     match declared {
         Declared::Multipart(boundary) => {
@@ -572,7 +582,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
                 }
                 parts += 1;
                 let name = field.file_name().unwrap_or("file").to_string();
-                let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &mut budget, limit, None, IN_MEMORY_BODY).await?;
+                let mut part = spool(field.map_err(|e| e.to_string()).boxed(), &dir, &mut budget, limit, None, IN_MEMORY_BODY).await?;
                 let head = part.head()?;
                 if matches!(sniff(&head), Some("zip" | "tar")) {
                     importer.add_zip(&name, part.into_zip()).await?;
@@ -587,7 +597,7 @@ async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &Header
         declared => {
             // The plugin's bodies are in memory already (Orthanc read them whole).
             let in_memory = if app.bodies_in_memory() { limit } else { IN_MEMORY_BODY };
-            let mut body = spool(stream, &mut budget, limit, length, in_memory).await?;
+            let mut body = spool(stream, &dir, &mut budget, limit, length, in_memory).await?;
             let head = body.head()?;
             if head.is_empty() {
                 return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));

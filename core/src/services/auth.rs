@@ -300,9 +300,13 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
             let mut db = app.store.conn().await?;
             let mut s = db.session_auth(&claims.sid).await?.ok_or_else(session_gone)?;
             // Record activity at most once a minute per session.
+            // A full disk does not stop reads: the activity is recorded once space is back.
             if s.revoked_at.is_none() && now - s.last_seen_at > Duration::minutes(1) {
-                db.touch_session(&s.session_id, now).await?;
-                s.last_seen_at = now;
+                match db.touch_session(&s.session_id, now).await {
+                    Ok(()) => s.last_seen_at = now,
+                    Err(e) if e.is_storage_full() => tracing::warn!(error = %e, "no room to record the session's activity"),
+                    Err(e) => return Err(e.into()),
+                }
             }
             app.sessions.put(s.session_id.clone(), s.clone());
             s

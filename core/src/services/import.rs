@@ -27,6 +27,7 @@ use crate::app::App;
 use crate::domain::Id;
 use crate::error::{ApiError, ApiResult};
 use crate::pacs::{Pacs, PacsError, StoreStatus, StoredInstance};
+use crate::spool::SpoolDir;
 use crate::store::patients::Scope;
 
 /// Counts of DICOM instances in an import.
@@ -275,7 +276,8 @@ impl<'a> Importer<'a> {
     /// Adds a ZIP archive: checked whole first, then its DICOM entries stored.
     pub async fn add_zip(&mut self, name: &str, source: ZipSource) -> ApiResult<()> {
         let limits = self.limits;
-        let plan = tokio::task::spawn_blocking(move || plan_any(source, limits)).await.map_err(ApiError::internal)??;
+        let spool = SpoolDir::new(self.app.config.spool_dir.as_deref());
+        let plan = tokio::task::spawn_blocking(move || plan_any(source, limits, spool)).await.map_err(ApiError::internal)??;
         let (tx, rx) = tokio::sync::mpsc::channel::<ApiResult<Entry>>(2);
         let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
@@ -565,6 +567,8 @@ const SUPPORTED_METHODS: [zip::CompressionMethod; 3] =
 struct Budget {
     entries: u64,
     inflated: u64,
+    /// Where nested archives are spooled.
+    spool: SpoolDir,
 }
 
 enum Planned {
@@ -704,16 +708,16 @@ fn plan(mut reader: Reader, limits: ZipLimits, budget: &mut Budget, depth: u8) -
                 let take = (132 - head.len()).min(n);
                 head.extend_from_slice(&chunk[..take]);
                 if head.len() >= ZIP_MAGIC.len() && head.starts_with(ZIP_MAGIC) && depth == 0 && spool.is_none() {
-                    spool = Some(tempfile::tempfile().map_err(ApiError::internal)?);
+                    spool = Some(budget.spool.file()?);
                     if let Some(f) = spool.as_mut() {
-                        std::io::Write::write_all(f, &head).map_err(ApiError::internal)?;
-                        std::io::Write::write_all(f, &chunk[take..]).map_err(ApiError::internal)?;
+                        std::io::Write::write_all(f, &head).map_err(ApiError::spool_io)?;
+                        std::io::Write::write_all(f, &chunk[take..]).map_err(ApiError::spool_io)?;
                     }
                     continue;
                 }
             }
             if let Some(f) = spool.as_mut() {
-                std::io::Write::write_all(f, chunk).map_err(ApiError::internal)?;
+                std::io::Write::write_all(f, chunk).map_err(ApiError::spool_io)?;
             }
         }
         if seen != declared {
@@ -1012,7 +1016,7 @@ impl ArchivePlan {
 }
 
 /// Plans a ZIP or a tar archive, told apart by their first bytes.
-fn plan_any(source: ZipSource, limits: ZipLimits) -> ApiResult<ArchivePlan> {
+fn plan_any(source: ZipSource, limits: ZipLimits, spool: SpoolDir) -> ApiResult<ArchivePlan> {
     let mut reader = match source {
         ZipSource::File(f) => Reader::File(f),
         ZipSource::Memory(b) => Reader::Memory(std::io::Cursor::new(b)),
@@ -1021,13 +1025,13 @@ fn plan_any(source: ZipSource, limits: ZipLimits) -> ApiResult<ArchivePlan> {
     (&mut reader).take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(ApiError::internal)?;
     reader.rewind().map_err(ApiError::internal)?;
     match (head.starts_with(ZIP_MAGIC), tar_compression(&head)) {
-        (false, Some(compression)) => plan_tar(reader, compression, limits).map(ArchivePlan::Tar),
-        _ => plan(reader, limits, &mut Budget::default(), 0).map(ArchivePlan::Zip),
+        (false, Some(compression)) => plan_tar(reader, compression, limits, spool).map(ArchivePlan::Tar),
+        _ => plan(reader, limits, &mut Budget { spool, ..Budget::default() }, 0).map(ArchivePlan::Zip),
     }
 }
 
 /// First pass over a tar archive (blocking).
-fn plan_tar(reader: Reader, compression: TarCompression, limits: ZipLimits) -> ApiResult<TarPlan> {
+fn plan_tar(reader: Reader, compression: TarCompression, limits: ZipLimits, spool: SpoolDir) -> ApiResult<TarPlan> {
     let reader = match reader {
         Reader::File(f) => {
             let f2 = f.try_clone().map_err(ApiError::internal)?;
@@ -1037,7 +1041,7 @@ fn plan_tar(reader: Reader, compression: TarCompression, limits: ZipLimits) -> A
     };
     let (first, second) = reader;
     let mut stream = TarStream::open(first, compression, limits, 0)?;
-    let mut budget = Budget::default();
+    let mut budget = Budget { spool, ..Budget::default() };
     let mut entries = Vec::new();
     let iter = stream.archive.entries().map_err(invalid_tar)?;
     let mut failure: Option<String> = None;
@@ -1075,9 +1079,12 @@ fn plan_tar(reader: Reader, compression: TarCompression, limits: ZipLimits) -> A
             Kind::Junk(why) | Kind::Other(why) => Planned::Skip(why.to_string()),
             Kind::Tar => Planned::Skip("skipped: tar archive inside an archive (import it on its own)".into()),
             Kind::Zip => {
-                let mut f = tempfile::tempfile().map_err(ApiError::internal)?;
-                std::io::Write::write_all(&mut f, &head).map_err(ApiError::internal)?;
+                let mut f = budget.spool.file()?;
+                std::io::Write::write_all(&mut f, &head).map_err(ApiError::spool_io)?;
                 if let Err(e) = std::io::copy(&mut entry, &mut f) {
+                    if crate::store::io_storage_full(&e) {
+                        return Err(ApiError::spool_io(e));
+                    }
                     failure = Some(format!("{name}: {e}"));
                     break;
                 }
@@ -1385,7 +1392,7 @@ mod tests {
     }
 
     fn tar_planned(bytes: Vec<u8>, limits: ZipLimits) -> ApiResult<Vec<(String, &'static str)>> {
-        match plan_any(ZipSource::Memory(Bytes::from(bytes)), limits)? {
+        match plan_any(ZipSource::Memory(Bytes::from(bytes)), limits, SpoolDir::default())? {
             ArchivePlan::Tar(p) => {
                 Ok(p.entries.iter().map(|e| (e.name.clone(), if matches!(e.what, Planned::Dicom(_)) { "dicom" } else { "skip" })).collect())
             }

@@ -102,7 +102,20 @@ pub async fn get(app: &App, who: &Principal, id: Id) -> ApiResult<PatientDetail>
     let mut db = app.store.conn().await?;
     let row = visible_patient(app, &mut db, who, id).await?;
     let studies = db.studies_of_patient(row.id).await?.into_iter().map(Study::from).collect();
-    let pseudonym = if who.is_admin() { Some(super::pseudonyms::pseudonym_of(&mut db, &row).await?.1) } else { None };
+    let pseudonym = if who.is_admin() {
+        match super::pseudonyms::pseudonym_of(&mut db, &row).await {
+            Ok((_, pseudonym)) => Some(pseudonym),
+            // A read must not fail for lack of disk space: without room to record the
+            // pseudonym (every one given is recorded), it is left out of this answer.
+            Err(e) if e.is_insufficient_storage() => {
+                tracing::warn!(patient = row.id, "no room to record the patient's pseudonym; answering without it");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     Ok(PatientDetail { patient: row.into(), studies, pseudonym })
 }
 

@@ -135,8 +135,12 @@ pub async fn authenticate(app: &App, secret: &str, client: ClientInfo) -> ApiRes
             let mut db = app.store.conn().await?;
             let mut a = db.token_auth(&hash).await?.ok_or_else(token_invalid)?;
             if a.revoked_at.is_none() && a.last_used_at.is_none_or(|at| now - at > Duration::minutes(1)) {
-                db.touch_token(a.token_id, now).await?;
-                a.last_used_at = Some(now);
+                // A full disk does not stop reads (see `auth::authenticate`).
+                match db.touch_token(a.token_id, now).await {
+                    Ok(()) => a.last_used_at = Some(now),
+                    Err(e) if e.is_storage_full() => tracing::warn!(error = %e, "no room to record the token's use"),
+                    Err(e) => return Err(e.into()),
+                }
             }
             app.tokens.put(hash, a.clone());
             a

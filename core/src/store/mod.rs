@@ -12,6 +12,8 @@
 //! and commit once, so the two land together or not at all.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -71,21 +73,48 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
     /// True when the database cannot be reached or is shutting down, as opposed to a
-    /// query that is wrong.
+    /// query that is wrong (or a full disk: [`StoreError::is_storage_full`]).
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Sqlx(e) => match e {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => !self.is_storage_full(),
                 sqlx::Error::Database(db) => {
-                    // PostgreSQL class 08 (connection exception), 57P01-03 (shutdown),
-                    // 53 (insufficient resources); SQLite BUSY/LOCKED after the timeout.
+                    // PostgreSQL class 08 (connection exception), 57P01-03 (shutdown, and
+                    // "the database system is starting up"), 53 (insufficient resources,
+                    // except 53100, a full disk); SQLite BUSY/LOCKED after the timeout.
                     let code = db.code().unwrap_or_default();
-                    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
+                    match sqlite_primary_code(&code) {
+                        Some(primary) if self.backend_is_sqlite() => primary == SQLITE_BUSY || primary == SQLITE_LOCKED,
+                        _ => code.starts_with("08") || code.starts_with("57P") || (code.starts_with("53") && code != PG_DISK_FULL),
+                    }
                 }
                 _ => false,
             },
             StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
         }
+    }
+
+    /// True when the database could not write for lack of space: SQLite's `SQLITE_FULL`,
+    /// PostgreSQL's `53100` (disk_full), or `ENOSPC`/`EDQUOT` from the file system.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Io(e)) => io_storage_full(e),
+            StoreError::Sqlx(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                if self.backend_is_sqlite() {
+                    sqlite_primary_code(&code) == Some(SQLITE_FULL)
+                } else {
+                    code == PG_DISK_FULL
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the error came from SQLite (whose codes are numbers, where PostgreSQL's
+    /// SQLSTATEs are five characters, some of them all digits).
+    fn backend_is_sqlite(&self) -> bool {
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some())
     }
 
     pub fn is_unique_violation(&self) -> bool {
@@ -95,6 +124,22 @@ impl StoreError {
     pub fn is_foreign_key_violation(&self) -> bool {
         matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.is_foreign_key_violation())
     }
+}
+
+/// SQLite's primary result codes (an extended code carries the primary one in its low byte).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_FULL: i64 = 13;
+/// PostgreSQL's SQLSTATE for "could not extend a file: no space left on device".
+const PG_DISK_FULL: &str = "53100";
+
+fn sqlite_primary_code(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|c| c & 0xff)
+}
+
+/// `ENOSPC` (no space left on the device) or `EDQUOT` (quota exceeded).
+pub fn io_storage_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
 /// Which database a store runs on.
@@ -113,18 +158,58 @@ impl Backend {
     }
 }
 
-/// The pool of one database.
+/// The pool of one database, and whether it was last found unreachable.
 #[derive(Clone, Debug)]
-pub enum Store {
+pub struct Store {
+    pool: Pool,
+    outage: Arc<Outage>,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+}
+
+/// Set when getting a connection failed because the database is down, cleared by the
+/// next success. While it is set, requests wait [`OUTAGE_ACQUIRE_TIMEOUT`] instead of
+/// [`ACQUIRE_TIMEOUT`]: during an outage every request (and `/api/health`) gets its 503
+/// `database_unavailable` within about a second, and none piles up behind the others,
+/// while each still tries the database, so the first one after it comes back succeeds.
+#[derive(Debug, Default)]
+struct Outage {
+    down: AtomicBool,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// How long a request waits for a pooled connection before the database counts as down.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A PostgreSQL that refuses connections (stopped, restarting) is retried by sqlx within
+/// this delay, so it is also how long the first requests of an outage wait for their 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same while the database is known to be down (see [`Outage`]).
+const OUTAGE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a SQLite connection given back to the pool may serve again. SQLite rolls a
+/// transaction back by itself on some errors (`SQLITE_FULL`, I/O errors); sqlx's own
+/// `ROLLBACK` then fails and its count of open transactions stays at one, so that every
+/// later `BEGIN` on the connection would fail. Such a connection is closed (the pool
+/// opens another). A transaction dropped without commit has its rollback queued on the
+/// connection: the ping runs it first, then the count is read.
+async fn sqlite_reusable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, TransactionManager};
+    type Manager = <Sqlite as sqlx::Database>::TransactionManager;
+    if Manager::get_transaction_depth(conn) == 0 {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    let depth = Manager::get_transaction_depth(conn);
+    if depth > 0 {
+        tracing::warn!(depth, "a SQLite connection lost track of its transaction (rolled back by SQLite); closing it");
+    }
+    Ok(depth == 0)
+}
 
 /// `sqlite::memory:` and `?mode=memory` databases have no file.
 fn sqlite_in_memory(url: &str) -> bool {
@@ -170,7 +255,7 @@ impl Store {
             let options = PgConnectOptions::from_str(url)?.application_name("cohort").options([("plan_cache_mode", "force_custom_plan")]);
             let pool =
                 PgPoolOptions::new().max_connections(16).min_connections(1).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
-            Ok(Store::Postgres(pool))
+            Ok(Store::new(Pool::Postgres(pool)))
         } else {
             let options = SqliteConnectOptions::from_str(url)?;
             if !sqlite_in_memory(url) {
@@ -182,51 +267,88 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new().max_connections(8).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
-            Ok(Store::Sqlite(pool))
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_release(|conn, _| Box::pin(async move { sqlite_reusable(conn).await }))
+                .connect_with(options)
+                .await?;
+            Ok(Store::new(Pool::Sqlite(pool)))
         }
+    }
+
+    fn new(pool: Pool) -> Store {
+        Store { pool, outage: Arc::default() }
     }
 
     /// Applies the pending migrations of this store's dialect.
     pub async fn migrate(&self) -> StoreResult<()> {
-        match self {
-            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
-            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        match &self.pool {
+            Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
     }
 
     pub fn backend(&self) -> Backend {
-        match self {
-            Store::Sqlite(_) => Backend::Sqlite,
-            Store::Postgres(_) => Backend::Postgres,
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
         }
     }
 
     /// Connections the pool holds and how many of them are idle.
     pub fn pool_use(&self) -> (u32, usize) {
-        match self {
-            Store::Sqlite(pool) => (pool.size(), pool.num_idle()),
-            Store::Postgres(pool) => (pool.size(), pool.num_idle()),
+        match &self.pool {
+            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
         }
     }
 
     /// A pooled connection for reads and single-statement writes.
     pub async fn conn(&self) -> StoreResult<Db> {
-        Ok(Db(match self {
-            Store::Sqlite(pool) => Inner::Sqlite(Handle::Conn(pool.acquire().await?)),
-            Store::Postgres(pool) => Inner::Postgres(Handle::Conn(pool.acquire().await?)),
-        }))
+        self.acquire(async {
+            Ok(Db(match &self.pool {
+                Pool::Sqlite(pool) => Inner::Sqlite(Handle::Conn(pool.acquire().await?)),
+                Pool::Postgres(pool) => Inner::Postgres(Handle::Conn(pool.acquire().await?)),
+            }))
+        })
+        .await
     }
 
     /// A write transaction. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`), so a transaction that reads before it writes cannot fail on lock
     /// upgrade; concurrent writers wait on the busy timeout instead.
     pub async fn begin(&self) -> StoreResult<Db> {
-        Ok(Db(match self {
-            Store::Sqlite(pool) => Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN IMMEDIATE").await?)),
-            Store::Postgres(pool) => Inner::Postgres(Handle::Tx(pool.begin().await?)),
-        }))
+        self.acquire(async {
+            Ok(Db(match &self.pool {
+                Pool::Sqlite(pool) => Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN IMMEDIATE").await?)),
+                Pool::Postgres(pool) => Inner::Postgres(Handle::Tx(pool.begin().await?)),
+            }))
+        })
+        .await
+    }
+
+    /// Runs `get` (taking a connection) within the acquire timeout of the moment, and
+    /// records whether the database answered (see [`Outage`]). A timed-out `get` is
+    /// dropped, which gives its pool slot back.
+    async fn acquire(&self, get: impl std::future::Future<Output = StoreResult<Db>>) -> StoreResult<Db> {
+        let was_down = self.outage.down.load(Ordering::Relaxed);
+        let limit = if was_down { OUTAGE_ACQUIRE_TIMEOUT } else { ACQUIRE_TIMEOUT };
+        let result = match tokio::time::timeout(limit, get).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)),
+        };
+        match &result {
+            Ok(_) if was_down && self.outage.down.swap(false, Ordering::Relaxed) => {
+                tracing::info!(backend = self.backend().as_str(), "the database answers again");
+            }
+            Err(e) if e.is_unavailable() && !self.outage.down.swap(true, Ordering::Relaxed) => {
+                tracing::error!(backend = self.backend().as_str(), error = %e, "the database is unavailable; requests that need it answer 503 until it is back");
+            }
+            _ => {}
+        }
+        result
     }
 
     /// Checks that the database answers.
@@ -248,9 +370,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(pool) => pool.close().await,
-            Store::Postgres(pool) => pool.close().await,
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
 }
@@ -361,6 +483,82 @@ mod tests {
         assert!(sqlite_in_memory("sqlite://x.db?mode=memory"));
         assert!(!sqlite_in_memory("sqlite:///var/lib/cohort/cohort.db"));
         assert!(!sqlite_in_memory("sqlite://cohort.db?mode=rwc"));
+    }
+
+    /// A SQLite database that cannot grow (`max_page_count`, what a full disk looks like
+    /// to it: `SQLITE_FULL`) is a 507, not a 500 or a 503.
+    #[tokio::test]
+    async fn a_full_sqlite_database_is_storage_full() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("full.db").display())).await.expect("connect");
+        let mut db = store.conn().await.expect("conn");
+        let filled = on_db!(db, |c| async {
+            sqlx::query("CREATE TABLE t (x BLOB)").execute(&mut *c).await?;
+            let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *c).await?;
+            sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 2)).execute(&mut *c).await?;
+            sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))").execute(&mut *c).await.map(|_| ())
+        }
+        .await);
+        drop(db);
+        let e = StoreError::from(filled.expect_err("the insert cannot fit"));
+        assert!(e.is_storage_full(), "{e}");
+        assert!(!e.is_unavailable(), "{e}");
+        let api = crate::error::ApiError::from(e);
+        assert_eq!((api.status.as_u16(), api.code), (507, "insufficient_storage"));
+        // The database still answers reads.
+        store.ping().await.expect("ping after SQLITE_FULL");
+        store.close().await;
+    }
+
+    /// SQLite rolls a transaction back by itself on `SQLITE_FULL`; sqlx's own rollback then
+    /// fails and the connection went back to the pool believing it was still in a
+    /// transaction ("attempted to call begin_with at non-zero transaction depth" on every
+    /// later write). Such connections are closed on release instead.
+    #[tokio::test]
+    async fn a_transaction_cut_by_a_full_disk_leaves_the_pool_usable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("full.db").display())).await.expect("connect");
+        let mut db = store.conn().await.expect("conn");
+        on_db!(db, |c| sqlx::query("CREATE TABLE t (x BLOB)").execute(&mut *c).await.map(|_| ())).expect("setup");
+        drop(db);
+        for round in 0..12 {
+            let mut tx = store.begin().await.unwrap_or_else(|e| panic!("round {round}: begin: {e}"));
+            // The limit is the connection's (not kept in the file): set it each time.
+            let small = on_db!(tx, |c| async {
+                let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *c).await?;
+                sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 2)).execute(&mut *c).await?;
+                sqlx::query("INSERT INTO t VALUES (x'00')").execute(&mut *c).await.map(|_| ())
+            }
+            .await);
+            small.unwrap_or_else(|e| panic!("round {round}: a small insert: {e}"));
+            let big = on_db!(tx, |c| sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))").execute(&mut *c).await.map(|_| ()));
+            let e = StoreError::from(big.expect_err("the big insert cannot fit"));
+            assert!(e.is_storage_full(), "{e}");
+            drop(tx);
+        }
+        store.close().await;
+    }
+
+    #[test]
+    fn enospc_and_edquot_are_storage_full() {
+        use std::io::Write;
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        let e = (&full).write_all(&[0u8; 4096]).and_then(|()| (&full).flush()).expect_err("/dev/full refuses writes");
+        assert!(io_storage_full(&e), "{e}");
+        assert!(io_storage_full(&std::io::Error::from_raw_os_error(122)));
+        assert!(!io_storage_full(&std::io::Error::from_raw_os_error(13)));
+        let api = crate::error::ApiError::spool_io(e);
+        assert_eq!((api.status.as_u16(), api.code), (507, "insufficient_storage"));
+        let api = crate::error::ApiError::spool_io(std::io::Error::from_raw_os_error(5));
+        assert_eq!((api.status.as_u16(), api.code), (500, "internal_error"));
+    }
+
+    #[test]
+    fn sqlite_codes_are_read_by_their_primary_code() {
+        assert_eq!(sqlite_primary_code("13"), Some(SQLITE_FULL));
+        // SQLITE_BUSY_SNAPSHOT (517) is a BUSY.
+        assert_eq!(sqlite_primary_code("517"), Some(SQLITE_BUSY));
+        assert_eq!(sqlite_primary_code("XX000"), None);
     }
 
     #[tokio::test]
