@@ -239,7 +239,10 @@ async fn follow_page(app: &App, failing: &mut Failing) -> ApiResult<Page> {
         };
         // Keep what was done; then judge whether this change or a dependency failed.
         save_cursor(app, cursor, handled).await?;
-        if let Some(down) = dependency_down(app).await {
+        // A full disk is an outage too, whatever the probe says (SQLite may still find
+        // room in its WAL for the probe's small write): the change waits for space.
+        let down = if e.is_insufficient_storage() { Some("storage") } else { dependency_down(app).await };
+        if let Some(down) = down {
             tracing::warn!(seq = change.seq, error = %e, "an Orthanc change failed while {down} is down; will retry it");
             return Err(e);
         }

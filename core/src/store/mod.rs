@@ -362,9 +362,9 @@ impl Store {
     /// PostgreSQL: `pg_database_size`), for reports such as the bench's bytes per patient.
     pub async fn size_bytes(&self) -> StoreResult<i64> {
         let mut db = self.conn().await?;
-        let sql = match self {
-            Store::Sqlite(_) => "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            Store::Postgres(_) => "SELECT pg_database_size(current_database())",
+        let sql = match self.pool {
+            Pool::Sqlite(_) => "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            Pool::Postgres(_) => "SELECT pg_database_size(current_database())",
         };
         Ok(on_db!(db, |c| sqlx::query_scalar(sql).fetch_one(c).await)?)
     }
