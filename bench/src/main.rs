@@ -7,6 +7,7 @@
 //! search figures. Load comes from `wrk`, single transfers from `curl`; memory is the
 //! serving process's resident set, sampled every 20 ms.
 
+mod metrics_cost;
 mod population;
 mod registry;
 mod tools;
@@ -85,6 +86,14 @@ async fn main() -> anyhow::Result<()> {
         store.close().await;
         let built = population::build(&url, registry_size).await?;
         eprintln!("==> {registry_size} patients in {:.0} s", built.seconds);
+        return Ok(());
+    }
+    if value("--only").as_deref() == Some("metrics") {
+        let md = metrics_cost::run(seconds, &script, work.path()).await?;
+        let file = out_dir.join("metrics-cost.md");
+        std::fs::write(&file, &md)?;
+        println!("{md}");
+        eprintln!("==> written to {}", file.display());
         return Ok(());
     }
     if value("--only").as_deref() == Some("registry") {

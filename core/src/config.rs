@@ -60,6 +60,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `/api/metrics` counts the registry's rows at most once per this many seconds.
     pub registry_count_seconds: u32,
+    /// Count every answer by route and status (and its latency) for `/api/metrics`;
+    /// false only to measure what that costs.
+    pub request_metrics: bool,
     /// Sidecar: on SIGTERM, how long requests in flight may take to finish before the
     /// long ones (imports) are cut, recording how far they got.
     pub shutdown_drain_seconds: u32,
@@ -96,6 +99,7 @@ impl Default for Config {
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
             registry_count_seconds: 60,
+            request_metrics: true,
             shutdown_drain_seconds: 30,
         }
     }
@@ -177,6 +181,7 @@ const KEYS: &[Key] = &[
     key!("ProtectOrthancApi", "COHORT_PROTECT_ORTHANC_API", |c, r| c.protect_orthanc_api = boolean(r)?),
     key!("LogFormat", "COHORT_LOG_FORMAT", |c, r| c.log_format = log_format(r)?),
     key!("ShutdownDrainSeconds", "COHORT_SHUTDOWN_DRAIN_SECONDS", |c, r| c.shutdown_drain_seconds = int(r, 0, 3600)? as u32),
+    key!("RequestMetrics", "COHORT_REQUEST_METRICS", |c, r| c.request_metrics = boolean(r)?),
     key!("RegistryCountSeconds", "COHORT_REGISTRY_COUNT_SECONDS", |c, r| c.registry_count_seconds = int(r, 1, 86_400)? as u32),
 ];
 

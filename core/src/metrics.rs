@@ -20,12 +20,19 @@ struct Histogram {
     sum_seconds: f64,
 }
 
+/// One route template's figures.
+#[derive(Default)]
+struct Route {
+    /// Answers by status.
+    by_status: BTreeMap<u16, u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 struct Requests {
-    /// `(route, status)` → answers.
-    by_status: BTreeMap<(String, u16), u64>,
-    /// `route` → latency.
-    latency: BTreeMap<String, Histogram>,
+    /// Route template → its figures (looked up by `&str`: counting a request allocates
+    /// only the first time a route is seen).
+    routes: BTreeMap<String, Route>,
 }
 
 /// The figures themselves.
@@ -130,16 +137,12 @@ impl Metrics {
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let mut r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match r.by_status.get_mut(&(route.to_string(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                r.by_status.insert((route.to_string(), status), 1);
-            }
-        }
-        let h = match r.latency.get_mut(route) {
-            Some(h) => h,
-            None => r.latency.entry(route.to_string()).or_default(),
+        let figures = match r.routes.get_mut(route) {
+            Some(f) => f,
+            None => r.routes.entry(route.to_string()).or_default(),
         };
+        *figures.by_status.entry(status).or_insert(0) += 1;
+        let h = &mut figures.latency;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             if seconds <= *bound {
                 h.buckets[i] += 1;
@@ -161,7 +164,10 @@ impl Metrics {
     /// All answers counted, and those with a 5xx status.
     pub fn request_totals(&self) -> (u64, u64) {
         let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        r.by_status.iter().fold((0, 0), |(all, errors), ((_, status), n)| (all + n, if *status >= 500 { errors + n } else { errors }))
+        r.routes
+            .values()
+            .flat_map(|f| f.by_status.iter())
+            .fold((0, 0), |(all, errors), (status, n)| (all + n, if *status >= 500 { errors + n } else { errors }))
     }
 
     /// Counts one import that produced a report, with its instances.
@@ -177,13 +183,16 @@ impl Metrics {
         let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.push_str("# HELP cohort_http_requests_total API answers by route template and status.\n");
         out.push_str("# TYPE cohort_http_requests_total counter\n");
-        for ((route, status), n) in &r.by_status {
-            let _ = writeln!(out, "cohort_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+        for (route, f) in &r.routes {
+            let route = escape(route);
+            for (status, n) in &f.by_status {
+                let _ = writeln!(out, "cohort_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
         }
         out.push_str("# HELP cohort_http_request_duration_seconds Time to produce an answer, by route template.\n");
         out.push_str("# TYPE cohort_http_request_duration_seconds histogram\n");
-        for (route, h) in &r.latency {
-            let route = escape(route);
+        for (route, f) in &r.routes {
+            let (route, h) = (escape(route), &f.latency);
             for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
                 let _ = writeln!(out, "cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
             }

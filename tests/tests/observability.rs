@@ -238,3 +238,19 @@ async fn sidecar_postgres() {
 async fn live_answers_with_orthanc_stopped() {
     live_without_orthanc(Deployment::start(Host::Sidecar, Backend::Sqlite).await).await;
 }
+
+/// `RequestMetrics: false` (for measuring what counting costs) stops the per-request
+/// figures only; the request id, the log line and the other figures stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_can_be_turned_off() {
+    let settings = [("RequestMetrics".to_string(), json!(false))].into_iter().collect();
+    let d = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings).await;
+    let c = d.client();
+    request_id(&c.get("/api/health/live").await);
+    let admin = d.admin().await;
+    let text = metrics_text(&admin).await;
+    assert!(!text.contains("cohort_http_requests_total{"), "{text}");
+    assert!(!text.contains("cohort_http_request_duration_seconds_bucket{"), "{text}");
+    assert_eq!(sample(&text, "cohort_logins_total{outcome=\"succeeded\"}"), Some(1.0), "{text}");
+    assert!(sample(&text, "cohort_registry_size{kind=\"patients\"}").is_some(), "{text}");
+}

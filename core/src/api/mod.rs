@@ -147,7 +147,7 @@ pub fn router(app: SharedApp) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_rules::enforce))
         .layer(middleware::from_fn_with_state(app.clone(), cors_and_headers))
-        .layer(middleware::from_fn(observe::request_id_and_log))
+        .layer(middleware::from_fn_with_state(observe::Counting(app.config.request_metrics), observe::request_id_and_log))
         .with_state(app)
 }
 

@@ -35,9 +35,13 @@ fn new_request_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether answers are counted in the metrics (`RequestMetrics`).
+#[derive(Clone, Copy, Debug)]
+pub struct Counting(pub bool);
+
 /// Outermost layer: settles the request id, sets it on the answer, logs the request once
-/// and counts it in the metrics.
-pub async fn request_id_and_log(mut req: Request, next: Next) -> Response {
+/// and counts it in the metrics (unless `RequestMetrics` is false).
+pub async fn request_id_and_log(State(Counting(count)): State<Counting>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = req
         .headers()
@@ -52,7 +56,9 @@ pub async fn request_id_and_log(mut req: Request, next: Next) -> Response {
     let elapsed = started.elapsed();
     let route = resp.extensions().get::<Route>().map_or("unmatched", |r| r.0.as_str()).to_string();
     let status = resp.status().as_u16();
-    crate::metrics::global().record_request(&route, status, elapsed);
+    if count {
+        crate::metrics::global().record_request(&route, status, elapsed);
+    }
     tracing::info!(
         request_id = %id,
         method = %method,
