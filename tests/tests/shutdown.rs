@@ -37,10 +37,29 @@ where
     }
 }
 
+async fn registry_count(admin: &Client, patient: i64) -> usize {
+    let registered = admin.get(&format!("/api/patients/{patient}/instances")).await.expect_status(200);
+    registered.as_array().expect("instances").len()
+}
+
+/// Orthanc's instances of a registered patient.
+async fn orthanc_count(d: &Deployment, admin: &Client, patient: i64) -> usize {
+    let detail = admin.get(&format!("/api/patients/{patient}")).await.expect_status(200);
+    let external = detail["external_id"].as_str().expect("external id").to_string();
+    let orthanc = d.orthanc_client().await;
+    let found = orthanc
+        .req(Method::POST, "/tools/find")
+        .json(&json!({"Level": "Instance", "Query": {"PatientID": external}}))
+        .without_csrf()
+        .send()
+        .await
+        .expect_status(200);
+    found.as_array().expect("ids").len()
+}
+
 /// The registry's instances of a patient and Orthanc's, which must agree.
 async fn registry_matches_orthanc(d: &Deployment, admin: &Client, patient: i64) -> usize {
-    let registered = admin.get(&format!("/api/patients/{patient}/instances")).await.expect_status(200);
-    let registered = registered.as_array().expect("instances").len();
+    let registered = registry_count(admin, patient).await;
     let detail = admin.get(&format!("/api/patients/{patient}")).await.expect_status(200);
     let external = detail["external_id"].as_str().expect("external id").to_string();
     let orthanc = d.orthanc_client().await;
@@ -171,9 +190,9 @@ async fn the_default_drain_deadline_is_30_seconds() {
 
 /// Orthanc with the plugin, SIGTERM with an import and an export in flight: Orthanc
 /// exits 0, nothing crashes, and after a restart the import is audited (to its end, or
-/// with how far it got) and the registry agrees with Orthanc. (Orthanc 1.10.1 finishes
-/// the HTTP requests in flight before it signals `OrthancStopped`: the import is seen
-/// to complete.)
+/// with how far it got) and the registry agrees with Orthanc. (Orthanc 1.10.1 signals
+/// `OrthancStopped` about a second after SIGTERM, before its HTTP server stops: the
+/// import is seen both to complete and to be cut, depending on timing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_exits_0_with_work_in_flight() {
     let mut d = Deployment::start(Host::Plugin, Backend::Sqlite).await;
@@ -220,10 +239,16 @@ async fn plugin_exits_0_with_work_in_flight() {
     assert_eq!(rows.len(), 1, "the import in flight is audited once: {audit}");
     let details = &rows[0]["details"];
     if details["completed"] == false {
+        // Cut at `OrthancStopped`: audited with how far it got; what Orthanc could no
+        // longer describe is completed by reconciliation at this start.
         assert_eq!(details["interrupted_by"]["code"], "shutting_down", "{details}");
     }
     let patient = details["patients"][0]["id"].as_i64().expect("patient");
     let stored = details["instances"]["stored"].as_u64().expect("stored") as usize;
-    assert_eq!(registry_matches_orthanc(&d, &admin, patient).await, stored, "{details}");
+    assert!(stored >= 8, "{details}");
+    eventually("the registry agrees with Orthanc", Duration::from_secs(30), || async {
+        registry_count(&admin, patient).await == orthanc_count(&d, &admin, patient).await
+    })
+    .await;
     assert_eq!(registry_matches_orthanc(&d, &admin, exported_id).await, 8);
 }

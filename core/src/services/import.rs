@@ -336,11 +336,19 @@ impl<'a> Importer<'a> {
 
     async fn finish_with(mut self, interrupted: Option<&ApiError>) -> ApiResult<ImportReport> {
         let mut infos = Vec::new();
+        // Studies Orthanc could not describe while an interrupted import winds down (it is
+        // stopping, or gone): the row is written all the same and the journal stays open,
+        // so reconciliation completes their registration at the next start.
+        let mut unrefreshed = Vec::new();
         for (study_id, state) in &self.studies {
             if state.allowed {
                 match self.pacs.study(study_id).await {
                     Ok(info) => infos.push(info),
                     Err(PacsError::NotFound) => {}
+                    Err(e @ (PacsError::Unavailable(_) | PacsError::Protocol(_))) if interrupted.is_some() => {
+                        tracing::warn!(study = %study_id, error = %e, "an interrupted import leaves this study to reconciliation");
+                        unrefreshed.push(study_id.clone());
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -364,11 +372,13 @@ impl<'a> Importer<'a> {
                 "studies": infos.iter().map(|i| i.study_instance_uid.clone()).collect::<Vec<_>>(),
                 "completed": interrupted.is_none(),
                 "interrupted_by": interrupted.map(|e| json!({"status": e.status.as_u16(), "code": e.code, "message": e.message})),
+                "left_to_reconciliation": unrefreshed,
             })))
             .await?;
         }
-        // The import is complete and audited: nothing left for reconciliation.
-        if let Some(id) = self.journal.opened() {
+        // The import is complete and audited: nothing left for reconciliation (unless
+        // Orthanc could not describe some of its studies).
+        if let (Some(id), true) = (self.journal.opened(), unrefreshed.is_empty()) {
             tx.close_import_journal(id).await?;
         }
         tx.commit().await?;
