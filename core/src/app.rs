@@ -32,6 +32,9 @@ pub struct App {
     pub export_memory: Arc<ByteBudget>,
     /// Groups' export policies, for the image proxy's hot path.
     pub export_policies: TtlCache<Id, crate::domain::ExportPolicy>,
+    /// Search totals and small result id lists, valid while the registry's generation
+    /// in the database is unchanged.
+    pub searches: crate::services::search_cache::SearchCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -140,6 +143,7 @@ impl App {
             instance_owners: OwnerCache::new(CACHE_TTL),
             export_memory: ByteBudget::new(config.max_export_bytes),
             export_policies: TtlCache::new(CACHE_TTL),
+            searches: Default::default(),
             registry_sizes: crate::metrics::RegistryCount::new(Duration::from_secs(u64::from(config.registry_count_seconds))),
             abort: Abort::default(),
             store,

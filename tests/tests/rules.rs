@@ -1,7 +1,8 @@
 //! Account rules checked on the core router served in-process over real HTTP, on
 //! SQLite and PostgreSQL: throttling, inactive users, the last admin, deletions and the
 //! audit trail they leave, validation, pagination, search, groups, CORS, the OpenAPI
-//! document, and a closed store.
+//! document, a closed store, and patient list totals and cached searches across two
+//! nodes.
 
 use std::net::SocketAddr;
 
@@ -544,3 +545,121 @@ async fn the_audit_trail_is_append_only(backend: Backend) {
     assert!(after["items"].as_array().expect("items").iter().all(|e| e["action"] != "NOTHING" && e["ip"] != "10.0.0.1"));
 }
 per_backend!(the_audit_trail_is_append_only);
+
+/// Every page of `path` (which has no `page` or `page_size`) with `page_size` 4, joined:
+/// the pages past the middle are read backwards from the end by the server, so they
+/// must join up with the ones before them. Returns the external ids and the totals seen.
+async fn all_pages(c: &Client, path: &str) -> (Vec<String>, Vec<i64>) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (mut ids, mut totals) = (Vec::new(), Vec::new());
+    for page in 1.. {
+        let v = c.get(&format!("{path}{sep}page={page}&page_size=4")).await.expect_status(200);
+        totals.push(v["total"].as_i64().expect("total"));
+        let items = v["items"].as_array().expect("items");
+        if items.is_empty() {
+            break;
+        }
+        ids.extend(items.iter().map(|p| p["external_id"].as_str().expect("external_id").to_string()));
+    }
+    (ids, totals)
+}
+
+async fn total(c: &Client, path: &str) -> i64 {
+    c.get(path).await.expect_status(200)["total"].as_i64().expect("total")
+}
+
+/// One list in full (one page of 200) and its total.
+async fn full(c: &Client, path: &str) -> (Vec<String>, i64) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let v = c.get(&format!("{path}{sep}page_size=200")).await.expect_status(200);
+    let ids = v["items"].as_array().expect("items").iter().map(|p| p["external_id"].as_str().expect("id").to_string()).collect();
+    (ids, v["total"].as_i64().expect("total"))
+}
+
+/// List totals come from counters kept by triggers and search results from a cache
+/// checked against the registry's generation: both must stay exact across creations,
+/// status changes, group moves, renames and deletions, made on this node or another one
+/// on the same database, and pages must join up in every sort order.
+async fn list_totals_and_cached_searches_stay_exact(backend: Backend) {
+    let a = serve(backend, |_| {}).await;
+    let b = serve_on(&a.db_url, |_| {}).await;
+    let admin_a = a.admin().await;
+    let admin_b = b.admin().await;
+    let g1 = admin_a.post("/api/groups", &json!({"name": "Un"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let g2 = admin_a.post("/api/groups", &json!({"name": "Deux"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let statuses = ["to_interpret", "in_progress", "validated", "archived"];
+    let mut ids = Vec::new();
+    for i in 0..19 {
+        let group = match i % 3 {
+            0 => Value::Null,
+            1 => json!(g1),
+            _ => json!(g2),
+        };
+        // Some without a last name: they sort last in both directions.
+        let last_name = if i % 7 == 3 { Value::Null } else { json!(format!("Dupré-{}", (i * 5) % 19)) };
+        let body = json!({"external_id": format!("EX-{i:02}"), "last_name": last_name, "first_name": "Zoé", "status": statuses[i % 4], "group_id": group});
+        ids.push(admin_a.post("/api/patients", &body).await.expect_status(201)["id"].as_i64().expect("id"));
+    }
+    a.user(&admin_a, "un@rules.test", json!({"group_id": g1})).await;
+    let member = a.client();
+    member.login("un@rules.test", "user-password-1").await.expect_status(200);
+
+    // Each list's total is its number of items, and its pages join up, whatever the sort.
+    let check = |label: &'static str| {
+        let (admin_a, member) = (&admin_a, &member);
+        async move {
+            let mut paths = vec!["/api/patients".to_string(), "/api/patients?status=validated".into(), "/api/patients?q=dupre".into()];
+            for field in ["created_at", "updated_at", "last_name", "external_id", "status"] {
+                paths.push(format!("/api/patients?sort={field}"));
+                paths.push(format!("/api/patients?sort=-{field}&q=zoe"));
+            }
+            for (who, c) in [("admin", admin_a), ("member", member)] {
+                for path in &paths {
+                    let (items, total) = full(c, path).await;
+                    assert_eq!(items.len() as i64, total, "{label}: {who} {path}");
+                    let (paged, totals) = all_pages(c, path).await;
+                    assert_eq!(paged, items, "{label}: {who} {path}, pages of 4");
+                    assert!(totals.iter().all(|t| *t == total), "{label}: {who} {path}: {totals:?}");
+                }
+            }
+        }
+    };
+    check("created").await;
+    assert_eq!(total(&admin_a, "/api/patients").await, 19);
+    assert_eq!(total(&member, "/api/patients").await, 6);
+    assert_eq!(total(&admin_a, "/api/patients?q=dupre").await, 16);
+    assert_eq!(total(&member, "/api/patients?q=zoe").await, 6);
+    // The last name sort puts the three without one at the end, both ways.
+    for (sort, expected) in [("last_name", ["EX-03", "EX-10", "EX-17"]), ("-last_name", ["EX-17", "EX-10", "EX-03"])] {
+        let (items, _) = full(&admin_a, &format!("/api/patients?sort={sort}")).await;
+        assert_eq!(&items[16..], expected.map(String::from).as_slice(), "{sort}");
+    }
+
+    // Writes on the other node: a move into the member's group, a rename that makes a
+    // patient match a search, a status change, a deletion. The first node's cached
+    // searches and counters follow at once.
+    let moved = ids[0]; // ungrouped, to_interpret
+    admin_b.put(&format!("/api/patients/{moved}"), &json!({"group_id": g1})).await.expect_status(200);
+    assert_eq!(total(&member, "/api/patients").await, 7);
+    assert_eq!(total(&member, "/api/patients?q=zoe").await, 7);
+    assert_eq!(total(&admin_a, "/api/patients?q=zorglub").await, 0);
+    admin_b.put(&format!("/api/patients/{}", ids[1]), &json!({"last_name": "Zorglub"})).await.expect_status(200);
+    let found = admin_a.get("/api/patients?q=zorglub").await.expect_status(200);
+    assert_eq!((found["total"].as_i64(), found["items"][0]["external_id"].as_str()), (Some(1), Some("EX-01")));
+    assert_eq!(total(&admin_a, "/api/patients?q=dupre").await, 15);
+    assert_eq!(total(&admin_a, "/api/patients?status=validated").await, 5);
+    admin_b.put(&format!("/api/patients/{}", ids[3]), &json!({"status": "validated"})).await.expect_status(200);
+    assert_eq!(total(&admin_a, "/api/patients?status=validated").await, 6);
+    admin_b.req(Method::DELETE, &format!("/api/patients/{}", ids[4])).send().await.expect_status(204);
+    assert_eq!(total(&admin_a, "/api/patients").await, 18);
+    assert_eq!(total(&member, "/api/patients").await, 6, "EX-04 was the member's");
+    // A patient moved out of the member's group leaves their cached search at once.
+    assert_eq!(total(&member, "/api/patients?q=zorglub").await, 1);
+    admin_b.put(&format!("/api/patients/{}", ids[1]), &json!({"group_id": g2})).await.expect_status(200);
+    let gone = member.get("/api/patients?q=zorglub").await.expect_status(200);
+    assert_eq!((gone["total"].as_i64(), gone["items"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    check("after writes on another node").await;
+    // Group deletion still sees the group's patients through the counters.
+    admin_a.delete(&format!("/api/groups/{g1}")).await.expect_error(409, "group_not_empty");
+}
+per_backend!(list_totals_and_cached_searches_stay_exact);

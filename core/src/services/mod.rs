@@ -13,6 +13,7 @@ pub mod patients;
 pub mod pseudonyms;
 pub mod reconcile;
 pub mod registry;
+pub mod search_cache;
 pub mod stats;
 pub mod tokens;
 pub mod users;

@@ -1,15 +1,18 @@
 //! The patient registry: visibility, listing, manual records, status workflow and
 //! deletion. Every route that touches a patient goes through [`visible_patient`].
 
+use std::sync::Arc;
+
 use chrono::NaiveDate;
 use serde_json::json;
 
+use super::search_cache::{SearchKey, SearchResult, IDS_MAX};
 use super::{action, Outcome, Principal};
 use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Patient, PatientDetail, PatientInstance, StatusLabel, Study};
-use crate::store::patients::{NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
+use crate::store::patients::{ListPlan, NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
 use crate::store::{Db, Page, PageRequest};
 
 /// Which patients a caller may see: admins all; users their group's; a user without a
@@ -81,6 +84,10 @@ pub fn parse_sort(raw: Option<&str>) -> ApiResult<PatientSort> {
     })
 }
 
+/// A page of the patients the caller may see, with the exact total. Totals come from
+/// the counters (no search), or from a count remembered by this node while the scope's
+/// generation in the database stays the same (a search; see `search_cache`); a search
+/// matching few patients also remembers their ordered ids and reads a page by id.
 pub async fn list(
     app: &App,
     who: &Principal,
@@ -93,9 +100,46 @@ pub async fn list(
     // Admins may look a pseudonym up (one that came back from a de-identified export).
     let pseudonym = q.filter(|q| who.is_admin() && crate::deidentify::looks_like_pseudonym(q)).map(|q| q.trim().to_ascii_uppercase());
     let filter = PatientFilter { scope: scope_of(who), search, pseudonym, status, sort };
+    if filter.scope == Scope::Nothing {
+        return Ok(Page { items: Vec::new(), total: 0 });
+    }
     let mut db = app.store.conn().await?;
-    let rows = db.list_patients(&filter, page).await?;
-    Ok(Page { items: rows.items.into_iter().map(Patient::from).collect(), total: rows.total })
+    let counts = db.patient_counts(filter.scope).await?;
+    let universe = counts.total(status);
+    let (total, rows) = match (&filter.search, &filter.pseudonym) {
+        (None, _) => (universe, db.list_patients(&filter, page, ListPlan { total: universe, universe }).await?),
+        // The pseudonyms table has no generation: counted every time (rare).
+        (Some(_), Some(_)) => {
+            let total = db.count_patient_matches(&filter).await?;
+            (total, db.list_patients(&filter, page, ListPlan { total, universe }).await?)
+        }
+        (Some(search), None) => {
+            let key = SearchKey { scope: filter.scope, status, search: search.clone(), sort };
+            let found = match app.searches.get(&key, counts.generation) {
+                Some(found) => found,
+                None => {
+                    let total = db.count_patient_matches(&filter).await?;
+                    let ids = if total <= IDS_MAX { Some(Arc::new(db.matching_patient_ids(&filter).await?)) } else { None };
+                    // The ids were read after the count: they are the truth if they differ.
+                    let found = SearchResult { total: ids.as_ref().map_or(total, |ids| ids.len() as i64), ids };
+                    app.searches.put(key, counts.generation, found.clone());
+                    found
+                }
+            };
+            match &found.ids {
+                Some(ids) => {
+                    let start = usize::try_from(page.offset()).unwrap_or(usize::MAX).min(ids.len());
+                    let end = start.saturating_add(page.page_size as usize).min(ids.len());
+                    let mut rows = db.patients_by_ids(&ids[start..end]).await?;
+                    // Read now, so checked now: never a patient the caller may not see.
+                    rows.retain(|r| can_see(filter.scope, r) && status.is_none_or(|s| r.status == s));
+                    (found.total, rows)
+                }
+                None => (found.total, db.list_patients(&filter, page, ListPlan { total: found.total, universe }).await?),
+            }
+        }
+    };
+    Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total })
 }
 
 pub async fn get(app: &App, who: &Principal, id: Id) -> ApiResult<PatientDetail> {

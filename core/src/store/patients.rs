@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{Db, Page, PageRequest, StoreResult};
+use super::{Db, PageRequest, StoreResult};
 use crate::domain::{fold_for_search, like_contains, Id, PatientStatus};
 use crate::pacs::InstanceInfo;
 
@@ -67,7 +67,7 @@ pub struct InstanceWithStudy {
 }
 
 /// Which patients a caller may see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
     All,
     Group(Id),
@@ -86,8 +86,9 @@ impl Scope {
     }
 }
 
-/// How lists are ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How lists are ordered. Each order ends with a unique column, so it is total, and each
+/// has an index that yields it forwards and its exact reverse backwards (migration 0008).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PatientSort {
     CreatedAt { desc: bool },
     UpdatedAt { desc: bool },
@@ -97,19 +98,33 @@ pub enum PatientSort {
 }
 
 impl PatientSort {
-    fn order_by(self) -> &'static str {
-        match self {
-            PatientSort::CreatedAt { desc: false } => "created_at ASC, id ASC",
-            PatientSort::CreatedAt { desc: true } => "created_at DESC, id DESC",
-            PatientSort::UpdatedAt { desc: false } => "updated_at ASC, id ASC",
-            PatientSort::UpdatedAt { desc: true } => "updated_at DESC, id DESC",
-            PatientSort::LastName { desc: false } => "last_name IS NULL, last_name ASC, first_name ASC, id ASC",
-            PatientSort::LastName { desc: true } => "last_name IS NULL, last_name DESC, first_name DESC, id DESC",
-            PatientSort::ExternalId { desc: false } => "external_id ASC",
-            PatientSort::ExternalId { desc: true } => "external_id DESC",
-            PatientSort::Status { desc: false } => "status ASC, id ASC",
-            PatientSort::Status { desc: true } => "status DESC, id DESC",
+    /// `ORDER BY` terms as (expression, descending) in this order, or all flipped.
+    fn terms(self, reversed: bool) -> Vec<(&'static str, bool)> {
+        let (columns, desc): (&[&'static str], bool) = match self {
+            PatientSort::CreatedAt { desc } => (&["created_at", "id"], desc),
+            PatientSort::UpdatedAt { desc } => (&["updated_at", "id"], desc),
+            PatientSort::LastName { desc } => (&["last_name", "first_name", "id"], desc),
+            PatientSort::ExternalId { desc } => (&["external_id"], desc),
+            // Within a status, by last update: the index that serves the status filter
+            // (status, updated_at, id) serves this order too.
+            PatientSort::Status { desc } => (&["status", "updated_at", "id"], desc),
+        };
+        let mut terms = Vec::new();
+        if matches!(self, PatientSort::LastName { .. }) {
+            // Patients without a last name come last, in both directions.
+            terms.push(("last_name IS NULL", reversed));
         }
+        terms.extend(columns.iter().map(|c| (*c, desc != reversed)));
+        terms
+    }
+
+    fn order_by(self, reversed: bool) -> String {
+        self.terms(reversed).iter().map(|(e, desc)| format!("{e} {}", if *desc { "DESC" } else { "ASC" })).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether the index that serves a group or status filter also yields this order.
+    fn follows_filter_index(self) -> bool {
+        matches!(self, PatientSort::UpdatedAt { .. } | PatientSort::Status { .. })
     }
 }
 
@@ -124,10 +139,6 @@ pub struct PatientFilter {
     pub status: Option<PatientStatus>,
     pub sort: PatientSort,
 }
-
-/// `group_id` and visibility as SQL, for the fixed-shape queries: `$1` is the scope
-/// kind, `$2` the group.
-const SCOPE_SQL: &str = "($1 = 'all' OR ($1 = 'group' AND group_id = $2))";
 
 /// A bound argument of a query whose shape depends on the request.
 enum Arg {
@@ -149,12 +160,55 @@ macro_rules! bind_args {
     }};
 }
 
-/// A patient row with the total of its query (`COUNT(*) OVER ()`).
-#[derive(sqlx::FromRow)]
-struct Counted {
-    #[sqlx(flatten)]
-    row: PatientRow,
-    total: i64,
+/// How many rows a page may walk through in sort order, skipping those a filter
+/// refuses, before the query goes through the filter's own index and sorts instead.
+const WALK_LIMIT: i64 = 20_000;
+
+/// What the list query knows before it runs: how many patients match (exact), and how
+/// many are in the scope and status (the rows a walk in sort order passes over).
+#[derive(Clone, Copy, Debug)]
+pub struct ListPlan {
+    pub total: i64,
+    pub universe: i64,
+}
+
+/// Patient counts of a scope per status, and the scope's generation: the sum of its
+/// counters' `gen`, which grows with every write to a patient in it (see migration 0008).
+#[derive(Clone, Debug, Default)]
+pub struct PatientCounts {
+    pub by_status: Vec<(String, i64)>,
+    pub generation: i64,
+}
+
+impl PatientCounts {
+    /// Patients of the scope, of one status or all.
+    pub fn total(&self, status: Option<PatientStatus>) -> i64 {
+        self.by_status.iter().filter(|(s, _)| status.is_none_or(|st| st.as_str() == s)).map(|(_, n)| n).sum()
+    }
+}
+
+/// A page in one direction or the other: `reversed` reads the exact reverse order from
+/// `offset` (for pages past the middle, read backwards from the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    offset: i64,
+    limit: i64,
+    reversed: bool,
+}
+
+impl Window {
+    /// The cheaper direction for a page of a list of `total` rows; `None` past the end.
+    fn of(page: PageRequest, total: i64) -> Option<Window> {
+        let (offset, limit) = (page.offset(), page.limit());
+        if offset >= total {
+            return None;
+        }
+        if offset + limit / 2 <= total / 2 {
+            return Some(Window { offset, limit, reversed: false });
+        }
+        let end = (offset + limit).min(total);
+        Some(Window { offset: total - end, limit: end - offset, reversed: true })
+    }
 }
 
 pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
@@ -317,26 +371,44 @@ impl Db {
             .await)?)
     }
 
-    /// One page of patients and their total. The SQL holds only the predicates a
-    /// request needs, so the planner sees plain indexable conditions. A search of three
-    /// characters or more goes through the trigram index (FTS5 on SQLite, pg_trgm on
-    /// PostgreSQL) and counts its matches in the same query; a plain listing counts
-    /// separately, which an index answers.
-    pub async fn list_patients(&mut self, f: &PatientFilter, page: PageRequest) -> StoreResult<Page<PatientRow>> {
+    /// Patient counts of a scope per status, and its generation, from the counters the
+    /// triggers keep (a few rows, whatever the registry's size).
+    pub async fn patient_counts(&mut self, scope: Scope) -> StoreResult<PatientCounts> {
+        let (kind, group) = scope_args(scope);
+        let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(
+            "SELECT status, CAST(SUM(n) AS BIGINT), CAST(SUM(gen) AS BIGINT) FROM patient_counts \
+             WHERE ($1 = 'all' OR ($1 = 'group' AND group_key = $2)) GROUP BY status ORDER BY status"
+        )
+        .bind(kind)
+        .bind(group)
+        .fetch_all(c)
+        .await)?;
+        Ok(PatientCounts {
+            generation: rows.iter().map(|r| r.2).sum(),
+            by_status: rows.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
+        })
+    }
+
+    /// The `WHERE` of a filter and the `FROM`/`WITH` it needs. With `text_index`, a
+    /// search of three characters or more goes through the trigram index (FTS5 on
+    /// SQLite, pg_trgm on PostgreSQL); without, it is a `LIKE` on each row passed (for
+    /// walks in sort order, where most rows match). `walk` also keeps SQLite from using
+    /// the group or status index (`+column`), so it reads the sort's index instead.
+    fn filter_sql(&self, f: &PatientFilter, text_index: bool, walk: bool, args: &mut Vec<Arg>) -> (String, &'static str, String) {
         let sqlite = matches!(self.0, super::Inner::Sqlite(_));
-        let mut args: Vec<Arg> = Vec::new();
         let mut push = |a: Arg| {
             args.push(a);
             format!("${}", args.len())
         };
+        let plus = if sqlite && walk { "+" } else { "" };
         let mut conditions: Vec<String> = Vec::new();
         match f.scope {
             Scope::All => {}
-            Scope::Group(g) => conditions.push(format!("group_id = {}", push(Arg::Int(g)))),
+            Scope::Group(g) => conditions.push(format!("{plus}group_id = {}", push(Arg::Int(g)))),
             Scope::Nothing => conditions.push("1 = 0".into()),
         }
         if let Some(status) = f.status {
-            conditions.push(format!("status = {}", push(Arg::Text(status.as_str().into()))));
+            conditions.push(format!("{plus}status = {}", push(Arg::Text(status.as_str().into()))));
         }
         let mut with = String::new();
         let mut from = "patients";
@@ -349,7 +421,7 @@ impl Db {
                 push(Arg::Text(format!("{}%", like_contains(pseudonym).trim_matches('%'))))
             ));
         } else if let Some(search) = &f.search {
-            if sqlite && search.chars().count() >= 3 {
+            if sqlite && text_index && search.chars().count() >= 3 {
                 // Quoted: the text is one FTS5 phrase, whatever it contains.
                 let phrase = format!("\"{}\"", search.replace('"', "\"\""));
                 with = format!(
@@ -358,47 +430,105 @@ impl Db {
                 );
                 from = "hits JOIN patients ON id = rid";
             } else {
+                // PostgreSQL picks between the trigram index and a walk in sort order
+                // from its statistics; on SQLite this is the walk.
                 conditions.push(format!("search_text LIKE {} ESCAPE '\\'", push(Arg::Text(like_contains(search)))));
             }
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-        let (limit, offset) = (push(Arg::Int(page.limit())), push(Arg::Int(page.offset())));
-        let order = f.sort.order_by();
-        if f.search.is_some() {
-            let sql = format!(
-                concat!("{}SELECT ", patient_columns!(), ", COUNT(*) OVER () AS total FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
-                with, from, filter, order, limit, offset
-            );
-            let rows: Vec<Counted> = on_db!(self, |c| {
-                let q = bind_args!(sqlx::query_as(&sql), &args);
-                q.fetch_all(c).await
-            })?;
-            let total = match rows.first() {
-                Some(r) => r.total,
-                // Past the last page: count on its own.
-                None if page.offset() > 0 => self.count_patients(&with, from, &filter, &args[..args.len() - 2]).await?,
-                None => 0,
-            };
-            return Ok(Page { items: rows.into_iter().map(|r| r.row).collect(), total });
+        (with, from, filter)
+    }
+
+    /// How many patients a filter with a search matches (a list without a search takes
+    /// its total from [`Db::patient_counts`]). On SQLite, a search over the whole
+    /// registry counts the FTS5 index's matches alone.
+    pub async fn count_patient_matches(&mut self, f: &PatientFilter) -> StoreResult<i64> {
+        let sqlite = matches!(self.0, super::Inner::Sqlite(_));
+        if let (true, Scope::All, None, None, Some(search)) = (sqlite, f.scope, f.status, &f.pseudonym, &f.search) {
+            if search.chars().count() >= 3 {
+                let phrase = format!("\"{}\"", search.replace('"', "\"\""));
+                return Ok(on_db!(self, |c| sqlx::query_scalar("SELECT COUNT(*) FROM patients_fts WHERE patients_fts MATCH $1")
+                    .bind(phrase)
+                    .fetch_one(c)
+                    .await)?);
+            }
         }
+        let mut args = Vec::new();
+        let (with, from, filter) = self.filter_sql(f, true, false, &mut args);
+        let sql = format!("{with}SELECT COUNT(*) FROM {from} {filter}");
+        Ok(on_db!(self, |c| {
+            let q = bind_args!(sqlx::query_scalar(&sql), &args);
+            q.fetch_one(c).await
+        })?)
+    }
+
+    /// Every matching patient's id in list order, through the text index: for searches
+    /// that match few patients, whose pages are then read by id.
+    pub async fn matching_patient_ids(&mut self, f: &PatientFilter) -> StoreResult<Vec<Id>> {
+        let mut args = Vec::new();
+        let (with, from, filter) = self.filter_sql(f, true, false, &mut args);
+        let sql = format!("{with}SELECT id FROM {from} {filter} ORDER BY {}", f.sort.order_by(false));
+        Ok(on_db!(self, |c| {
+            let q = bind_args!(sqlx::query_scalar(&sql), &args);
+            q.fetch_all(c).await
+        })?)
+    }
+
+    /// The patients of `ids`, in that order (ids no longer in the registry are left out).
+    pub async fn patients_by_ids(&mut self, ids: &[Id]) -> StoreResult<Vec<PatientRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+        let sql = format!(concat!("SELECT ", patient_columns!(), " FROM patients WHERE id IN ({})"), list);
+        let mut rows: Vec<PatientRow> = on_db!(self, |c| sqlx::query_as(&sql).fetch_all(c).await)?;
+        let position: std::collections::HashMap<Id, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        rows.sort_by_key(|r| position.get(&r.id).copied().unwrap_or(usize::MAX));
+        Ok(rows)
+    }
+
+    /// One page of patients, given how many match (`plan`, exact: from the counters or a
+    /// count). A page past the middle is read backwards from the end, so the last page
+    /// costs what the first does. The SQL holds only the predicates a request needs; a
+    /// page that would pass over at most [`WALK_LIMIT`] rows in sort order walks the
+    /// sort's index (filters tested on each row), otherwise it goes through the filter's
+    /// index (the text index for a search) and sorts what matches.
+    pub async fn list_patients(&mut self, f: &PatientFilter, page: PageRequest, plan: ListPlan) -> StoreResult<Vec<PatientRow>> {
+        let Some(w) = Window::of(page, plan.total) else {
+            return Ok(Vec::new());
+        };
+        // Rows passed over to collect this window, when walking in sort order.
+        let walked = (w.offset + w.limit).saturating_mul(plan.universe.max(1)) / plan.total.max(1);
+        let filtered = f.search.is_some() || f.status.is_some() || matches!(f.scope, Scope::Group(_));
+        let walk = walked <= WALK_LIMIT && !(f.search.is_none() && f.sort.follows_filter_index());
+        let text_index = f.search.is_some() && !walk;
+        let mut args = Vec::new();
+        let (with, from, filter) = self.filter_sql(f, text_index, filtered && walk, &mut args);
+        let limit = {
+            args.push(Arg::Int(w.limit));
+            format!("${}", args.len())
+        };
+        let offset = {
+            args.push(Arg::Int(w.offset));
+            format!("${}", args.len())
+        };
         let sql = format!(
-            concat!("SELECT ", patient_columns!(), " FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
-            from, filter, order, limit, offset
+            concat!("{}SELECT ", patient_columns!(), " FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
+            with,
+            from,
+            filter,
+            f.sort.order_by(w.reversed),
+            limit,
+            offset
         );
-        let items = on_db!(self, |c| {
+        let mut rows: Vec<PatientRow> = on_db!(self, |c| {
             let q = bind_args!(sqlx::query_as(&sql), &args);
             q.fetch_all(c).await
         })?;
-        let total = self.count_patients(&with, from, &filter, &args[..args.len() - 2]).await?;
-        Ok(Page { items, total })
-    }
-
-    async fn count_patients(&mut self, with: &str, from: &str, filter: &str, args: &[Arg]) -> StoreResult<i64> {
-        let sql = format!("{with}SELECT COUNT(*) FROM {from} {filter}");
-        Ok(on_db!(self, |c| {
-            let q = bind_args!(sqlx::query_scalar(&sql), args);
-            q.fetch_one(c).await
-        })?)
+        if w.reversed {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     pub async fn delete_patient(&mut self, id: Id) -> StoreResult<bool> {
@@ -406,12 +536,9 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// Patients per status within a scope.
+    /// Patients per status within a scope (from the counters).
     pub async fn patient_status_counts(&mut self, scope: Scope) -> StoreResult<StatusCounts> {
-        let (kind, group) = scope_args(scope);
-        let sql = format!("SELECT status, COUNT(*) FROM patients WHERE {SCOPE_SQL} GROUP BY status");
-        let rows: Vec<(String, i64)> = on_db!(self, |c| sqlx::query_as(&sql).bind(kind).bind(group).fetch_all(c).await)?;
-        Ok(StatusCounts(rows))
+        Ok(StatusCounts(self.patient_counts(scope).await?.by_status))
     }
 
     /// Rows of patients, studies and instances (three counts in one statement). A full
@@ -426,7 +553,7 @@ impl Db {
 
     /// Patients still in a group (group deletion refuses while there are some).
     pub async fn count_group_patients(&mut self, group_id: Id) -> StoreResult<i64> {
-        Ok(on_db!(self, |c| sqlx::query_scalar("SELECT COUNT(*) FROM patients WHERE group_id = $1").bind(group_id).fetch_one(c).await)?)
+        Ok(self.patient_counts(Scope::Group(group_id)).await?.total(None))
     }
 
     pub async fn studies_of_patient(&mut self, patient_id: Id) -> StoreResult<Vec<StudyRow>> {
