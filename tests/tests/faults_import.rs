@@ -186,6 +186,11 @@ async fn assert_reconciled(d: &Deployment, admin: &Client, user: &Client, group:
     assert_eq!(reconcile_rows(admin, Duration::ZERO).await.len(), 1);
 }
 
+/// `POST /api/patients/import/reconcile` as `c`.
+async fn reconcile(c: &Client) -> cohort_e2e::Resp {
+    c.req(Method::POST, "/api/patients/import/reconcile").send().await
+}
+
 /// The sidecar killed mid-import, then started again: it reconciles by itself.
 async fn sidecar_killed(backend: Backend) {
     let zip = archive();
@@ -237,6 +242,23 @@ async fn plugin_killed() {
     let admin = d.admin().await;
     let user = d.client();
     user.login("importer@cohort.test", PASSWORD).await.expect_status(200);
+    // On demand (the plugin has no command line): an admin's route, which leaves an
+    // import alone while its last sign of life is recent, and is the admin's only.
+    reconcile(&user).await.expect_error(403, "forbidden");
+    let first = reconcile(&admin).await.expect_status(200);
+    let done = first["reconciled"].as_array().expect("reconciled").len();
+    assert_eq!(done + first["running"].as_u64().expect("running") as usize, 1, "{first}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = reconcile(&admin).await.expect_status(200);
+        if !now["reconciled"].as_array().expect("reconciled").is_empty() || !reconcile_rows(&admin, Duration::ZERO).await.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reconciled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = reconcile(&admin).await.expect_status(200);
+    assert_eq!(after, json!({"reconciled": [], "running": 0}));
     assert_reconciled(&d, &admin, &user, group, zip).await;
 }
 

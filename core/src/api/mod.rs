@@ -10,6 +10,7 @@ pub mod health;
 pub mod multipart_limits;
 pub mod observe;
 pub mod patients;
+pub mod reconcile;
 pub mod request_rules;
 pub mod tokens;
 pub mod users;
@@ -76,7 +77,7 @@ fn documented_routes() -> OpenApiRouter<SharedApp> {
         .nest("/api/tokens", tokens::admin_router())
         .nest("/api/groups", groups::router())
         .nest("/api/audit", audit::router())
-        .nest("/api/patients", patients::router())
+        .nest("/api/patients", patients::router().merge(reconcile::router()))
         .nest("/api", health::router().merge(observe::router()).merge(patients::stats_router()))
         .routes(routes!(openapi_json))
         .routes(routes!(docs::docs))

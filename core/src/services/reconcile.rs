@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use super::{action, registry, Actor, Outcome};
 use crate::app::App;
@@ -174,7 +175,7 @@ pub async fn journal_group(db: &mut Db, info: &StudyInfo, default: Option<Id>) -
 }
 
 /// What one reconciliation did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
 pub struct ReconcileOutcome {
     /// The dead imports reconciled now.
     pub reconciled: Vec<ReconciledImport>,
@@ -182,11 +183,12 @@ pub struct ReconcileOutcome {
     pub running: usize,
     /// When the first of those would count as dead.
     #[serde(skip)]
+    #[schema(ignore)]
     pub next_check: Option<Duration>,
 }
 
 /// A dead import, completed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ReconciledImport {
     pub import_id: Id,
     pub importer: Option<String>,
