@@ -41,18 +41,26 @@ pub struct PgCluster {
     port: u16,
     as_postgres: bool,
     child: Option<Child>,
+    /// A tmpfs mounted in the server's own mount namespace (for a tablespace on it).
+    tmpfs: Option<std::sync::Arc<PrivateTmpfs>>,
 }
 
 impl PgCluster {
     /// `initdb` (trust authentication, no fsync) and a first start.
     pub async fn start() -> PgCluster {
+        Self::start_in(None).await
+    }
+
+    /// As [`PgCluster::start`], the server running with `tmpfs` mounted in a mount
+    /// namespace of its own (see [`PgCluster::database_on_tmpfs`]).
+    pub async fn start_in(tmpfs: Option<std::sync::Arc<PrivateTmpfs>>) -> PgCluster {
         let dir = tempfile::Builder::new().prefix("cohort-pg-").tempdir().expect("temp dir");
         let as_postgres = is_root();
         if as_postgres {
             let status = Command::new("chown").arg("postgres:").arg(dir.path()).status().expect("chown");
             assert!(status.success(), "chown postgres {}", dir.path().display());
         }
-        let mut cluster = PgCluster { bin: pg_bin(), dir, port: 0, as_postgres, child: None };
+        let mut cluster = PgCluster { bin: pg_bin(), dir, port: 0, as_postgres, child: None, tmpfs };
         let out = cluster
             .tool("initdb")
             .arg("-D")
@@ -130,8 +138,17 @@ impl PgCluster {
             let _ = Command::new("chown").arg("postgres:").arg(self.log_path()).status();
         }
         let socket_dir = self.dir.path().to_path_buf();
-        let child = self
-            .tool("postgres")
+        let mut server = match &self.tmpfs {
+            Some(tmpfs) if self.as_postgres => {
+                let mut cmd = tmpfs.command("/usr/bin/setpriv");
+                cmd.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(self.bin.join("postgres"));
+                cmd
+            }
+            Some(tmpfs) => tmpfs.command(self.bin.join("postgres")),
+            None => self.tool("postgres"),
+        };
+        let child = server
+            .stdin(Stdio::null())
             .arg("-D")
             .arg(self.data())
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"])
@@ -156,6 +173,34 @@ impl PgCluster {
             assert!(Instant::now() < deadline, "PostgreSQL did not start within 60 s; its log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Makes tablespace `name` in directory `sub` of the server's tmpfs and a database
+    /// `database` in it; returns the database's URL.
+    pub async fn database_on_tmpfs(&self, name: &str, sub: &str, database: &str) -> String {
+        use sqlx::{ConnectOptions, Connection};
+        let tmpfs = self.tmpfs.as_ref().expect("a cluster started with a tmpfs");
+        let outside = tmpfs.seen_through(self.pid()).join(sub);
+        std::fs::create_dir_all(&outside).expect("tablespace directory");
+        if self.as_postgres {
+            let status = Command::new("chown").arg("postgres:").arg(&outside).status().expect("chown");
+            assert!(status.success(), "chown postgres {}", outside.display());
+        }
+        let options: sqlx::postgres::PgConnectOptions = self.url("postgres").parse().expect("url");
+        let mut conn = options.connect().await.expect("connect to the test cluster");
+        let location = tmpfs.path().join(sub);
+        sqlx::query(&format!("CREATE TABLESPACE {name} LOCATION '{}'", location.display()))
+            .execute(&mut conn)
+            .await
+            .expect("create tablespace");
+        sqlx::query(&format!("CREATE DATABASE {database} TABLESPACE {name}")).execute(&mut conn).await.expect("create database");
+        let _ = conn.close().await;
+        self.url(database)
     }
 
     /// `pg_ctl stop -m fast`: open sessions are ended, the server stops; waits for it.
