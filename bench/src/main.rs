@@ -125,52 +125,10 @@ async fn main() -> anyhow::Result<()> {
 
     let mut report = Report::new(&native_t, &sizes).await?;
 
-    eprintln!("==> generating and loading {} instances", sizes.patients * 2 * sizes.instances_per_series);
-    let base = dicom::study(
-        &StudySpec::new("BENCH")
-            .patients(sizes.patients)
-            .studies(1)
-            .series(2)
-            .instances(sizes.instances_per_series)
-            .size(sizes.image_side, sizes.image_side)
-            .modalities(&["CT", "MR"])
-            .seed(1),
-    );
-    let base_zip = dicom::zip(&base.paths(), ZipOptions { store: true, ..ZipOptions::default() });
-    for t in [&native_t, &plugin_t, &sidecar_t] {
-        let r = post_zip(t, &base_zip.path)?;
-        if r.status != 200 {
-            bail!("{} refused the base dataset ({})", t.name, r.status);
-        }
-    }
-    let native_ids = instance_ids_native(&native_t).await?;
-    let plugin_ids = instance_ids_cohort(&plugin_t).await?;
-    let sidecar_ids = instance_ids_cohort(&sidecar_t).await?;
-
-    eprintln!("==> raw instance download");
-    let paths = |ids: &[String], prefix: &str| -> anyhow::Result<PathBuf> {
-        let file = work.path().join(format!("paths-{}.txt", rand::random::<u32>()));
-        std::fs::write(
-            &file,
-            ids.iter()
-                .take(500)
-                .map(|id| format!("{prefix}{id}{}", if prefix == "/instances/" { "/file" } else { "" }))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )?;
-        Ok(file)
-    };
-    let image_paths = [
-        (&native_t, paths(&native_ids, "/instances/")?),
-        (&plugin_t, paths(&plugin_ids, "/api/patients/images/")?),
-        (&sidecar_t, paths(&sidecar_ids, "/api/patients/images/")?),
-    ];
-    for connections in [1, 32] {
-        let mut row = Vec::new();
-        for (t, p) in &image_paths {
-            row.push(load(t, &script, p, connections, sizes.seconds, None)?);
-        }
-        report.image(connections, &row);
+    // `--only imports`: the two import sections alone (ZIP vs Orthanc, then by archive type).
+    let only_imports = value("--only").as_deref() == Some("imports");
+    if !only_imports {
+        raw_download(&sizes, &work, &script, [&native_t, &plugin_t, &sidecar_t], &mut report).await?;
     }
 
     eprintln!("==> import of a {}-instance ZIP", sizes.import_instances);
@@ -195,6 +153,52 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     report.import(sizes.import_instances, &rates);
+
+    eprintln!("==> import of the same {} instances by archive type", sizes.import_instances);
+    let (cd, formats) = archive_formats(work.path(), &batch.paths())?;
+    let mut by_format: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for _round in 0..3 {
+        for a in &formats {
+            for t in [&plugin_t, &sidecar_t] {
+                let r = curl(&format!("{}/api/patients/import", t.url), &t.headers, Some((&a.path, a.content_type)))?;
+                if r.status != 200 {
+                    bail!("{} refused the {} import ({})", t.name, a.label, r.status);
+                }
+                by_format.entry((a.label, t.name)).or_default().push(f64::from(sizes.import_instances) / r.seconds);
+                let stored = registered_instances(t, "IMPORT").await?;
+                if stored != sizes.import_instances as usize {
+                    bail!("{}: {stored} instances registered from the {} import", t.name, a.label);
+                }
+                delete_patient(t, "IMPORT").await?;
+            }
+        }
+    }
+    let tokens = [
+        (plugin_t.name, token_file(work.path(), &plugin.db.url, &plugin.orthanc.url())?),
+        (sidecar_t.name, token_file(work.path(), &sidecar.db.url, &sidecar.orthanc.url())?),
+    ];
+    for _round in 0..3 {
+        for t in [&plugin_t, &sidecar_t] {
+            let token = &tokens.iter().find(|(name, _)| *name == t.name).context("token")?.1;
+            let args = ["--url", t.url.as_str(), "--token-file", token.to_str().context("path")?];
+            let seconds = cli_import(&sidecar.db.url, &sidecar.orthanc.url(), &cd, &args, sizes.import_instances)?;
+            by_format.entry((CD_REMOTE, t.name)).or_default().push(f64::from(sizes.import_instances) / seconds);
+            delete_patient(t, "IMPORT").await?;
+        }
+        let seconds = cli_import(&sidecar.db.url, &sidecar.orthanc.url(), &cd, &[], sizes.import_instances)?;
+        by_format.entry((CD_LOCAL, sidecar_t.name)).or_default().push(f64::from(sizes.import_instances) / seconds);
+        delete_patient(&sidecar_t, "IMPORT").await?;
+    }
+    let labels: Vec<&str> = formats.iter().map(|a| a.label).chain([CD_REMOTE, CD_LOCAL]).collect();
+    report.import_formats(sizes.import_instances, &labels, &by_format, [plugin_t.name, sidecar_t.name]);
+    if only_imports {
+        let md = report.finish();
+        let file = out_dir.join("imports.md");
+        std::fs::write(&file, &md)?;
+        println!("{md}");
+        eprintln!("==> written to {}", file.display());
+        return Ok(());
+    }
 
     eprintln!("==> patient export");
     let mut exports = Vec::new();
@@ -285,9 +289,153 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the base dataset in each contender, then measures raw instance download.
+async fn raw_download(
+    sizes: &Sizes,
+    work: &tempfile::TempDir,
+    script: &Path,
+    targets: [&Target; 3],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let [native_t, plugin_t, sidecar_t] = targets;
+    eprintln!("==> generating and loading {} instances", sizes.patients * 2 * sizes.instances_per_series);
+    let base = dicom::study(
+        &StudySpec::new("BENCH")
+            .patients(sizes.patients)
+            .studies(1)
+            .series(2)
+            .instances(sizes.instances_per_series)
+            .size(sizes.image_side, sizes.image_side)
+            .modalities(&["CT", "MR"])
+            .seed(1),
+    );
+    let base_zip = dicom::zip(&base.paths(), ZipOptions { store: true, ..ZipOptions::default() });
+    for t in [native_t, plugin_t, sidecar_t] {
+        let r = post_zip(t, &base_zip.path)?;
+        if r.status != 200 {
+            bail!("{} refused the base dataset ({})", t.name, r.status);
+        }
+    }
+    let native_ids = instance_ids_native(native_t).await?;
+    let plugin_ids = instance_ids_cohort(plugin_t).await?;
+    let sidecar_ids = instance_ids_cohort(sidecar_t).await?;
+
+    eprintln!("==> raw instance download");
+    let paths = |ids: &[String], prefix: &str| -> anyhow::Result<PathBuf> {
+        let file = work.path().join(format!("paths-{}.txt", rand::random::<u32>()));
+        std::fs::write(
+            &file,
+            ids.iter()
+                .take(500)
+                .map(|id| format!("{prefix}{id}{}", if prefix == "/instances/" { "/file" } else { "" }))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )?;
+        Ok(file)
+    };
+    let image_paths = [
+        (native_t, paths(&native_ids, "/instances/")?),
+        (plugin_t, paths(&plugin_ids, "/api/patients/images/")?),
+        (sidecar_t, paths(&sidecar_ids, "/api/patients/images/")?),
+    ];
+    for connections in [1, 32] {
+        let mut row = Vec::new();
+        for (t, p) in &image_paths {
+            row.push(load(t, script, p, connections, sizes.seconds, None)?);
+        }
+        report.image(connections, &row);
+    }
+
+    Ok(())
+}
+
 /// Percent-encodes a query value (UTF-8 bytes outside `[A-Za-z0-9-]`).
 fn encode(q: &str) -> String {
     q.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// One archive of the import batch: how the table names it, the file, its content type.
+struct Archive {
+    label: &'static str,
+    path: PathBuf,
+    content_type: &'static str,
+}
+
+const CD_REMOTE: &str = "CD folder, `cohort import --url` (one request per file)";
+const CD_LOCAL: &str = "CD folder, `cohort import` (the sidecar's database and Orthanc)";
+
+/// The same instances as people bring them: a CD's folder (`DICOMDIR` by dcmtk's
+/// `dcmmkdir`, files without an extension), and that folder in every archive type Cohort
+/// reads, each made by the usual tool (`7z`, `tar`, `gzip`, `zstd`). Returns the folder and
+/// the archives, the stored ZIP first (the baseline).
+fn archive_formats(work: &Path, files: &[PathBuf]) -> anyhow::Result<(PathBuf, Vec<Archive>)> {
+    let cd = work.join("cd");
+    for (i, file) in files.iter().enumerate() {
+        let dir = cd.join("DICOM").join("ST000000").join(format!("SE{:06}", i % 5));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(file, dir.join(format!("IM{i:06}")))?;
+    }
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(program).current_dir(&cd).args(args).output().with_context(|| format!("run {program}"))?;
+        if !out.status.success() {
+            bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run("dcmmkdir", &["--recurse", "DICOM"])?;
+    let at = |name: &str| work.join(name);
+    let name = |p: &Path| p.display().to_string();
+    let archive = |label, file: &str, content_type| Archive { label, path: at(file), content_type };
+    let formats = vec![
+        archive("ZIP, stored (7z -mm=Copy)", "stored.zip", "application/zip"),
+        archive("ZIP, Deflate (7z -mm=Deflate)", "deflate.zip", "application/zip"),
+        archive("ZIP, Deflate64 (7z -mm=Deflate64)", "deflate64.zip", "application/zip"),
+        archive("tar", "cd.tar", "application/x-tar"),
+        archive("tar.gz (gzip -6)", "cd.tar.gz", "application/gzip"),
+        archive("tar.zst (zstd -3)", "cd.tar.zst", "application/zstd"),
+    ];
+    for (method, zip) in [("Copy", &formats[0].path), ("Deflate", &formats[1].path), ("Deflate64", &formats[2].path)] {
+        run("7z", &["a", "-tzip", "-bd", &format!("-mm={method}"), &name(zip), "DICOMDIR", "DICOM"])?;
+    }
+    run("tar", &["-cf", &name(&formats[3].path), "DICOMDIR", "DICOM"])?;
+    run("sh", &["-c", &format!("gzip -6 -c {} > {}", name(&formats[3].path), name(&formats[4].path))])?;
+    run("zstd", &["-q", "-3", &name(&formats[3].path), "-o", &name(&formats[5].path)])?;
+    Ok((cd, formats))
+}
+
+/// A write token of the bootstrap admin, made with `cohort token create` on that
+/// deployment's database, in a file for `cohort import --token-file`.
+fn token_file(work: &Path, db_url: &str, orthanc_url: &str) -> anyhow::Result<PathBuf> {
+    let out = cohort_e2e::deploy::sidecar_command(db_url, orthanc_url, &BTreeMap::new())
+        .args(["token", "create", "--email", ADMIN_EMAIL, "--scope", "write", "--name", "bench"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        bail!("cohort token create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let file = work.join(format!("token-{}.txt", rand::random::<u32>()));
+    std::fs::write(&file, String::from_utf8_lossy(&out.stdout).trim())?;
+    Ok(file)
+}
+
+/// Runs `cohort import FOLDER ARGS…` and gives its wall time, after checking that it
+/// stored every instance.
+fn cli_import(db_url: &str, orthanc_url: &str, folder: &Path, args: &[&str], instances: u32) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = cohort_e2e::deploy::sidecar_command(db_url, orthanc_url, &BTreeMap::new())
+        .arg("import")
+        .arg(folder)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains(&format!("{instances} received, {instances} stored")) {
+        bail!("cohort import {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(seconds)
 }
 
 async fn bearer(url: &str) -> anyhow::Result<String> {
@@ -367,6 +515,12 @@ async fn export_path(t: &Target, external_id: &str) -> anyhow::Result<String> {
     } else {
         Ok(format!("/api/patients/{}/export", cohort_patient(t, external_id).await?))
     }
+}
+
+async fn registered_instances(t: &Target, external_id: &str) -> anyhow::Result<usize> {
+    let id = cohort_patient(t, external_id).await?;
+    let list = authed(t).get(&format!("/api/patients/{id}/instances")).await.expect_status(200);
+    Ok(list.as_array().map(Vec::len).unwrap_or(0))
 }
 
 async fn delete_patient(t: &Target, external_id: &str) -> anyhow::Result<()> {
@@ -478,6 +632,29 @@ impl Report {
             let v = rates.get(name).cloned().unwrap_or_default();
             let runs = v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
             let _ = writeln!(self.md, "| {name} | {:.0} | {} | {runs} |", median(&v), ratio(median(&v), base));
+        }
+        self.md.push('\n');
+    }
+
+    fn import_formats(&mut self, n: u32, labels: &[&str], rates: &BTreeMap<(&str, &str), Vec<f64>>, hosts: [&str; 2]) {
+        let _ = writeln!(self.md, "## Import by archive type\n\nThe same {n} instances as a patient's CD (`DICOMDIR` by dcmmkdir, skipped; files without an extension), imported as each archive type people bring (made by `7z`, `tar`, `gzip`, `zstd`) with `POST /api/patients/import`, and as the folder itself through `cohort import`. Instances/s, median of 3, patient deleted between runs; the ratio is to the stored ZIP on the same host.\n");
+        let _ = writeln!(
+            self.md,
+            "| archive | {0} inst/s | vs stored ZIP | {1} inst/s | vs stored ZIP |\n|---|---|---|---|---|",
+            hosts[0], hosts[1]
+        );
+        let at = |label: &str, host: &str| median(rates.get(&(label, host)).map(Vec::as_slice).unwrap_or(&[]));
+        for label in labels {
+            let mut row = format!("| {label} |");
+            for host in hosts {
+                let (rate, base) = (at(label, host), at(labels[0], host));
+                if rates.contains_key(&(*label, host)) {
+                    let _ = write!(row, " {rate:.0} | {} |", ratio(rate, base));
+                } else {
+                    row.push_str(" – | – |");
+                }
+            }
+            let _ = writeln!(self.md, "{row}");
         }
         self.md.push('\n');
     }
