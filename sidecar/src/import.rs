@@ -124,6 +124,14 @@ pub async fn run_remote(url: &str, token_file: &Path, path: PathBuf) -> anyhow::
     let mut total = ImportReport::default();
     for file in &files {
         let name = file.strip_prefix(&path).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file).display().to_string();
+        // A DICOMDIR (or macOS metadata) is skipped here as the server skips it inside an
+        // archive: sent alone, a DICOMDIR would reach Orthanc, which refuses it.
+        if let Some(why) = cohort_core::services::import::skipped_by_name(&name) {
+            total.skipped += 1;
+            total.errors.push(FileError { file: name.clone(), error: why.to_string() });
+            bar.inc(1);
+            continue;
+        }
         let content_type = if is_zip(file)? { "application/zip" } else { "application/octet-stream" };
         let length = std::fs::metadata(file)?.len();
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::open(file).await?));

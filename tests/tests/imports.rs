@@ -390,7 +390,8 @@ per_deployment!(what_people_bring);
 
 /// A patient's CD as a PACS burns it: `DICOMDIR` at the root (made by dcmtk's
 /// `dcmmkdir`), `DICOM/ST000000/SE00000N/IM00000N` without extensions, plus a
-/// preamble-less file no index mentions. `cohort import` on the mount point.
+/// preamble-less file no index mentions. `cohort import` on the mount point, then with
+/// `--url` and a token into the server.
 async fn cd_media(backend: Backend) {
     let d = Deployment::start(Host::Sidecar, backend).await;
     let admin = d.admin().await;
@@ -419,6 +420,33 @@ async fn cd_media(backend: Backend) {
     assert!(stdout.contains("DICOMDIR"), "the DICOMDIR is reported as skipped: {stdout}");
     let list = admin.get("/api/patients").await.expect_status(200);
     assert_eq!(list["total"], 2, "{list}");
+
+    // The same tree into the server over HTTP with a token, one request per file: the
+    // DICOMDIR is skipped before it is sent (alone, Orthanc would refuse it).
+    let made = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
+        .args(["token", "create", "--email", cohort_e2e::ADMIN_EMAIL, "--scope", "write"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("cohort token create");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let token = tempfile::NamedTempFile::new().expect("token file").into_temp_path();
+    std::fs::write(&token, String::from_utf8_lossy(&made.stdout).trim()).expect("write the token");
+    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
+        .arg("import")
+        .arg(cd.path())
+        .arg("--url")
+        .arg(&d.url)
+        .arg("--token-file")
+        .arg(&*token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("cohort import --url");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("5 received, 0 stored, 5 already stored, 0 failed; 1 other file(s) skipped"), "{stdout}");
+    assert!(stdout.contains("DICOMDIR: skipped: DICOMDIR index"), "{stdout}");
 
     // `cohort import` on a .tgz a research cluster handed back.
     let tgz_study = dicom::study(&StudySpec::new("IPP-CLI-TGZ").studies(1).series(1).instances(3).seed(147));

@@ -462,16 +462,26 @@ enum Kind {
     Other(&'static str),
 }
 
-fn classify(name: &str, head: &[u8]) -> Kind {
+/// Why a file is skipped from its name alone (macOS metadata, system files, a media's
+/// `DICOMDIR` index, which Orthanc refuses), whatever it holds; `None` when its content
+/// decides. `cohort import --url` asks this before sending a file, as the server would.
+pub fn skipped_by_name(name: &str) -> Option<&'static str> {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
     if name.starts_with("__MACOSX/") || name.contains("/__MACOSX/") || base.starts_with("._") {
-        return Kind::Junk("skipped: macOS metadata");
+        return Some("skipped: macOS metadata");
     }
     if base == ".DS_Store" || base.eq_ignore_ascii_case("thumbs.db") || base.eq_ignore_ascii_case("desktop.ini") {
-        return Kind::Junk("skipped: system file");
+        return Some("skipped: system file");
     }
     if base.eq_ignore_ascii_case("DICOMDIR") {
-        return Kind::Junk("skipped: DICOMDIR index (the images are imported on their own)");
+        return Some("skipped: DICOMDIR index (the images are imported on their own)");
+    }
+    None
+}
+
+fn classify(name: &str, head: &[u8]) -> Kind {
+    if let Some(why) = skipped_by_name(name) {
+        return Kind::Junk(why);
     }
     // `PK` first: a ZIP can also carry `DICM` at offset 128 (in its first entry's extra
     // field), and Orthanc unzips whatever starts like a ZIP. Such a file is an archive
