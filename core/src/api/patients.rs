@@ -393,19 +393,27 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// early as possible, and may miss it.
 async fn refuse_after_draining(body: Body, declared: u64, refusal: ApiError) -> ApiError {
     if declared <= DRAIN_BYTES {
-        let mut stream = body.into_data_stream();
-        let mut read = 0u64;
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            while let Some(Ok(chunk)) = stream.next().await {
-                read += chunk.len() as u64;
-                if read > DRAIN_BYTES {
-                    break;
-                }
-            }
-        })
-        .await;
+        drain(body.into_data_stream()).await;
     }
     refusal
+}
+
+/// Reads and throws away what is left of a body: at most [`DRAIN_BYTES`], for at most
+/// [`DRAIN_TIME`].
+async fn drain<S, E>(mut stream: S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn upload_too_large(limit: u64) -> ApiError {
@@ -454,7 +462,12 @@ where
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("upload_interrupted", format!("the upload could not be read: {e}")))?;
         *budget = budget.checked_sub(chunk.len() as u64).ok_or_else(|| upload_too_large(limit))?;
-        file.write_all(&chunk).await.map_err(ApiError::spool_io)?;
+        if let Err(e) = file.write_all(&chunk).await {
+            // A full disk: the rest of a small body is read (bounded) before the 507, so
+            // that the client still sending gets the answer rather than a reset.
+            drain(stream).await;
+            return Err(ApiError::spool_io(e));
+        }
     }
     file.flush().await.map_err(ApiError::spool_io)?;
     let mut std_file = file.into_std().await;
