@@ -90,6 +90,14 @@ fn parse_wrk(text: &str) -> Option<Load> {
 /// Lua for wrk: cycles through the request paths listed in `$BENCH_PATHS`; with
 /// `$BENCH_BODY` set, sends it as a JSON POST instead.
 pub const WRK_SCRIPT: &str = r#"
+-- A header table given to wrk.format replaces wrk.headers (the -H options, so the
+-- session cookie or the Authorization header): copy them.
+local function json_headers()
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["Content-Type"] = "application/json"
+  return h
+end
 local paths = {}
 for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
 local body = os.getenv("BENCH_BODY")
@@ -98,7 +106,7 @@ request = function()
   i = i + 1
   local path = paths[(i % #paths) + 1]
   if body ~= nil and body ~= "" then
-    return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+    return wrk.format("POST", path, json_headers(), body)
   end
   return wrk.format("GET", path)
 end
@@ -107,6 +115,13 @@ end
 /// Lua for wrk: `POST /api/patients` with a new external id each time (`$BENCH_PREFIX`,
 /// the thread's number and a counter).
 pub const CREATE_SCRIPT: &str = r#"
+-- wrk.headers (the -H options) copied: a table given to wrk.format replaces them.
+local function json_headers()
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["Content-Type"] = "application/json"
+  return h
+end
 local threads = 0
 function setup(thread)
   threads = threads + 1
@@ -117,7 +132,7 @@ local prefix = os.getenv("BENCH_PREFIX")
 request = function()
   n = n + 1
   local body = string.format('{"external_id":"%s%d-%d","last_name":"Créé-Par-Api","first_name":"Élodie","status":"to_interpret"}', prefix, tid, n)
-  return wrk.format("POST", "/api/patients", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/api/patients", json_headers(), body)
 end
 "#;
 

@@ -326,6 +326,15 @@ impl Db {
         Ok(inserted)
     }
 
+    /// Refreshes the query planner's statistics of the patients table. PostgreSQL's
+    /// autovacuum does it by itself some time after a bulk change; a registry loaded in
+    /// bulk and measured at once (the bench) needs it now, or PostgreSQL plans with no
+    /// statistics at all.
+    pub async fn analyze_patients(&mut self) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query("ANALYZE patients").execute(c).await.map(|_| ()))?;
+        Ok(())
+    }
+
     /// Writes every mutable field of `row` back and stamps `updated_at`.
     pub async fn save_patient(&mut self, row: &mut PatientRow) -> StoreResult<()> {
         row.updated_at = super::now();
