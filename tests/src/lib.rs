@@ -30,6 +30,20 @@ use std::path::PathBuf;
 /// before the caller's server does. Only for servers that can neither listen on port 0
 /// and say where, nor report a taken port (the harness's own children do one or the
 /// other: see [`process`]).
+/// Waits until `check` holds, polling every 100 ms; fails the test naming `what` after
+/// `timeout` (for what happens asynchronously: the change follower, a drain).
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free local port")
 }

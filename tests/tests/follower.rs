@@ -5,27 +5,15 @@
 //! the follower moves on; Orthanc going down meanwhile costs that study no attempt.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cohort_e2e::dicom::{self, Generated, StudySpec};
-use cohort_e2e::{postgres_skipped, Backend, Client, Deployment, Host, TestDatabase};
+use cohort_e2e::{eventually, postgres_skipped, Backend, Client, Deployment, Host, TestDatabase};
 use serde_json::Value;
 
 /// `CHANGE_ATTEMPTS` of `services::registry`.
 const ATTEMPTS: usize = 5;
 const RETRY_LINE: &str = "an Orthanc change could not be registered; will retry it";
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A registry rule that refuses one study, as a database administrator could add: a
 /// trigger on SQLite, a CHECK constraint on PostgreSQL. Registering that study then

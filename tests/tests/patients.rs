@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cohort_e2e::dicom::{self, BadZip, Charset, Generated, GeneratedZip, StudySpec, ZipOptions};
-use cohort_e2e::{per_deployment, Client, Deployment, Host, Resp};
+use cohort_e2e::{eventually, per_deployment, Client, Deployment, Host, Resp};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -49,19 +49,6 @@ async fn import(c: &Client, content_type: &str, body: Vec<u8>) -> Resp {
 
 async fn import_file(c: &Client, path: &PathBuf) -> Resp {
     import(c, "application/dicom", std::fs::read(path).expect("read DICOM")).await
-}
-
-/// Waits until `check` holds (the change log is followed asynchronously).
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn patient_id(report: &Value, external_id: &str) -> i64 {

@@ -4,12 +4,12 @@
 //! exits 0 and the database is consistent. Orthanc with the plugin exits 0 too.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cohort_e2e::deploy::Sidecar;
 use cohort_e2e::dicom::{self, Generated, StudySpec, ZipOptions};
-use cohort_e2e::{Backend, Client, Deployment, Host};
+use cohort_e2e::{eventually, Backend, Client, Deployment, Host};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -23,18 +23,6 @@ fn part_head(filename: &str) -> String {
     format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
     )
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn registry_count(admin: &Client, patient: i64) -> usize {
@@ -60,17 +48,7 @@ async fn orthanc_count(d: &Deployment, admin: &Client, patient: i64) -> usize {
 /// The registry's instances of a patient and Orthanc's, which must agree.
 async fn registry_matches_orthanc(d: &Deployment, admin: &Client, patient: i64) -> usize {
     let registered = registry_count(admin, patient).await;
-    let detail = admin.get(&format!("/api/patients/{patient}")).await.expect_status(200);
-    let external = detail["external_id"].as_str().expect("external id").to_string();
-    let orthanc = d.orthanc_client().await;
-    let found = orthanc
-        .req(Method::POST, "/tools/find")
-        .json(&json!({"Level": "Instance", "Query": {"PatientID": external}}))
-        .without_csrf()
-        .send()
-        .await
-        .expect_status(200);
-    assert_eq!(registered, found.as_array().expect("ids").len(), "registry and Orthanc disagree on {external}");
+    assert_eq!(registered, orthanc_count(d, admin, patient).await, "registry and Orthanc disagree on patient {patient}");
     registered
 }
 
