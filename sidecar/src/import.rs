@@ -115,6 +115,17 @@ pub async fn run_remote(url: &str, token_file: &Path, path: PathBuf) -> anyhow::
     // A plugin-mode Cohort is Orthanc, which closes idle kept-alive connections after 1 s:
     // reuse a connection only while it is surely still open (POSTs are not retried).
     let client = reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_millis(500)).build()?;
+    // The token is checked before any upload: a wrong one is told at once, in the
+    // server's words, whatever the size of the first file.
+    let me = format!("{}/api/auth/me", url.trim_end_matches('/'));
+    let answer = client.get(&me).bearer_auth(&token).send().await.map_err(|e| anyhow::anyhow!("{me}: {e}"))?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        let error: serde_json::Value = answer.json().await.unwrap_or_default();
+        let code = error["error"]["code"].as_str().unwrap_or("");
+        let message = error["error"]["message"].as_str().unwrap_or("");
+        anyhow::bail!("{me}: {status} {code}: {message}");
+    }
     let files = if path.is_dir() { files_under(&path)? } else { vec![path.clone()] };
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(

@@ -389,10 +389,11 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Returns `refusal` once the client has sent a small body: answering while it is still
 /// sending makes the server close a socket with unread data, which resets the connection
 /// and can destroy the answer before the client reads it (the client then sees a network
-/// error, not the 413). Large bodies are not read: their senders get the refusal as
-/// early as possible, and may miss it.
-async fn refuse_after_draining(body: Body, declared: u64, refusal: ApiError) -> ApiError {
-    if declared <= DRAIN_BYTES {
+/// error, not the 413 or the 401). Bodies declared larger are not read: their senders get
+/// the refusal as early as possible, and may miss it; a body of unknown length is read up
+/// to the same bounds.
+async fn refuse_after_draining(body: Body, declared: Option<u64>, refusal: ApiError) -> ApiError {
+    if declared.is_none_or(|n| n <= DRAIN_BYTES) {
         drain(body.into_data_stream()).await;
     }
     refusal
@@ -475,6 +476,10 @@ where
     Ok(Spooled::File(std_file))
 }
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
 /// What an upload declares itself to be.
 enum Declared {
     Zip,
@@ -525,8 +530,23 @@ fn declared_type(headers: &HeaderMap) -> Result<Declared, ApiError> {
         (status = 503, description = "Orthanc or the database unavailable", body = ErrorBody),
         (status = 507, description = "The server's disk is full (`insufficient_storage`): the spool (`SpoolDir`) or the database; nothing was kept", body = ErrorBody),
     ))]
-async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: HeaderMap, body: Body) -> Result<Json<ImportReport>, ApiError> {
-    let target = ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? };
+async fn import(
+    State(app): State<SharedApp>,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ImportReport>, ApiError> {
+    // A refusal before the upload is read (credentials, CSRF, no group, content type)
+    // waits for the rest of a small body, so that the client sees it (see
+    // `refuse_after_draining`).
+    let target = caller.and_then(|Caller(who)| {
+        declared_type(&headers)?;
+        Ok(ImportTarget { actor: who.actor(), scope: scope_of(&who), new_patient_group: own_group(&who)? })
+    });
+    let target = match target {
+        Ok(target) => target,
+        Err(refusal) => return Err(refuse_after_draining(body, content_length(&headers), refusal).await),
+    };
     // The import runs to its end in its own task: a client that goes away stops the
     // reading, not the bookkeeping of what was already stored.
     // A server that stops cuts it where it is (after its drain deadline): what was stored
@@ -563,9 +583,9 @@ async fn import(State(app): State<SharedApp>, Caller(who): Caller, headers: Head
 async fn receive_upload(app: &App, importer: &mut Importer<'_>, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
     let declared = declared_type(headers)?;
     let limit = app.config.max_upload_bytes;
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let length = content_length(headers);
     if let Some(declared) = length.filter(|n| *n > limit) {
-        return Err(refuse_after_draining(body, declared, upload_too_large(limit)).await);
+        return Err(refuse_after_draining(body, Some(declared), upload_too_large(limit)).await);
     }
     if length == Some(0) {
         return Err(ApiError::bad_request("empty_body", "the request body is empty; send a ZIP or DICOM file"));
