@@ -72,6 +72,28 @@ pub fn study_key(bytes: &[u8]) -> Option<StudyKey> {
     }
 }
 
+const MEDIA_STORAGE_SOP_CLASS: (u16, u16) = (0x0002, 0x0002);
+/// The Media Storage SOP Class of a DICOMDIR (Media Storage Directory Storage).
+pub const DICOMDIR_SOP_CLASS: &str = "1.2.840.10008.1.3.10";
+
+/// The Media Storage SOP Class UID of a DICOM file's meta group, when `bytes` (the
+/// start of the file) reaches it.
+pub fn media_storage_sop_class(bytes: &[u8]) -> Option<String> {
+    let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
+    let mut c = Cursor { buf: bytes, pos: start };
+    while c.peek_group(EXPLICIT_LE) == Some(0x0002) {
+        let (tag, _, len) = c.header(EXPLICIT_LE)?;
+        if len == UNDEFINED || tag > MEDIA_STORAGE_SOP_CLASS {
+            return None;
+        }
+        let value = c.take(len)?;
+        if tag == MEDIA_STORAGE_SOP_CLASS {
+            return Some(text(value));
+        }
+    }
+    None
+}
+
 /// An explicit VR element has two upper-case letters after its tag.
 fn looks_explicit(data: &[u8]) -> bool {
     data.len() >= 6 && data[4].is_ascii_uppercase() && data[5].is_ascii_uppercase()

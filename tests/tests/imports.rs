@@ -447,6 +447,13 @@ async fn cd_media(backend: Backend) {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("5 received, 0 stored, 5 already stored, 0 failed; 1 other file(s) skipped"), "{stdout}");
     assert!(stdout.contains("DICOMDIR: skipped: DICOMDIR index"), "{stdout}");
+    // Sent alone, without its name, a DICOMDIR is known by its content and refused with
+    // the reason; nothing reaches Orthanc.
+    let before = d.orthanc_instances().await;
+    let dicomdir = std::fs::read(cd.path().join("DICOMDIR")).expect("read DICOMDIR");
+    let e = import(&admin, "application/dicom", dicomdir).await.expect_error(400, "no_dicom");
+    assert!(e["error"]["message"].as_str().unwrap_or_default().contains("DICOMDIR index"), "{e}");
+    assert_eq!(d.orthanc_instances().await, before);
 
     // `cohort import` on a .tgz a research cluster handed back.
     let tgz_study = dicom::study(&StudySpec::new("IPP-CLI-TGZ").studies(1).series(1).instances(3).seed(147));

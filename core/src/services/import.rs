@@ -462,6 +462,8 @@ enum Kind {
     Other(&'static str),
 }
 
+const DICOMDIR_SKIPPED: &str = "skipped: DICOMDIR index (the images are imported on their own)";
+
 /// Why a file is skipped from its name alone (macOS metadata, system files, a media's
 /// `DICOMDIR` index, which Orthanc refuses), whatever it holds; `None` when its content
 /// decides. `cohort import --url` asks this before sending a file, as the server would.
@@ -474,7 +476,7 @@ pub fn skipped_by_name(name: &str) -> Option<&'static str> {
         return Some("skipped: system file");
     }
     if base.eq_ignore_ascii_case("DICOMDIR") {
-        return Some("skipped: DICOMDIR index (the images are imported on their own)");
+        return Some(DICOMDIR_SKIPPED);
     }
     None
 }
@@ -489,14 +491,23 @@ fn classify(name: &str, head: &[u8]) -> Kind {
     if head.starts_with(ZIP_MAGIC) {
         return Kind::Zip;
     }
+    let dicom = |head: &[u8]| {
+        // A DICOMDIR under another name (or a body without one) is still an index:
+        // Orthanc refuses it, and its images come on their own.
+        if crate::dicom_keys::media_storage_sop_class(head).as_deref() == Some(crate::dicom_keys::DICOMDIR_SOP_CLASS) {
+            Kind::Junk(DICOMDIR_SKIPPED)
+        } else {
+            Kind::Dicom
+        }
+    };
     if head.len() >= 132 && &head[128..132] == b"DICM" {
-        return Kind::Dicom;
+        return dicom(head);
     }
     if tar_compression(head).is_some() {
         return Kind::Tar;
     }
     if starts_with_dicom_element(head) {
-        return Kind::Dicom;
+        return dicom(head);
     }
     if head.starts_with(b"%PDF") {
         return Kind::Other("skipped: not DICOM: PDF document");
@@ -1371,6 +1382,21 @@ mod tests {
         let e = planned(lzma, LIMITS).expect_err("LZMA");
         assert_eq!((e.status.as_u16(), e.code), (422, "invalid_zip"));
         assert!(e.message.contains("scan/IM0001 is compressed with LZMA (method 14)"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_dicomdir_is_known_by_its_media_storage_class() {
+        let meta = |class: &str| {
+            let mut f = vec![0u8; 128];
+            f.extend_from_slice(b"DICM\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01\x02\x00\x02\x00UI");
+            f.extend_from_slice(&(class.len() as u16).to_le_bytes());
+            f.extend_from_slice(class.as_bytes());
+            f
+        };
+        assert_eq!(classify("upload", &meta("1.2.840.10008.1.3.10")), Kind::Junk(DICOMDIR_SKIPPED));
+        assert_eq!(classify("upload", &meta("1.2.840.10008.5.1.4.1.1.2\0")), Kind::Dicom);
+        // A head too short to reach the class is DICOM as before.
+        assert_eq!(classify("upload", &meta("1.2.840.10008.1.3.10")[..140]), Kind::Dicom);
     }
 
     #[test]
