@@ -663,3 +663,49 @@ async fn list_totals_and_cached_searches_stay_exact(backend: Backend) {
     admin_a.delete(&format!("/api/groups/{g1}")).await.expect_error(409, "group_not_empty");
 }
 per_backend!(list_totals_and_cached_searches_stay_exact);
+
+/// PostgreSQL breaks a deadlock by failing one of its transactions (SQLSTATE 40P01), as
+/// it did between an import's closing transaction and the change follower refreshing
+/// the same studies: a registration transaction so chosen is run again by
+/// `registry::retrying`, and both land. Two transactions take two rows in opposite
+/// orders, each waiting for the other after its first row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_chosen_to_break_a_deadlock_runs_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    if cohort_e2e::postgres_skipped() {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::query("CREATE TABLE probe (id int PRIMARY KEY, v int NOT NULL)").execute(&pool).await.expect("create");
+    sqlx::query("INSERT INTO probe VALUES (1, 0), (2, 0)").execute(&pool).await.expect("insert");
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let tries = Arc::new(AtomicU32::new(0));
+    let run = |first: i32, second: i32| {
+        let (pool, barrier, tries) = (pool.clone(), barrier.clone(), tries.clone());
+        tokio::spawn(async move {
+            let attempts = AtomicU32::new(0);
+            let (pool, barrier, attempts) = (&pool, &barrier, &attempts);
+            let tries = &tries;
+            cohort_core::services::registry::retrying(move || async move {
+                tries.fetch_add(1, Ordering::SeqCst);
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE probe SET v = v + 1 WHERE id = $1").bind(first).execute(&mut *tx).await?;
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                    barrier.wait().await;
+                }
+                sqlx::query("UPDATE probe SET v = v + 1 WHERE id = $1").bind(second).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    };
+    let (a, b) = (run(1, 2), run(2, 1));
+    a.await.expect("task").expect("the first transaction lands");
+    b.await.expect("task").expect("the second transaction lands");
+    assert_eq!(tries.load(Ordering::SeqCst), 3, "one of the two was chosen to break the deadlock, then ran again");
+    let sum: i64 = sqlx::query_scalar("SELECT sum(v) FROM probe").fetch_one(&pool).await.expect("sum");
+    assert_eq!(sum, 4, "both transactions applied, each once");
+}

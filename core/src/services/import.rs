@@ -253,20 +253,28 @@ impl<'a> Importer<'a> {
     /// register it for nobody), unless its patient belongs to someone else.
     async fn claim_study(&mut self, orthanc_study_id: &str) -> ApiResult<StudyState> {
         let info = self.pacs.study(orthanc_study_id).await?;
-        let mut tx = self.app.store.begin().await?;
-        if let Some(existing) = registry::find_patient(&mut tx, &info).await? {
-            if !super::patients::can_see(self.target.scope, &existing) {
-                // Audited like any other refusal to reach another group's patient.
-                tx.insert_audit(&self.target.actor.audit(action::ACCESS_DENIED, Outcome::Denied).on("patient", existing.id).details(
-                    json!({"reason": "patient_of_another_group", "route": "/api/patients/import", "study": info.study_instance_uid}),
-                ))
-                .await?;
-                tx.commit().await?;
-                return Ok(StudyState { allowed: false });
+        let (app, target, info) = (self.app, &self.target, &info);
+        let synced = registry::retrying(move || async move {
+            let mut tx = app.store.begin().await?;
+            if let Some(existing) = registry::find_patient(&mut tx, info).await? {
+                if !super::patients::can_see(target.scope, &existing) {
+                    // Audited like any other refusal to reach another group's patient.
+                    tx.insert_audit(&target.actor.audit(action::ACCESS_DENIED, Outcome::Denied).on("patient", existing.id).details(
+                        json!({"reason": "patient_of_another_group", "route": "/api/patients/import", "study": info.study_instance_uid}),
+                    ))
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(None);
+                }
             }
-        }
-        let synced = registry::apply_study(&mut tx, &info, self.target.new_patient_group).await?;
-        tx.commit().await?;
+            let synced = registry::apply_study(&mut tx, info, target.new_patient_group).await?;
+            tx.commit().await?;
+            Ok(Some(synced))
+        })
+        .await?;
+        let Some(synced) = synced else {
+            return Ok(StudyState { allowed: false });
+        };
         let p = &synced.patient;
         let entry = self.patients.entry(p.id).or_insert(ImportedPatient { id: p.id, external_id: p.external_id.clone(), created: false });
         entry.created |= synced.patient_created;
@@ -353,15 +361,17 @@ impl<'a> Importer<'a> {
                 }
             }
         }
-        let mut tx = self.app.store.begin().await?;
-        for info in &infos {
-            registry::apply_study(&mut tx, info, self.target.new_patient_group).await?;
-        }
         self.report.patients = self.patients.into_values().collect();
-        let r = &self.report;
+        let (app, target, r, journal) = (self.app, &self.target, &self.report, self.journal.opened());
+        let (infos, unrefreshed) = (&infos, &unrefreshed);
+        registry::retrying(move || async move {
+        let mut tx = app.store.begin().await?;
+        for info in infos {
+            registry::apply_study(&mut tx, info, target.new_patient_group).await?;
+        }
         if r.instances.received > 0 {
             let clean = r.instances.failed == 0 && interrupted.is_none();
-            let row = self.target.actor.audit(action::IMPORT, if clean { Outcome::Success } else { Outcome::Failure });
+            let row = target.actor.audit(action::IMPORT, if clean { Outcome::Success } else { Outcome::Failure });
             let row = match r.patients.as_slice() {
                 [only] => row.on("patient", only.id),
                 _ => row,
@@ -378,10 +388,12 @@ impl<'a> Importer<'a> {
         }
         // The import is complete and audited: nothing left for reconciliation (unless
         // Orthanc could not describe some of its studies).
-        if let (Some(id), true) = (self.journal.opened(), unrefreshed.is_empty()) {
+        if let (Some(id), true) = (journal, unrefreshed.is_empty()) {
             tx.close_import_journal(id).await?;
         }
-        tx.commit().await?;
+        tx.commit().await
+        })
+        .await?;
         Ok(self.report)
     }
 }

@@ -296,74 +296,80 @@ async fn reconcile_import(app: &App, journal: &JournalRow) -> ApiResult<Option<R
             found.extend(stored.into_iter().map(|info| Found::Stored(study.clone(), Box::new(info))));
         }
     }
-    let mut tx = app.store.begin().await?;
-    // Deleting the journal first takes its row: a second node doing the same waits, then
-    // finds nothing to delete and leaves.
-    if !tx.close_import_journal(journal.id).await? {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    let scope = journal.scope();
-    let mut done = ReconciledImport {
-        import_id: journal.id,
-        importer: journal.actor_email.clone(),
-        registered: 0,
-        refreshed: 0,
-        refused: 0,
-        not_in_orthanc: 0,
-        instances: 0,
-    };
-    let mut studies = Vec::new();
-    for item in &found {
-        let (study, info) = match item {
-            Found::Missing(study) => {
-                done.not_in_orthanc += 1;
-                studies.push(
-                    json!({"study_instance_uid": study.study_instance_uid, "patient_key": study.patient_key, "result": "not_in_orthanc"}),
-                );
-                continue;
-            }
-            Found::Stored(study, info) => (study, info),
-        };
-        if let Some(existing) = registry::find_patient(&mut tx, info).await? {
-            if !scope.allows(existing.group_id) {
-                done.refused += 1;
-                studies.push(json!({
-                    "study_instance_uid": study.study_instance_uid, "orthanc_study_id": info.orthanc_id,
-                    "result": "refused", "reason": "patient_of_another_group", "patient": existing.id,
-                }));
-                continue;
-            }
+    // Run again when PostgreSQL breaks a deadlock with this transaction (see
+    // `registry::retrying`): each try starts from the journal.
+    let found = &found;
+    Ok(registry::retrying(move || async move {
+        let mut tx = app.store.begin().await?;
+        // Deleting the journal first takes its row: a second node doing the same waits, then
+        // finds nothing to delete and leaves.
+        if !tx.close_import_journal(journal.id).await? {
+            tx.rollback().await?;
+            return Ok(None);
         }
-        let synced = registry::apply_study(&mut tx, info, journal.group_id).await?;
-        let result = if synced.study_created {
-            done.registered += 1;
-            "registered"
-        } else {
-            done.refreshed += 1;
-            "refreshed"
+        let scope = journal.scope();
+        let mut done = ReconciledImport {
+            import_id: journal.id,
+            importer: journal.actor_email.clone(),
+            registered: 0,
+            refreshed: 0,
+            refused: 0,
+            not_in_orthanc: 0,
+            instances: 0,
         };
-        done.instances += info.instances.len();
-        studies.push(json!({
-            "study_instance_uid": study.study_instance_uid, "orthanc_study_id": info.orthanc_id, "result": result,
-            "patient": synced.patient.id, "external_id": synced.patient.external_id,
-            "patient_created": synced.patient_created, "instances": info.instances.len(),
+        let mut studies = Vec::new();
+        for item in found {
+            let (study, info) = match item {
+                Found::Missing(study) => {
+                    done.not_in_orthanc += 1;
+                    studies.push(
+                        json!({"study_instance_uid": study.study_instance_uid, "patient_key": study.patient_key, "result": "not_in_orthanc"}),
+                    );
+                    continue;
+                }
+                Found::Stored(study, info) => (study, info),
+            };
+            if let Some(existing) = registry::find_patient(&mut tx, info).await? {
+                if !scope.allows(existing.group_id) {
+                    done.refused += 1;
+                    studies.push(json!({
+                        "study_instance_uid": study.study_instance_uid, "orthanc_study_id": info.orthanc_id,
+                        "result": "refused", "reason": "patient_of_another_group", "patient": existing.id,
+                    }));
+                    continue;
+                }
+            }
+            let synced = registry::apply_study(&mut tx, info, journal.group_id).await?;
+            let result = if synced.study_created {
+                done.registered += 1;
+                "registered"
+            } else {
+                done.refreshed += 1;
+                "refreshed"
+            };
+            done.instances += info.instances.len();
+            studies.push(json!({
+                "study_instance_uid": study.study_instance_uid, "orthanc_study_id": info.orthanc_id, "result": result,
+                "patient": synced.patient.id, "external_id": synced.patient.external_id,
+                "patient_created": synced.patient_created, "instances": info.instances.len(),
+            }));
+        }
+        let row = Actor::system().audit(action::RECONCILE, Outcome::Success).on("import", journal.id).details(json!({
+            "reason": "the import stopped before it finished (its process ended); what Orthanc holds of its studies is registered as the import would have",
+            "import": {
+                "id": journal.id, "user_id": journal.user_id, "actor_email": journal.actor_email, "ip": journal.ip,
+                "token_id": journal.token_id, "group_id": journal.group_id,
+                "started_at": journal.started_at, "last_heartbeat_at": journal.heartbeat_at,
+            },
+            "registered": done.registered, "refreshed": done.refreshed, "refused": done.refused,
+            "not_in_orthanc": done.not_in_orthanc, "instances": done.instances,
+            "studies": studies,
         }));
-    }
-    let row = Actor::system().audit(action::RECONCILE, Outcome::Success).on("import", journal.id).details(json!({
-        "reason": "the import stopped before it finished (its process ended); what Orthanc holds of its studies is registered as the import would have",
-        "import": {
-            "id": journal.id, "user_id": journal.user_id, "actor_email": journal.actor_email, "ip": journal.ip,
-            "token_id": journal.token_id, "group_id": journal.group_id,
-            "started_at": journal.started_at, "last_heartbeat_at": journal.heartbeat_at,
-        },
-        "registered": done.registered, "refreshed": done.refreshed, "refused": done.refused,
-        "not_in_orthanc": done.not_in_orthanc, "instances": done.instances,
-        "studies": studies,
-    }));
-    tx.insert_audit(&row).await?;
-    tx.commit().await?;
-    Ok(Some(done))
+        tx.insert_audit(&row).await?;
+        tx.commit().await?;
+        Ok(Some(done))
+    })
+    .await?)
 }
 
 #[cfg(test)]

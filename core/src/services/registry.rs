@@ -108,6 +108,33 @@ pub async fn apply_study(db: &mut Db, info: &StudyInfo, new_patient_group: Optio
     Ok(Synced { patient, patient_created, study_created })
 }
 
+/// How many times a registration transaction is run before its conflict stands.
+const REGISTRATION_TRIES: u32 = 4;
+
+/// Runs one registration transaction (`attempt` begins and commits it), again when it
+/// lost a race: PostgreSQL chose it to break a deadlock (an import's closing transaction
+/// and the change follower refresh the same patients and studies, in different orders),
+/// or another transaction created the same patient or study first (the next try finds
+/// it). Each try starts afresh; after [`REGISTRATION_TRIES`] the error stands.
+pub async fn retrying<T, F, Fut>(mut attempt: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if tries < REGISTRATION_TRIES && (e.is_transaction_conflict() || e.is_unique_violation()) => {
+                tracing::info!(error = %e, tries, "a registration lost a race with another; running it again");
+                let jitter = rand::random::<u64>() % 50;
+                tokio::time::sleep(Duration::from_millis(25 * u64::from(tries) + jitter)).await;
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Removes a study Orthanc no longer has, and re-points its patient.
 async fn forget_study(db: &mut Db, study_id: Id) -> StoreResult<()> {
     let Some(study) = db.study_by_id(study_id).await? else {
@@ -463,23 +490,27 @@ async fn register(app: &App, orthanc_study_id: &str, group: Option<Id>) -> ApiRe
         Err(PacsError::NotFound) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let mut tx = app.store.begin().await?;
-    // A study an unfinished import named gets the importer's group (see `reconcile`).
-    let (group, import) = super::reconcile::journal_group(&mut tx, &info, group).await?;
-    let synced = apply_study(&mut tx, &info, group).await?;
-    if synced.study_created {
-        tx.insert_audit(&Actor::system().audit(action::IMPORT, Outcome::Success).on("patient", synced.patient.id).details(json!({
-            "source": "orthanc",
-            "import": import,
-            "external_id": synced.patient.external_id,
-            "patient_created": synced.patient_created,
-            "orthanc_study_id": info.orthanc_id,
-            "study_instance_uid": info.study_instance_uid,
-            "instances": info.instances.len(),
-        })))
-        .await?;
-    }
-    tx.commit().await?;
+    let info = &info;
+    retrying(move || async move {
+        let mut tx = app.store.begin().await?;
+        // A study an unfinished import named gets the importer's group (see `reconcile`).
+        let (group, import) = super::reconcile::journal_group(&mut tx, info, group).await?;
+        let synced = apply_study(&mut tx, info, group).await?;
+        if synced.study_created {
+            tx.insert_audit(&Actor::system().audit(action::IMPORT, Outcome::Success).on("patient", synced.patient.id).details(json!({
+                "source": "orthanc",
+                "import": import,
+                "external_id": synced.patient.external_id,
+                "patient_created": synced.patient_created,
+                "orthanc_study_id": info.orthanc_id,
+                "study_instance_uid": info.study_instance_uid,
+                "instances": info.instances.len(),
+            })))
+            .await?;
+        }
+        tx.commit().await
+    })
+    .await?;
     Ok(())
 }
 
@@ -488,16 +519,23 @@ async fn resync(app: &App, study_id: Id) -> ApiResult<()> {
     let Some(study) = app.store.conn().await?.study_by_id(study_id).await? else {
         return Ok(());
     };
-    let fetched = app.pacs()?.study(&study.orthanc_study_id).await;
-    let mut tx = app.store.begin().await?;
-    match fetched {
-        Ok(info) => {
-            apply_study(&mut tx, &info, None).await?;
-        }
-        Err(PacsError::NotFound) => forget_study(&mut tx, study_id).await?,
+    let info = match app.pacs()?.study(&study.orthanc_study_id).await {
+        Ok(info) => Some(info),
+        Err(PacsError::NotFound) => None,
         Err(e) => return Err(ApiError::from(e)),
-    }
-    tx.commit().await?;
+    };
+    let info = &info;
+    retrying(move || async move {
+        let mut tx = app.store.begin().await?;
+        match info {
+            Some(info) => {
+                apply_study(&mut tx, info, None).await?;
+            }
+            None => forget_study(&mut tx, study_id).await?,
+        }
+        tx.commit().await
+    })
+    .await?;
     Ok(())
 }
 

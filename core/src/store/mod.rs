@@ -117,6 +117,14 @@ impl StoreError {
         matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some())
     }
 
+    /// True when PostgreSQL gave this transaction up to let another go on: chosen to
+    /// break a deadlock (SQLSTATE 40P01) or unable to serialize it (40001). Running the
+    /// whole transaction again is the remedy.
+    pub fn is_transaction_conflict(&self) -> bool {
+        matches!(self, StoreError::Sqlx(sqlx::Error::Database(db))
+            if !self.backend_is_sqlite() && matches!(db.code().as_deref(), Some("40P01" | "40001")))
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Sqlx(sqlx::Error::Database(db)) if db.is_unique_violation())
     }
