@@ -1,9 +1,8 @@
-//! Process-wide request and login figures for `GET /api/metrics`, kept with atomics and
-//! one short-held lock per request (a map from route template and status to counters).
+//! Process-wide request and login figures for `GET /api/metrics`, kept with atomics only:
+//! counting a request takes no lock and allocates nothing once its route has been seen.
 //! Labels are bounded: route templates come from the router (`MatchedPath`), anything
 //! else counts as `unmatched`; statuses are the three-digit codes answered.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -12,33 +11,99 @@ use std::time::{Duration, Instant};
 /// Upper bounds of the latency histogram, in seconds (`+Inf` is implied).
 pub const LATENCY_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// A route template's latency histogram.
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
-}
+/// Slots of the route table: at least twice the route templates the router has (a test
+/// holds it to that), so probing stays short.
+const ROUTE_SLOTS: usize = 256;
 
-/// One route template's figures.
-#[derive(Default)]
+/// Statuses an answer can carry (`http::StatusCode` is 100 to 999), one counter each.
+const FIRST_STATUS: u16 = 100;
+const STATUSES: usize = 900;
+
+/// One route template's figures. The latency buckets are not cumulative here (one
+/// increment per request, the last one past 10 s); `render` adds them up.
 struct Route {
-    /// Answers by status.
-    by_status: BTreeMap<u16, u64>,
-    latency: Histogram,
+    template: Box<str>,
+    by_status: [AtomicU64; STATUSES],
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
 }
 
-#[derive(Default)]
-struct Requests {
-    /// Route template → its figures (looked up by `&str`: counting a request allocates
-    /// only the first time a route is seen).
-    routes: BTreeMap<String, Route>,
+impl Route {
+    fn new(template: &str) -> Self {
+        Route {
+            template: template.into(),
+            by_status: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Answers by status, in increasing order of status, leaving out statuses never seen.
+    fn statuses(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        (FIRST_STATUS..).zip(&self.by_status).map(|(s, n)| (s, n.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0)
+    }
+}
+
+/// Route template → figures, without a lock: an open-addressing table of fixed size
+/// whose slots are each filled once (`OnceLock`), the first time a template is seen;
+/// after that, counting is a hash, a string comparison and three atomic additions.
+/// Templates are never removed, and there are far fewer of them than slots.
+struct Routes {
+    slots: Box<[OnceLock<Box<Route>>]>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        let routes = Routes { slots: (0..ROUTE_SLOTS).map(|_| OnceLock::new()).collect() };
+        // Present from the start, so that a full table always has somewhere to count.
+        routes.find_or_insert(UNMATCHED);
+        routes
+    }
+}
+
+impl Routes {
+    /// The figures of a template, taking a free slot the first time it is seen. A full
+    /// table (more distinct templates than slots, which the router cannot produce)
+    /// counts the request as `unmatched`.
+    fn get(&self, template: &str) -> &Route {
+        self.find_or_insert(template).or_else(|| self.find_or_insert(UNMATCHED)).expect("`unmatched` has a slot from the start")
+    }
+
+    fn find_or_insert(&self, template: &str) -> Option<&Route> {
+        let start = fnv1a(template.as_bytes()) as usize % ROUTE_SLOTS;
+        for i in 0..ROUTE_SLOTS {
+            let slot = &self.slots[(start + i) % ROUTE_SLOTS];
+            // Two threads seeing a new template at once: one fills the slot, the other
+            // finds it filled (by the same template or another one) and goes on probing.
+            let route = slot.get_or_init(|| Box::new(Route::new(template)));
+            if &*route.template == template {
+                return Some(route);
+            }
+        }
+        None
+    }
+
+    /// Every template that has answered, in the order of their names.
+    fn sorted(&self) -> Vec<&Route> {
+        let mut routes: Vec<&Route> =
+            self.slots.iter().filter_map(|s| s.get().map(|r| &**r)).filter(|r| r.statuses().next().is_some()).collect();
+        routes.sort_unstable_by(|a, b| a.template.cmp(&b.template));
+        routes
+    }
+}
+
+/// The label of answers no route template matched (`api::observe`).
+pub const UNMATCHED: &str = "unmatched";
+
+/// 64-bit FNV-1a: short keys, no allocation, good enough spread for a few dozen templates.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The figures themselves.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<Requests>,
+    requests: Routes,
     pub logins_succeeded: AtomicU64,
     pub logins_failed: AtomicU64,
     pub logins_throttled: AtomicU64,
@@ -133,23 +198,15 @@ pub enum LoginOutcome {
 }
 
 impl Metrics {
-    /// Counts one answered request.
+    /// Counts one answered request: no lock, no allocation once the route has been seen.
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+        let figures = self.requests.get(route);
+        let status = usize::from(status.clamp(FIRST_STATUS, FIRST_STATUS + STATUSES as u16 - 1) - FIRST_STATUS);
+        figures.by_status[status].fetch_add(1, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
-        let mut r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let figures = match r.routes.get_mut(route) {
-            Some(f) => f,
-            None => r.routes.entry(route.to_string()).or_default(),
-        };
-        *figures.by_status.entry(status).or_insert(0) += 1;
-        let h = &mut figures.latency;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum_seconds += seconds;
+        let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
+        figures.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        figures.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub fn record_login(&self, outcome: LoginOutcome) {
@@ -163,11 +220,12 @@ impl Metrics {
 
     /// All answers counted, and those with a 5xx status.
     pub fn request_totals(&self) -> (u64, u64) {
-        let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        r.routes
-            .values()
-            .flat_map(|f| f.by_status.iter())
-            .fold((0, 0), |(all, errors), (status, n)| (all + n, if *status >= 500 { errors + n } else { errors }))
+        self.requests
+            .slots
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|route| route.statuses())
+            .fold((0, 0), |(all, errors), (status, n)| (all + n, if status >= 500 { errors + n } else { errors }))
     }
 
     /// Counts one import that produced a report, with its instances.
@@ -180,27 +238,32 @@ impl Metrics {
 
     /// The figures in the Prometheus text format 0.0.4.
     pub fn render(&self, out: &mut String) {
-        let r = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let routes = self.requests.sorted();
         out.push_str("# HELP cohort_http_requests_total API answers by route template and status.\n");
         out.push_str("# TYPE cohort_http_requests_total counter\n");
-        for (route, f) in &r.routes {
-            let route = escape(route);
-            for (status, n) in &f.by_status {
+        for r in &routes {
+            let route = escape(&r.template);
+            for (status, n) in r.statuses() {
                 let _ = writeln!(out, "cohort_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
         out.push_str("# HELP cohort_http_request_duration_seconds Time to produce an answer, by route template.\n");
         out.push_str("# TYPE cohort_http_request_duration_seconds histogram\n");
-        for (route, f) in &r.routes {
-            let (route, h) = (escape(route), &f.latency);
-            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+        for r in &routes {
+            let route = escape(&r.template);
+            // Read once: `+Inf` and `_count` are the same figure, the sum of the buckets.
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(&r.buckets) {
+                cumulative += n.load(Ordering::Relaxed);
+                let _ = writeln!(out, "cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}");
             }
-            let _ = writeln!(out, "cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "cohort_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_seconds);
-            let _ = writeln!(out, "cohort_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+            let count = cumulative + r.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)]
+            let sum_seconds = r.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "cohort_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum_seconds}");
+            let _ = writeln!(out, "cohort_http_request_duration_seconds_count{{route=\"{route}\"}} {count}");
         }
-        drop(r);
         out.push_str("# HELP cohort_logins_total Login attempts by outcome (throttled: refused before the password was checked).\n");
         out.push_str("# TYPE cohort_logins_total counter\n");
         for (outcome, counter) in
@@ -305,5 +368,81 @@ mod tests {
         assert!(out.contains("cohort_http_request_duration_seconds_bucket{route=\"/api/users/{id}\",le=\"0.5\"} 2\n"), "{out}");
         assert!(out.contains("cohort_http_request_duration_seconds_count{route=\"/api/users/{id}\"} 2\n"), "{out}");
         assert!(out.contains("cohort_logins_total{outcome=\"throttled\"} 1\n"), "{out}");
+    }
+
+    /// Eight threads counting at once, over 100 routes they see for the first time
+    /// together (so that slots are fought over): every request is counted exactly once,
+    /// under its own route, and each route has one slot.
+    #[test]
+    fn concurrent_counting_is_exact() {
+        const THREADS: u64 = 8;
+        const PER_THREAD: u64 = 20_000;
+        const ROUTES: u64 = 100;
+        let m = Metrics::default();
+        let routes: Vec<String> = (0..ROUTES).map(|i| format!("/api/route{i}/{{id}}")).collect();
+        let start = std::sync::Barrier::new(THREADS as usize);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (m, routes, start) = (&m, &routes, &start);
+                s.spawn(move || {
+                    start.wait();
+                    for i in 0..PER_THREAD {
+                        let route = &routes[usize::try_from((i + t * 13) % ROUTES).expect("an index under 100")];
+                        let status = if i % 4 == 0 { 404 } else { 200 };
+                        m.record_request(route, status, Duration::from_millis(i % 3 * 20));
+                    }
+                });
+            }
+        });
+        assert_eq!(m.request_totals(), (THREADS * PER_THREAD, 0));
+        let mut out = String::new();
+        m.render(&mut out);
+        let value = |needle: &str| -> u64 {
+            let mut lines = out.lines().filter(|l| l.starts_with(needle));
+            let line = lines.next().unwrap_or_else(|| panic!("{needle} missing:\n{out}"));
+            assert!(lines.next().is_none(), "{needle} twice:\n{out}");
+            line[needle.len()..].trim().parse().expect("a count")
+        };
+        let per_route = THREADS * PER_THREAD / ROUTES;
+        for route in &routes {
+            let ok = value(&format!("cohort_http_requests_total{{route=\"{route}\",status=\"200\"}}"));
+            let missing = value(&format!("cohort_http_requests_total{{route=\"{route}\",status=\"404\"}}"));
+            assert_eq!(ok + missing, per_route, "{route}");
+            assert_eq!(value(&format!("cohort_http_request_duration_seconds_count{{route=\"{route}\"}}")), per_route);
+            assert_eq!(value(&format!("cohort_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}}")), per_route);
+        }
+        // 0 ms, 20 ms and 40 ms in turn: a third of the requests under 5 ms.
+        let fast: u64 =
+            routes.iter().map(|r| value(&format!("cohort_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"0.005\"}}"))).sum();
+        let under_25ms: u64 =
+            routes.iter().map(|r| value(&format!("cohort_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"0.025\"}}"))).sum();
+        let all = THREADS * PER_THREAD;
+        assert_eq!(fast, (0..PER_THREAD).filter(|i| i % 3 == 0).count() as u64 * THREADS);
+        assert_eq!(under_25ms, (0..PER_THREAD).filter(|i| i % 3 != 2).count() as u64 * THREADS);
+        assert!(fast < under_25ms && under_25ms < all);
+        assert_eq!(value("cohort_http_requests_total{route=\"/api/route0/{id}\",status=\"404\"}"), {
+            (0..THREADS).map(|t| (0..PER_THREAD).filter(|i| (i + t * 13) % ROUTES == 0 && i % 4 == 0).count() as u64).sum::<u64>()
+        });
+        assert!(!out.contains("route=\"unmatched\""), "nothing unmatched was counted:\n{out}");
+    }
+
+    /// The route table has room to spare for every template the router can match.
+    #[test]
+    fn the_route_table_outsizes_the_router() {
+        let templates = crate::api::openapi().paths.paths.len() + 4 /* console */ + 1 /* unmatched */;
+        assert!(templates * 2 <= ROUTE_SLOTS, "{templates} templates for {ROUTE_SLOTS} slots");
+    }
+
+    /// Past the table's capacity, requests still count, as `unmatched`.
+    #[test]
+    fn a_full_table_counts_as_unmatched() {
+        let m = Metrics::default();
+        for i in 0..ROUTE_SLOTS + 5 {
+            m.record_request(&format!("/r{i}"), 200, Duration::ZERO);
+        }
+        assert_eq!(m.request_totals(), (ROUTE_SLOTS as u64 + 5, 0));
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("cohort_http_requests_total{route=\"unmatched\",status=\"200\"} 6\n"), "{out}");
     }
 }
