@@ -98,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if value("--only").as_deref() == Some("registry") {
         let mut md = Report::header();
-        md.push_str(&registry::run(registry_size, seconds, &script, work.path()).await?);
+        let only = registry::Selection::parse(value("--cases").as_deref());
+        md.push_str(&match value("--registry-db") {
+            Some(url) => registry::run_on(&url, seconds, &script, work.path(), &only).await?,
+            None => registry::run(registry_size, seconds, &script, work.path(), &only).await?,
+        });
         let file = out_dir.join("registry.md");
         std::fs::write(&file, &md)?;
         println!("{md}");
@@ -231,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     }
     report.deidentified_export(&deidentified);
 
-    report.md.push_str(&registry::run(registry_size, seconds, &script, work.path()).await?);
+    report.md.push_str(&registry::run(registry_size, seconds, &script, work.path(), &registry::Selection::default()).await?);
 
     eprintln!("==> login latency and a login storm");
     let me_file = work.path().join("me.txt");

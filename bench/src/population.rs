@@ -12,6 +12,8 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
+
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use cohort_core::domain::PatientStatus;
 use cohort_core::store::patients::PatientRow;
@@ -563,6 +565,20 @@ pub async fn build(url: &str, n: u32) -> anyhow::Result<Built> {
     }
     store.close().await;
     Ok(Built { seconds: started.elapsed().as_secs_f64(), groups })
+}
+
+/// The groups of a registry [`build`] filled before, as it returns them.
+pub async fn groups(url: &str) -> anyhow::Result<Vec<(i64, String)>> {
+    let store = Store::connect(url).await?;
+    let mut db = store.conn().await?;
+    let mut groups = Vec::new();
+    for name in GROUPS {
+        let g = db.group_by_name(name).await?.with_context(|| format!("no group {name:?}: build the registry first"))?;
+        groups.push((g.id, g.name));
+    }
+    drop(db);
+    store.close().await;
+    Ok(groups)
 }
 
 #[allow(clippy::too_many_arguments)]

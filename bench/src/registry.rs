@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use cohort_core::store::Store;
-use cohort_e2e::deploy::Sidecar;
-use cohort_e2e::{Backend, Client, Deployment, Host};
+use cohort_e2e::deploy::{Sidecar, PLUGIN_LIBRARY};
+use cohort_e2e::{Backend, Client, Deployment, Host, TestDatabase};
 use serde_json::{json, Value};
 
-use crate::population::{self, Built};
+use crate::population;
 use crate::tools::{Load, CREATE_SCRIPT};
 use crate::{bearer, encode, load, Target};
 
@@ -39,12 +39,25 @@ struct Contender {
     scoped: Target,
 }
 
-pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> anyhow::Result<String> {
-    // Tokens must outlive the run; the plugin and the sidecar share each database.
-    let settings: BTreeMap<String, Value> = [("AccessTokenMinutes".to_string(), json!(600))].into_iter().collect();
-    let env: BTreeMap<String, String> = [("COHORT_ACCESS_TOKEN_MINUTES".to_string(), "600".to_string())].into_iter().collect();
-    let on_sqlite = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings.clone()).await;
-    let on_pg = Deployment::start_with(Host::Plugin, Backend::Postgres, settings.clone()).await;
+/// Which cases a run measures: all, or those whose label holds one of `only`'s
+/// comma-separated words (`--cases`; "creating" selects the creation case).
+#[derive(Clone, Debug, Default)]
+pub struct Selection(Option<Vec<String>>);
+
+impl Selection {
+    pub fn parse(raw: Option<&str>) -> Selection {
+        Selection(raw.map(|r| r.split(',').map(|w| w.trim().to_lowercase()).filter(|w| !w.is_empty()).collect()))
+    }
+
+    fn wants(&self, label: &str) -> bool {
+        let label = label.to_lowercase();
+        self.0.as_ref().is_none_or(|words| words.iter().any(|w| label.contains(w.as_str())))
+    }
+}
+
+pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path, only: &Selection) -> anyhow::Result<String> {
+    let on_sqlite = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings()).await;
+    let on_pg = Deployment::start_with(Host::Plugin, Backend::Postgres, settings()).await;
 
     let mut md = String::new();
     let _ = writeln!(md, "## The registry at {patients} patients\n");
@@ -62,7 +75,7 @@ pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> any
             bytes as f64 / f64::from(patients)
         );
         builds.push((name, built.seconds, bytes));
-        scoped_user(d, &built).await?;
+        scoped_user(d, &built.groups).await?;
     }
     let _ = writeln!(
         md,
@@ -74,23 +87,81 @@ pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> any
     }
     md.push('\n');
 
-    let sidecar_sqlite = Sidecar::start(&on_sqlite.db.url, &on_sqlite.orthanc.url(), &env).await;
-    let sidecar_pg = Sidecar::start(&on_pg.db.url, &on_pg.orthanc.url(), &env).await;
+    let sidecar_sqlite = Sidecar::start(&on_sqlite.db.url, &on_sqlite.orthanc.url(), &env()).await;
+    let sidecar_pg = Sidecar::start(&on_pg.db.url, &on_pg.orthanc.url(), &env()).await;
     let contenders = vec![
         contender("plugin, SQLite", &on_sqlite.url, on_sqlite.orthanc.pid()).await?,
         contender("sidecar, SQLite", &sidecar_sqlite.url, sidecar_sqlite.pid()).await?,
         contender("plugin, PostgreSQL", &on_pg.url, on_pg.orthanc.pid()).await?,
         contender("sidecar, PostgreSQL", &sidecar_pg.url, sidecar_pg.pid()).await?,
     ];
+    measure(&mut md, &contenders, patients, seconds, script, work, only).await?;
+    drop((sidecar_sqlite, sidecar_pg, on_sqlite, on_pg));
+    Ok(md)
+}
 
-    let cases = cases(&contenders[0], patients).await?;
+/// The same cases on a registry built before by `--build-registry URL` (`--registry-db
+/// URL`): both hosts on that one database, no build (a 1M build takes minutes).
+pub async fn run_on(url: &str, seconds: u32, script: &Path, work: &Path, only: &Selection) -> anyhow::Result<String> {
+    let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
+    let name = match backend {
+        Backend::Postgres => "PostgreSQL",
+        Backend::Sqlite => "SQLite",
+    };
+    let d = Deployment::start_on(Host::Plugin, TestDatabase::external(url, backend), settings(), PLUGIN_LIBRARY, None).await;
+    let groups = population::groups(url).await?;
+    scoped_user(&d, &groups).await?;
+    let sidecar = Sidecar::start(url, &d.orthanc.url(), &env()).await;
+    let (plugin_name, sidecar_name) = match backend {
+        Backend::Postgres => ("plugin, PostgreSQL", "sidecar, PostgreSQL"),
+        Backend::Sqlite => ("plugin, SQLite", "sidecar, SQLite"),
+    };
+    let contenders =
+        vec![contender(plugin_name, &d.url, d.orthanc.pid()).await?, contender(sidecar_name, &sidecar.url, sidecar.pid()).await?];
+    let patients = total_of(&contenders[0].admin, &format!("/api/patients?page_size={PAGE_SIZE}")).await?;
+    let mut md = String::new();
+    let _ = writeln!(md, "## The registry at {patients} patients ({name}, built beforehand)\n");
+    measure(&mut md, &contenders, u32::try_from(patients)?, seconds, script, work, only).await?;
+    drop((sidecar, d));
+    Ok(md)
+}
+
+/// Tokens must outlive the run; the plugin and the sidecar share each database.
+fn settings() -> BTreeMap<String, Value> {
+    [("AccessTokenMinutes".to_string(), json!(600))].into_iter().collect()
+}
+
+fn env() -> BTreeMap<String, String> {
+    [("COHORT_ACCESS_TOKEN_MINUTES".to_string(), "600".to_string())].into_iter().collect()
+}
+
+async fn measure(
+    md: &mut String,
+    contenders: &[Contender],
+    patients: u32,
+    seconds: u32,
+    script: &Path,
+    work: &Path,
+    only: &Selection,
+) -> anyhow::Result<()> {
+    let cases: Vec<Case> = cases(&contenders[0], patients).await?.into_iter().filter(|c| only.wants(&c.label)).collect();
+    if !cases.is_empty() {
+        lists(md, contenders, &cases, seconds, script, work).await?;
+    }
+    if only.wants("creating patients") {
+        creation(md, contenders, seconds, work)?;
+    }
+    Ok(())
+}
+
+async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], seconds: u32, script: &Path, work: &Path) -> anyhow::Result<()> {
     eprintln!("==> lists and searches, 32 clients, {seconds} s each");
     let mut rows: Vec<(String, i64, Vec<Load>)> = Vec::new();
-    for case in &cases {
+    for case in cases {
         let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, &case.path).await?;
         eprintln!("  {} ({} matches): {}", case.label, matches, case.path);
         let mut loads = Vec::new();
-        for c in &contenders {
+        for c in contenders {
             let t = if case.scoped { &c.scoped } else { &c.admin };
             let expected = total_of(t, &case.path).await?;
             if expected != matches {
@@ -107,7 +178,7 @@ pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> any
         "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell; admin unless the case says otherwise. Each cell: req/s, and p99 in ms. Target: ≥ 1,000 req/s and p99 < 20 ms.\n"
     );
     let _ = write!(md, "| case | matches |");
-    for c in &contenders {
+    for c in contenders {
         let _ = write!(md, " {} |", c.name);
     }
     let _ = writeln!(md, "\n|---|---|{}", "---|".repeat(contenders.len()));
@@ -121,10 +192,13 @@ pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> any
         md.push('\n');
     }
     md.push('\n');
+    Ok(())
+}
 
+fn creation(md: &mut String, contenders: &[Contender], seconds: u32, work: &Path) -> anyhow::Result<()> {
     eprintln!("==> creating patients through the API on the full registry");
     let mut created = Vec::new();
-    for c in &contenders {
+    for c in contenders {
         let started = Instant::now();
         let env = vec![("BENCH_PREFIX".to_string(), format!("API-{}-", rand::random::<u32>()))];
         let l = crate::tools::Wrk {
@@ -155,8 +229,7 @@ pub async fn run(patients: u32, seconds: u32, script: &Path, work: &Path) -> any
         let _ = writeln!(md, "| {name} | {:.0} | {:.1} | {:.1} | {} |", l.rps, l.p50_ms, l.p99_ms, l.errors);
     }
     md.push('\n');
-    drop((sidecar_sqlite, sidecar_pg, on_sqlite, on_pg));
-    Ok(md)
+    Ok(())
 }
 
 fn write_script(work: &Path, text: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -165,14 +238,15 @@ fn write_script(work: &Path, text: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(file)
 }
 
-/// A user of the 1% group, made through the API.
-async fn scoped_user(d: &Deployment, built: &Built) -> anyhow::Result<()> {
+/// A user of the 1% group, made through the API (kept from an earlier run on a registry
+/// built beforehand).
+async fn scoped_user(d: &Deployment, groups: &[(i64, String)]) -> anyhow::Result<()> {
     let admin = d.admin().await;
-    let group = built.groups.first().context("no group")?.0;
-    admin
-        .post("/api/users", &json!({"email": SCOPED_EMAIL, "password": SCOPED_PASSWORD, "role": "user", "group_id": group}))
-        .await
-        .expect_status(201);
+    let group = groups.first().context("no group")?.0;
+    let r = admin.post("/api/users", &json!({"email": SCOPED_EMAIL, "password": SCOPED_PASSWORD, "role": "user", "group_id": group})).await;
+    if r.status != 409 {
+        r.expect_status(201);
+    }
     Ok(())
 }
 

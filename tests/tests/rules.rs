@@ -709,3 +709,91 @@ async fn a_registration_chosen_to_break_a_deadlock_runs_again() {
     let sum: i64 = sqlx::query_scalar("SELECT sum(v) FROM probe").fetch_one(&pool).await.expect("sum");
     assert_eq!(sum, 4, "both transactions applied, each once");
 }
+
+/// The counters take concurrent writers without a row they all wait on (migration 0009:
+/// the triggers append deltas, folded every 256 into the counters): creations, status
+/// changes, group moves and deletions from eight clients on two nodes at once, with
+/// searches cached in between, leave every total exact, and a search made afterwards
+/// sees the final registry.
+async fn counters_stay_exact_under_concurrent_writers(backend: Backend) {
+    let a = serve(backend, |_| {}).await;
+    let b = serve_on(&a.db_url, |_| {}).await;
+    let admin_a = a.admin().await;
+    let admin_b = b.admin().await;
+    let g1 = admin_a.post("/api/groups", &json!({"name": "Un"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let g2 = admin_a.post("/api/groups", &json!({"name": "Deux"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let groups = [None, Some(g1), Some(g2)];
+    let statuses = ["to_interpret", "in_progress", "validated", "archived"];
+    // Each worker owns its patients and knows where they end: (group, status) per id.
+    let worker = |w: usize| {
+        let c = if w % 2 == 0 { admin_a.clone() } else { admin_b.clone() };
+        async move {
+            let mut mine: Vec<(i64, Option<i64>, &str)> = Vec::new();
+            for i in 0..50 {
+                let (group, status) = (groups[(w + i) % 3], statuses[(w * 7 + i) % 4]);
+                let body = json!({"external_id": format!("W{w}-{i:02}"), "last_name": "Concurrent", "status": status, "group_id": group});
+                let id = c.post("/api/patients", &body).await.expect_status(201)["id"].as_i64().expect("id");
+                mine.push((id, group, status));
+                if i % 3 == 2 {
+                    let k = mine.len() - 2;
+                    let status = statuses[(i / 3) % 4];
+                    c.put(&format!("/api/patients/{}", mine[k].0), &json!({"status": status})).await.expect_status(200);
+                    mine[k].2 = status;
+                }
+                if i % 7 == 6 {
+                    let k = mine.len() - 3;
+                    let group = groups[(w + i + 1) % 3];
+                    c.put(&format!("/api/patients/{}", mine[k].0), &json!({"group_id": group})).await.expect_status(200);
+                    mine[k].1 = group;
+                }
+                if i % 5 == 4 {
+                    let (id, _, _) = mine.remove(i % mine.len());
+                    c.req(Method::DELETE, &format!("/api/patients/{id}")).send().await.expect_status(204);
+                }
+                if i % 10 == 0 {
+                    // A search cached while others write.
+                    c.get("/api/patients?q=concurrent&status=validated").await.expect_status(200);
+                }
+            }
+            mine
+        }
+    };
+    let finals = futures_util::future::join_all((0..8).map(worker)).await.concat();
+
+    let count = |group: Option<Option<i64>>, status: Option<&str>| {
+        finals.iter().filter(|(_, g, s)| group.is_none_or(|group| *g == group) && status.is_none_or(|status| *s == status)).count() as i64
+    };
+    a.user(&admin_a, "un@rules.test", json!({"group_id": g1})).await;
+    let member = b.client();
+    member.login("un@rules.test", "user-password-1").await.expect_status(200);
+    for (node, admin) in [("a", &admin_a), ("b", &admin_b)] {
+        assert_eq!(total(admin, "/api/patients").await, count(None, None), "{node}");
+        assert_eq!(total(admin, "/api/patients?q=concurrent").await, count(None, None), "{node}");
+        for status in statuses {
+            assert_eq!(total(admin, &format!("/api/patients?status={status}")).await, count(None, Some(status)), "{node} {status}");
+        }
+        assert_eq!(total(admin, "/api/patients?q=concurrent&status=validated").await, count(None, Some("validated")), "{node}");
+    }
+    assert_eq!(total(&member, "/api/patients").await, count(Some(Some(g1)), None));
+    for status in statuses {
+        let path = format!("/api/patients?q=concurrent&status={status}");
+        assert_eq!(total(&member, &path).await, count(Some(Some(g1)), Some(status)), "member {status}");
+    }
+    let stats = member.get("/api/stats").await.expect_status(200);
+    assert_eq!(stats["patients"]["total"].as_i64(), Some(count(Some(Some(g1)), None)), "{stats}");
+
+    // The deltas were folded along the way (more than 256 were appended).
+    let sql = "SELECT COUNT(*) FROM patient_count_deltas";
+    let left: i64 = match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&a.db_url).await.expect("open SQLite");
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("deltas")
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&a.db_url).await.expect("connect");
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("deltas")
+        }
+    };
+    assert!(left < 256, "{left} deltas left unfolded");
+}
+per_backend!(counters_stay_exact_under_concurrent_writers);

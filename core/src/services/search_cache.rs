@@ -5,9 +5,9 @@
 //! hundreds of milliseconds at a million patients (a common name matches 30,000). So a
 //! node keeps, per scope, status, search text and sort, the total it counted and, when
 //! it is at most [`IDS_MAX`], the ordered ids of the matches. Every entry carries the
-//! scope's generation (`PatientCounts::generation`: the sum of the counters' `gen`, which
-//! the triggers of migration 0008 raise in the transaction of every write to a patient of
-//! that group and status). A request reads the generation first (one small query) and
+//! scope's generation (`PatientCounts::generation`: the sum of the `gen` of the counters
+//! and of their deltas, which the triggers of migrations 0008 and 0009 raise in the
+//! transaction of every write to a patient of that group and status). A request reads the generation first (one small query) and
 //! uses an entry only if it is the same: any write by any node on the same database
 //! between the two makes the entry useless. Only ids and totals are kept, never rows:
 //! a page's patients are read from the database at each request, and rechecked against

@@ -173,7 +173,8 @@ pub struct ListPlan {
 }
 
 /// Patient counts of a scope per status, and the scope's generation: the sum of its
-/// counters' `gen`, which grows with every write to a patient in it (see migration 0008).
+/// counters' and deltas' `gen`, which grows with every write to a patient in it (see
+/// migrations 0008 and 0009).
 #[derive(Clone, Debug, Default)]
 pub struct PatientCounts {
     pub by_status: Vec<(String, i64)>,
@@ -380,12 +381,16 @@ impl Db {
             .await)?)
     }
 
-    /// Patient counts of a scope per status, and its generation, from the counters the
-    /// triggers keep (a few rows, whatever the registry's size).
+    /// Patient counts of a scope per status, and its generation, from the counters and
+    /// the deltas the triggers append (migration 0009), read in one statement so that a
+    /// fold between two reads cannot be seen half done: a few hundred rows, whatever the
+    /// registry's size.
     pub async fn patient_counts(&mut self, scope: Scope) -> StoreResult<PatientCounts> {
         let (kind, group) = scope_args(scope);
         let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(
-            "SELECT status, CAST(SUM(n) AS BIGINT), CAST(SUM(gen) AS BIGINT) FROM patient_counts \
+            "SELECT status, CAST(SUM(n) AS BIGINT), CAST(SUM(gen) AS BIGINT) FROM ( \
+             SELECT group_key, status, n, gen FROM patient_counts \
+             UNION ALL SELECT group_key, status, n, gen FROM patient_count_deltas) counted \
              WHERE ($1 = 'all' OR ($1 = 'group' AND group_key = $2)) GROUP BY status ORDER BY status"
         )
         .bind(kind)
