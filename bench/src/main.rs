@@ -10,6 +10,7 @@
 mod metrics_cost;
 mod population;
 mod registry;
+mod soak;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -86,6 +87,30 @@ async fn main() -> anyhow::Result<()> {
         store.close().await;
         let built = population::build(&url, registry_size).await?;
         eprintln!("==> {registry_size} patients in {:.0} s", built.seconds);
+        return Ok(());
+    }
+    // The soak: 200 clients for 10 minutes on 100,000 patients; with `--quick`, 50 for 1.
+    let (soak_seconds, soak_clients, soak_registry) =
+        if sizes.registry == QUICK.registry { (60, 50, QUICK.registry) } else { (600, 200, soak::REGISTRY) };
+    let soak_options = soak::Options {
+        seconds: value("--soak-seconds").map(|v| v.parse()).transpose().context("--soak-seconds N")?.unwrap_or(soak_seconds),
+        clients: value("--soak-clients").map(|v| v.parse()).transpose().context("--soak-clients N")?.unwrap_or(soak_clients),
+        registry: value("--soak-registry").map(|v| v.parse()).transpose().context("--soak-registry N")?.unwrap_or(soak_registry),
+        hosts: value("--soak-hosts")
+            .unwrap_or_else(|| "plugin,sidecar".into())
+            .split(',')
+            .map(soak::Contender::parse)
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if value("--only").as_deref() == Some("soak") {
+        let (md, failed) = soak::run(&soak_options).await?;
+        let file = out_dir.join("soak.md");
+        std::fs::write(&file, &md)?;
+        println!("{md}");
+        eprintln!("==> written to {}", file.display());
+        if failed {
+            bail!("FAILED: the soak saw 5xx answers, transport errors or unexpected statuses (see {})", file.display());
+        }
         return Ok(());
     }
     if value("--only").as_deref() == Some("metrics") {
@@ -284,12 +309,18 @@ async fn main() -> anyhow::Result<()> {
         report.big(imported, import_peak, exported, export_peak);
     }
 
+    drop((plugin, sidecar, native));
+    let (soak_md, soak_failed) = soak::run(&soak_options).await?;
+    report.md.push_str(&soak_md);
+
     let md = report.finish();
     let file = out_dir.join("benchmarks.md");
     std::fs::write(&file, &md)?;
     println!("{md}");
     eprintln!("==> written to {}", file.display());
-    drop((plugin, sidecar, native));
+    if soak_failed {
+        bail!("FAILED: the soak saw 5xx answers, transport errors or unexpected statuses (see {})", file.display());
+    }
     Ok(())
 }
 
