@@ -9,7 +9,7 @@
 //! personal API token. In a closed loop it lists patients, searches a common and a rare
 //! name, fetches raw DICOM and rendered previews of 512×512 instances, exports a
 //! patient as a ZIP and imports a small ZIP of new instances; about every two minutes it
-//! signs in again, every fifth time with a wrong password (a 401 that is expected, not an
+//! signs in again, one time in five with a wrong password (a 401 that is expected, not an
 //! error). Every 10 s the resident memory (`VmRSS`) and open file descriptors of the
 //! Cohort process and of Orthanc are sampled. Any 5xx, transport error or other
 //! unexpected status fails the run.
@@ -208,6 +208,8 @@ struct SoakClient {
     csrf: String,
     logins: u32,
     next_login: Instant,
+    /// The client's number.
+    index: u32,
 }
 
 /// One sample of the processes' memory and descriptors.
@@ -309,7 +311,8 @@ async fn one(c: &mut SoakClient, accounts: &[Account], shared: &Shared, rng: &mu
     let op = if now >= c.next_login {
         c.logins += 1;
         c.next_login = now + LOGIN_EVERY.mul_f64(rng.gen_range(0.5..1.5));
-        if c.logins % WRONG_PASSWORD_EVERY == 0 {
+        // Offset by the client's number, so wrong passwords come from the first round on.
+        if (c.logins + c.index) % WRONG_PASSWORD_EVERY == 0 {
             Op::LoginWrong
         } else {
             Op::Login
@@ -555,6 +558,7 @@ async fn soak_host(
             csrf,
             logins: 0,
             next_login: Instant::now(),
+            index: i as u32,
         });
     }
 
@@ -652,7 +656,7 @@ fn mb(kib: u64) -> String {
 fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
     let mut md = String::new();
     let minutes = options.seconds as f64 / 60.0;
-    let _ = writeln!(md, "## Soak: {} clients for {} minutes\n", options.clients, format_minutes(minutes));
+    let _ = writeln!(md, "## Soak: {} clients for {}\n", options.clients, format_minutes(minutes));
     let _ = writeln!(md, "{}.\n", machine());
     let _ = writeln!(
         md,
@@ -662,7 +666,7 @@ fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
          half the clients use the account's session cookie (and `X-CSRF-Token` on imports), half its API token. Closed loop, no \
          think time, drawing by weight: list patients 20 (the admin's or the group user's), search a common name (`{}`) 10, a rare \
          one 10, raw DICOM 40, preview PNG 6, patient export 2, import of a new 3-instance ZIP (128×128) 4; about every {} s a \
-         client signs in again (bcrypt cost 12), every {WRONG_PASSWORD_EVERY}th time with a wrong password (401 expected). \
+         client signs in again (bcrypt cost 12), one time in {WRONG_PASSWORD_EVERY} with a wrong password (401 expected). \
          Memory is `VmRSS`, descriptors the entries of `/proc/PID/fd`, sampled every {} s; \"1 min\" is the sample after the first \
          minute, \"after\" the idle process 5 s after the load.\n",
         options.seconds,
@@ -755,10 +759,13 @@ fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
     (md, failed)
 }
 
+/// "1 minute", "10 minutes", "1.5 minutes".
 fn format_minutes(m: f64) -> String {
-    if (m - m.round()).abs() < 0.01 {
-        format!("{:.0}", m)
+    if (m - 1.0).abs() < 0.01 {
+        "1 minute".into()
+    } else if (m - m.round()).abs() < 0.01 {
+        format!("{m:.0} minutes")
     } else {
-        format!("{m:.1}")
+        format!("{m:.1} minutes")
     }
 }
