@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde_json::json;
 
-use super::search_cache::{SearchKey, SearchResult, IDS_MAX};
+use super::search_cache::{Ids, SearchKey, SearchResult, IDS_MAX};
 use super::{action, Outcome, Principal};
 use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
@@ -118,19 +118,23 @@ pub async fn list(
             let found = match app.searches.get(&key, counts.generation) {
                 Some(found) => found,
                 None => {
-                    let total = db.count_patient_matches(&filter).await?;
-                    let ids = if total <= IDS_MAX { Some(Arc::new(db.matching_patient_ids(&filter).await?)) } else { None };
-                    // The ids were read after the count: they are the truth if they differ.
-                    let found = SearchResult { total: ids.as_ref().map_or(total, |ids| ids.len() as i64), ids };
+                    // The ordered ids first (their number is the total), up to one more
+                    // than are kept: only a search matching more is counted.
+                    let ids = db.matching_patient_ids(&filter, IDS_MAX + 1).await?;
+                    let found = if ids.len() as i64 <= IDS_MAX {
+                        SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))) }
+                    } else {
+                        drop(ids);
+                        SearchResult { total: db.count_patient_matches(&filter).await?, ids: None }
+                    };
                     app.searches.put(key, counts.generation, found.clone());
                     found
                 }
             };
             match &found.ids {
                 Some(ids) => {
-                    let start = usize::try_from(page.offset()).unwrap_or(usize::MAX).min(ids.len());
-                    let end = start.saturating_add(page.page_size as usize).min(ids.len());
-                    let mut rows = db.patients_by_ids(&ids[start..end]).await?;
+                    let start = usize::try_from(page.offset()).unwrap_or(usize::MAX);
+                    let mut rows = db.patients_by_ids(&ids.slice(start, start.saturating_add(page.page_size as usize))).await?;
                     // Read now, so checked now: never a patient the caller may not see.
                     rows.retain(|r| can_see(filter.scope, r) && status.is_none_or(|s| r.status == s));
                     (found.total, rows)

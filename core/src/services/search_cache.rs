@@ -21,10 +21,12 @@ use crate::store::patients::{PatientSort, Scope};
 
 /// Searches matching at most this many patients keep their ordered ids (a page is then
 /// read by id); larger ones are walked in sort order, where their matches are dense.
-pub const IDS_MAX: i64 = 20_000;
-/// Entries kept, and ids kept over all entries: about 20 MB at most.
+/// 10% of a million-patient registry: a common family name (3%) is read by id.
+pub const IDS_MAX: i64 = 100_000;
+/// Entries kept, and bytes of ids kept over all entries (4 bytes an id below 2^32):
+/// 16 MB at most, whatever the registry's size.
 const ENTRIES_MAX: usize = 2_000;
-const IDS_BUDGET: usize = 2_500_000;
+const IDS_BUDGET_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SearchKey {
@@ -35,22 +37,74 @@ pub struct SearchKey {
     pub sort: PatientSort,
 }
 
+/// Ordered patient ids, in 4 bytes each while every id fits (a registry's ids start at
+/// 1 and grow by one), else in 8.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ids {
+    Narrow(Vec<u32>),
+    Wide(Vec<Id>),
+}
+
+impl Ids {
+    pub fn new(ids: Vec<Id>) -> Ids {
+        match ids.iter().map(|id| u32::try_from(*id)).collect::<Result<Vec<u32>, _>>() {
+            Ok(narrow) => Ids::Narrow(narrow),
+            Err(_) => Ids::Wide(ids),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Narrow(v) => v.len(),
+            Ids::Wide(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Memory held by the ids.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Ids::Narrow(v) => v.len() * 4,
+            Ids::Wide(v) => v.len() * 8,
+        }
+    }
+
+    /// The ids at positions `start..end` (clamped to the list).
+    pub fn slice(&self, start: usize, end: usize) -> Vec<Id> {
+        let end = end.min(self.len());
+        let start = start.min(end);
+        match self {
+            Ids::Narrow(v) => v[start..end].iter().map(|id| Id::from(*id)).collect(),
+            Ids::Wide(v) => v[start..end].to_vec(),
+        }
+    }
+}
+
 /// What a search found at one generation.
 #[derive(Clone, Debug)]
 pub struct SearchResult {
     pub total: i64,
     /// All matching ids in the key's sort order, when there are at most [`IDS_MAX`].
-    pub ids: Option<Arc<Vec<Id>>>,
+    pub ids: Option<Arc<Ids>>,
+}
+
+impl SearchResult {
+    fn bytes(&self) -> usize {
+        self.ids.as_ref().map_or(0, |ids| ids.bytes())
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<SearchKey, (i64, SearchResult)>,
-    ids_held: usize,
+    bytes_held: usize,
 }
 
 /// Bounded: past its limits it forgets everything and starts again (cheap, and rare:
-/// 2,000 distinct searches between two writes).
+/// 2,000 distinct searches, or 16 MB of ids, between two writes).
 #[derive(Debug, Default)]
 pub struct SearchCache(Mutex<Inner>);
 
@@ -63,15 +117,15 @@ impl SearchCache {
 
     pub fn put(&self, key: SearchKey, generation: i64, result: SearchResult) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let added = result.ids.as_ref().map_or(0, |ids| ids.len());
-        if inner.entries.len() >= ENTRIES_MAX || inner.ids_held + added > IDS_BUDGET {
+        let added = result.bytes();
+        if inner.entries.len() >= ENTRIES_MAX || inner.bytes_held + added > IDS_BUDGET_BYTES {
             inner.entries.clear();
-            inner.ids_held = 0;
+            inner.bytes_held = 0;
         }
         if let Some((_, old)) = inner.entries.insert(key, (generation, result)) {
-            inner.ids_held -= old.ids.as_ref().map_or(0, |ids| ids.len());
+            inner.bytes_held -= old.bytes();
         }
-        inner.ids_held += added;
+        inner.bytes_held += added;
     }
 }
 
@@ -83,10 +137,14 @@ mod tests {
         SearchKey { scope: Scope::All, status: None, search: search.into(), sort: PatientSort::UpdatedAt { desc: true } }
     }
 
+    fn ids(v: Vec<Id>) -> Option<Arc<Ids>> {
+        Some(Arc::new(Ids::new(v)))
+    }
+
     #[test]
     fn an_entry_serves_only_its_generation() {
         let cache = SearchCache::default();
-        cache.put(key("martin"), 7, SearchResult { total: 3, ids: Some(Arc::new(vec![1, 2, 3])) });
+        cache.put(key("martin"), 7, SearchResult { total: 3, ids: ids(vec![1, 2, 3]) });
         assert_eq!(cache.get(&key("martin"), 7).map(|r| r.total), Some(3));
         assert!(cache.get(&key("martin"), 8).is_none(), "a write happened since");
         assert!(cache.get(&key("bernard"), 7).is_none());
@@ -95,18 +153,36 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_kept_in_four_bytes_while_they_fit() {
+        let narrow = Ids::new(vec![5, 1, i64::from(u32::MAX), 3]);
+        assert!(matches!(narrow, Ids::Narrow(_)));
+        assert_eq!((narrow.bytes(), narrow.slice(1, 3)), (16, vec![1, i64::from(u32::MAX)]));
+        let wide = Ids::new(vec![5, i64::from(u32::MAX) + 1, 3]);
+        assert!(matches!(wide, Ids::Wide(_)));
+        assert_eq!((wide.bytes(), wide.slice(1, 9)), (24, vec![i64::from(u32::MAX) + 1, 3]));
+        assert_eq!(wide.slice(7, 9), Vec::<Id>::new());
+        assert!(matches!(Ids::new(vec![-1]), Ids::Wide(_)));
+    }
+
+    #[test]
     fn the_cache_stays_within_its_bounds() {
         let cache = SearchCache::default();
         for i in 0..(ENTRIES_MAX + 10) {
-            cache.put(key(&i.to_string()), 1, SearchResult { total: 1, ids: Some(Arc::new(vec![1])) });
+            cache.put(key(&i.to_string()), 1, SearchResult { total: 1, ids: ids(vec![1]) });
         }
         let inner = cache.0.lock().expect("lock");
         assert!(inner.entries.len() <= ENTRIES_MAX);
-        assert_eq!(inner.ids_held, inner.entries.len());
+        assert_eq!(inner.bytes_held, inner.entries.len() * 4);
         drop(inner);
-        cache.put(key("big"), 1, SearchResult { total: 0, ids: Some(Arc::new(vec![0; IDS_BUDGET - 5])) });
-        cache.put(key("big2"), 1, SearchResult { total: 0, ids: Some(Arc::new(vec![0; 10])) });
-        let inner = cache.0.lock().expect("lock");
-        assert!(inner.ids_held <= IDS_BUDGET);
+        // The largest entries: at most IDS_BUDGET_BYTES of them, wide or narrow.
+        let big = (1..=IDS_MAX).collect::<Vec<Id>>();
+        for i in 0..30 {
+            cache.put(key(&format!("big{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(big.clone()) });
+            let wide = big.iter().map(|id| id + i64::from(u32::MAX)).collect();
+            cache.put(key(&format!("wide{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(wide) });
+            let inner = cache.0.lock().expect("lock");
+            assert!(inner.bytes_held <= IDS_BUDGET_BYTES);
+            assert_eq!(inner.bytes_held, inner.entries.values().map(|(_, r)| r.bytes()).sum::<usize>());
+        }
     }
 }

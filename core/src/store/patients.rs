@@ -476,12 +476,13 @@ impl Db {
         })?)
     }
 
-    /// Every matching patient's id in list order, through the text index: for searches
-    /// that match few patients, whose pages are then read by id.
-    pub async fn matching_patient_ids(&mut self, f: &PatientFilter) -> StoreResult<Vec<Id>> {
+    /// The first `limit` matching patients' ids in list order, through the text index:
+    /// for searches that match few enough patients to read their pages by id.
+    pub async fn matching_patient_ids(&mut self, f: &PatientFilter, limit: i64) -> StoreResult<Vec<Id>> {
         let mut args = Vec::new();
         let (with, from, filter) = self.filter_sql(f, true, false, &mut args);
-        let sql = format!("{with}SELECT id FROM {from} {filter} ORDER BY {}", f.sort.order_by(false));
+        args.push(Arg::Int(limit));
+        let sql = format!("{with}SELECT id FROM {from} {filter} ORDER BY {} LIMIT ${}", f.sort.order_by(false), args.len());
         Ok(on_db!(self, |c| {
             let q = bind_args!(sqlx::query_scalar(&sql), &args);
             q.fetch_all(c).await
