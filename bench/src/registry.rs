@@ -192,6 +192,10 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
         md.push('\n');
     }
     md.push('\n');
+    // What the search cache and the rest hold once every case has run (Orthanc's whole
+    // process for the plugin).
+    let rss: Vec<String> = contenders.iter().map(|c| format!("{} {:.0} MB", c.name, crate::tools::rss_mib(c.admin.pid))).collect();
+    let _ = writeln!(md, "Resident memory after these cases: {}.\n", rss.join(", "));
     Ok(())
 }
 
