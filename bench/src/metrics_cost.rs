@@ -1,7 +1,11 @@
 //! What the request metrics cost (`scripts/bench --only metrics`): the raw image route,
 //! `/api/patients/images/{id}`, with `RequestMetrics` on and off, on each host, in
 //! alternating rounds (on/off, then off/on), medians compared. The target is a loss
-//! under 2%.
+//! under 2%. Besides requests per second, which other load on the machine moves, each
+//! run reads the serving process's CPU time (`/proc/PID/stat`) to give CPU time per
+//! request, which it moves much less. `BENCH_OFF_FIRST=1` starts the deployment with
+//! metrics off before the one with metrics on (the default is on first), to see whether
+//! a difference follows the start order rather than the setting.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,11 +57,13 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
     );
     let _ = writeln!(
         md,
-        "| host | metrics on req/s | metrics off req/s | loss | p99 on ms | p99 off ms | errors |\n|---|---|---|---|---|---|---|"
+        "| host | metrics on req/s (runs) | metrics off req/s (runs) | loss | CPU µs/req on | CPU µs/req off | CPU added | p99 on ms | p99 off ms | errors |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for host in [Host::Plugin, Host::Sidecar] {
-        let (_on_d, on) = contender(host, true).await?;
-        let (_off_d, off) = contender(host, false).await?;
+        let off_first = std::env::var_os("BENCH_OFF_FIRST").is_some();
+        let first = contender(host, !off_first).await?;
+        let second = contender(host, off_first).await?;
+        let ((_on_d, on), (_off_d, off)) = if off_first { (second, first) } else { (first, second) };
         for t in [&on, &off] {
             if post_zip(t, &zip.path)?.status != 200 {
                 bail!("{} refused the dataset", t.name);
@@ -70,12 +76,15 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
             std::fs::write(&file, ids.iter().map(|id| format!("/api/patients/images/{id}")).collect::<Vec<_>>().join("\n"))?;
             paths.push(file);
         }
-        let (mut rps, mut p99, mut errors) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()], 0);
+        let (mut rps, mut p99, mut cpu_us, mut errors) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()], [Vec::new(), Vec::new()], 0);
         for round in 0..ROUNDS {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
                 let t = if i == 0 { &on } else { &off };
+                let cpu_before = cpu_seconds(t.pid)?;
                 let l = load(t, script, &paths[i], CONNECTIONS, seconds, None)?;
+                let cpu = cpu_seconds(t.pid)? - cpu_before;
+                cpu_us[i].push(cpu * 1e6 / (l.rps * f64::from(seconds)).max(1.0));
                 rps[i].push(l.rps);
                 p99[i].push(l.p99_ms);
                 errors += l.errors;
@@ -83,15 +92,52 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
         }
         let (r_on, r_off) = (median(&rps[0]), median(&rps[1]));
         let loss = (r_off - r_on) / r_off * 100.0;
+        let (c_on, c_off) = (median(&cpu_us[0]), median(&cpu_us[1]));
+        let range = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            format!("{lo:.0}–{hi:.0}")
+        };
         let host_name = if host == Host::Plugin { "plugin (SQLite)" } else { "sidecar (SQLite)" };
         let _ = writeln!(
             md,
-            "| {host_name} | {r_on:.0} | {r_off:.0} | {loss:+.1}% | {:.2} | {:.2} | {errors} |",
+            "| {host_name} | {r_on:.0} ({}) | {r_off:.0} ({}) | {loss:+.1}% | {c_on:.0} | {c_off:.0} | {:+.1}% | {:.2} | {:.2} | {errors} |",
+            range(&rps[0]),
+            range(&rps[1]),
+            (c_on - c_off) / c_off * 100.0,
             median(&p99[0]),
             median(&p99[1])
         );
-        eprintln!("==> {host_name}: on {r_on:.0} req/s, off {r_off:.0} req/s, loss {loss:+.1}%");
+        eprintln!(
+            "==> {host_name}: on {r_on:.0} req/s, off {r_off:.0} req/s, loss {loss:+.1}%; CPU µs/request on {c_on:.0}, off {c_off:.0}"
+        );
     }
-    let _ = writeln!(md, "\nA negative loss means the run with metrics on was the faster one: the difference is within the noise.");
+    let _ = writeln!(
+        md,
+        "\nA negative loss means the run with metrics on was the faster one: the difference is within the noise. \
+         CPU µs/req is the serving process's CPU time (user + system; for the plugin, all of Orthanc) over the requests answered."
+    );
     Ok(md)
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) start after its `)`:
+    // state is field 3, utime and stime fields 14 and 15, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks =
+        |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }

@@ -70,7 +70,7 @@ impl Routes {
     }
 
     fn find_or_insert(&self, template: &str) -> Option<&Route> {
-        let start = fnv1a(template.as_bytes()) as usize % ROUTE_SLOTS;
+        let start = template_hash(template.as_bytes()) as usize % ROUTE_SLOTS;
         for i in 0..ROUTE_SLOTS {
             let slot = &self.slots[(start + i) % ROUTE_SLOTS];
             // Two threads seeing a new template at once: one fills the slot, the other
@@ -95,9 +95,20 @@ impl Routes {
 /// The label of answers no route template matched (`api::observe`).
 pub const UNMATCHED: &str = "unmatched";
 
-/// 64-bit FNV-1a: short keys, no allocation, good enough spread for a few dozen templates.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+/// A multiplicative hash taking eight bytes a step (as rustc's FxHash does): a template
+/// of 34 bytes is five steps. The upper half is returned (the lower bits of a product
+/// mix poorly).
+fn template_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    for c in &mut chunks {
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().expect("chunks of 8 bytes"))).wrapping_mul(K);
+    }
+    for b in chunks.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(*b)).wrapping_mul(K);
+    }
+    h >> 32
 }
 
 /// The figures themselves.
@@ -371,12 +382,18 @@ mod tests {
     }
 
     /// Eight threads counting at once, over 100 routes they see for the first time
-    /// together (so that slots are fought over): every request is counted exactly once,
-    /// under its own route, and each route has one slot.
+    /// together (so that slots are fought over), in 20 fresh tables: every request is
+    /// counted exactly once, under its own route, and each route has one slot.
     #[test]
     fn concurrent_counting_is_exact() {
+        for _ in 0..20 {
+            count_concurrently_in_a_fresh_table();
+        }
+    }
+
+    fn count_concurrently_in_a_fresh_table() {
         const THREADS: u64 = 8;
-        const PER_THREAD: u64 = 20_000;
+        const PER_THREAD: u64 = 3_000;
         const ROUTES: u64 = 100;
         let m = Metrics::default();
         let routes: Vec<String> = (0..ROUTES).map(|i| format!("/api/route{i}/{{id}}")).collect();
@@ -397,12 +414,12 @@ mod tests {
         assert_eq!(m.request_totals(), (THREADS * PER_THREAD, 0));
         let mut out = String::new();
         m.render(&mut out);
-        let value = |needle: &str| -> u64 {
-            let mut lines = out.lines().filter(|l| l.starts_with(needle));
-            let line = lines.next().unwrap_or_else(|| panic!("{needle} missing:\n{out}"));
-            assert!(lines.next().is_none(), "{needle} twice:\n{out}");
-            line[needle.len()..].trim().parse().expect("a count")
-        };
+        let mut samples = std::collections::HashMap::new();
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (name, n) = line.rsplit_once(' ').expect("a sample");
+            assert!(samples.insert(name, n.parse::<u64>().unwrap_or(0)).is_none(), "{name} twice:\n{out}");
+        }
+        let value = |needle: &str| -> u64 { *samples.get(needle).unwrap_or_else(|| panic!("{needle} missing:\n{out}")) };
         let per_route = THREADS * PER_THREAD / ROUTES;
         for route in &routes {
             let ok = value(&format!("cohort_http_requests_total{{route=\"{route}\",status=\"200\"}}"));
