@@ -576,17 +576,32 @@ async fn full(c: &Client, path: &str) -> (Vec<String>, i64) {
     (ids, v["total"].as_i64().expect("total"))
 }
 
-/// List totals come from counters kept by triggers and search results from a cache
-/// checked against the registry's generation: both must stay exact across creations,
-/// status changes, group moves, renames and deletions, made on this node or another one
-/// on the same database, and pages must join up in every sort order.
-async fn list_totals_and_cached_searches_stay_exact(backend: Backend) {
+/// Two nodes on one database, an admin signed in on each, and two groups.
+struct TwoNodes {
+    a: Served,
+    b: Served,
+    admin_a: Client,
+    admin_b: Client,
+    g1: i64,
+    g2: i64,
+}
+
+async fn two_nodes(backend: Backend) -> TwoNodes {
     let a = serve(backend, |_| {}).await;
     let b = serve_on(&a.db_url, |_| {}).await;
     let admin_a = a.admin().await;
     let admin_b = b.admin().await;
     let g1 = admin_a.post("/api/groups", &json!({"name": "Un"})).await.expect_status(201)["id"].as_i64().expect("id");
     let g2 = admin_a.post("/api/groups", &json!({"name": "Deux"})).await.expect_status(201)["id"].as_i64().expect("id");
+    TwoNodes { a, b, admin_a, admin_b, g1, g2 }
+}
+
+/// List totals come from counters kept by triggers and search results from a cache
+/// checked against the registry's generation: both must stay exact across creations,
+/// status changes, group moves, renames and deletions, made on this node or another one
+/// on the same database, and pages must join up in every sort order.
+async fn list_totals_and_cached_searches_stay_exact(backend: Backend) {
+    let TwoNodes { a, b: _b, admin_a, admin_b, g1, g2 } = two_nodes(backend).await;
     let statuses = ["to_interpret", "in_progress", "validated", "archived"];
     let mut ids = Vec::new();
     for i in 0..19 {
@@ -716,12 +731,7 @@ async fn a_registration_chosen_to_break_a_deadlock_runs_again() {
 /// searches cached in between, leave every total exact, and a search made afterwards
 /// sees the final registry.
 async fn counters_stay_exact_under_concurrent_writers(backend: Backend) {
-    let a = serve(backend, |_| {}).await;
-    let b = serve_on(&a.db_url, |_| {}).await;
-    let admin_a = a.admin().await;
-    let admin_b = b.admin().await;
-    let g1 = admin_a.post("/api/groups", &json!({"name": "Un"})).await.expect_status(201)["id"].as_i64().expect("id");
-    let g2 = admin_a.post("/api/groups", &json!({"name": "Deux"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let TwoNodes { a, b, admin_a, admin_b, g1, g2 } = two_nodes(backend).await;
     let groups = [None, Some(g1), Some(g2)];
     let statuses = ["to_interpret", "in_progress", "validated", "archived"];
     // Each worker owns its patients and knows where they end: (group, status) per id.
