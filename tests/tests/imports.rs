@@ -5,8 +5,9 @@
 //! CD/DVD tree (`DICOMDIR` made by dcmtk's `dcmmkdir`, files without an extension
 //! several levels deep) through `cohort import`.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use cohort_e2e::deploy::sidecar_command;
 use cohort_e2e::dicom::{self, StudySpec};
@@ -388,6 +389,14 @@ async fn what_people_bring(d: Deployment) {
 }
 per_deployment!(what_people_bring);
 
+/// Runs `cohort ARGS` on `d`'s database and Orthanc; it must succeed. Returns its stdout.
+fn cohort<S: AsRef<OsStr>>(d: &Deployment, args: impl IntoIterator<Item = S>) -> String {
+    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default()).args(args).output().expect("run cohort");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 /// A patient's CD as a PACS burns it: `DICOMDIR` at the root (made by dcmtk's
 /// `dcmmkdir`), `DICOM/ST000000/SE00000N/IM00000N` without extensions, plus a
 /// preamble-less file no index mentions. `cohort import` on the mount point, then with
@@ -407,15 +416,7 @@ async fn cd_media(backend: Backend) {
     assert!(cd.path().join("DICOMDIR").is_file());
     std::fs::copy(rtstruct(), cd.path().join("DICOM").join("ST000000").join("RTSTRUCT")).expect("copy");
 
-    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
-        .arg("import")
-        .arg(cd.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("cohort import");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = cohort(&d, [OsStr::new("import"), cd.path().as_os_str()]);
     assert!(stdout.contains("5 received, 5 stored, 0 already stored, 0 failed"), "{stdout}");
     assert!(stdout.contains("DICOMDIR"), "the DICOMDIR is reported as skipped: {stdout}");
     let list = admin.get("/api/patients").await.expect_status(200);
@@ -423,28 +424,20 @@ async fn cd_media(backend: Backend) {
 
     // The same tree into the server over HTTP with a token, one request per file: the
     // DICOMDIR is skipped before it is sent (alone, Orthanc would refuse it).
-    let made = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
-        .args(["token", "create", "--email", cohort_e2e::ADMIN_EMAIL, "--scope", "write"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("cohort token create");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = cohort(&d, ["token", "create", "--email", cohort_e2e::ADMIN_EMAIL, "--scope", "write"]);
     let token = tempfile::NamedTempFile::new().expect("token file").into_temp_path();
-    std::fs::write(&token, String::from_utf8_lossy(&made.stdout).trim()).expect("write the token");
-    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
-        .arg("import")
-        .arg(cd.path())
-        .arg("--url")
-        .arg(&d.url)
-        .arg("--token-file")
-        .arg(&*token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("cohort import --url");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&token, made.trim()).expect("write the token");
+    let stdout = cohort(
+        &d,
+        [
+            OsStr::new("import"),
+            cd.path().as_os_str(),
+            OsStr::new("--url"),
+            OsStr::new(&d.url),
+            OsStr::new("--token-file"),
+            token.as_os_str(),
+        ],
+    );
     assert!(stdout.contains("5 received, 0 stored, 5 already stored, 0 failed; 1 other file(s) skipped"), "{stdout}");
     assert!(stdout.contains("DICOMDIR: skipped: DICOMDIR index"), "{stdout}");
     // Sent alone, without its name, a DICOMDIR is known by its content and refused with
@@ -459,15 +452,7 @@ async fn cd_media(backend: Backend) {
     let tgz_study = dicom::study(&StudySpec::new("IPP-CLI-TGZ").studies(1).series(1).instances(3).seed(147));
     let tgz = cd.path().join("results.tgz");
     tar_of(&tgz, "w:gz", &members(&tgz_study.paths(), "results"));
-    let out = sidecar_command(&d.db.url, &d.orthanc.url(), &Default::default())
-        .arg("import")
-        .arg(&tgz)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("cohort import");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = cohort(&d, [OsStr::new("import"), tgz.as_os_str()]);
     assert!(stdout.contains("3 received, 3 stored, 0 already stored, 0 failed"), "{stdout}");
     assert_eq!(patient_total(&admin).await, 3);
 }
