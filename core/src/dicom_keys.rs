@@ -41,23 +41,17 @@ const IMPLICIT_LE: Syntax = Syntax { explicit: false, big_endian: false };
 
 /// The keys of the study a DICOM file (or the start of one) belongs to.
 pub fn study_key(bytes: &[u8]) -> Option<StudyKey> {
-    let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
-    let mut c = Cursor { buf: bytes, pos: start };
-    // The file meta group is always explicit VR little endian.
+    let mut meta = MetaGroup::of(bytes);
     let mut transfer_syntax = None;
     let mut has_meta = false;
-    while c.peek_group(EXPLICIT_LE) == Some(0x0002) {
+    for element in &mut meta {
         has_meta = true;
-        let (tag, _, len) = c.header(EXPLICIT_LE)?;
-        if len == UNDEFINED {
-            return None;
-        }
-        let value = c.take(len)?;
+        let (tag, value) = element?;
         if tag == TRANSFER_SYNTAX {
             transfer_syntax = Some(text(value));
         }
     }
-    let rest = &bytes[c.pos..];
+    let rest = &bytes[meta.0.pos..];
     // Little endian data sets are read as their first element shows, whatever the meta
     // group says: writers get it wrong (pydicom's SC_rgb_jpeg.dcm claims JPEG, hence
     // explicit VR, over an implicit VR data set), and DCMTK reads them the same way.
@@ -79,19 +73,46 @@ pub const DICOMDIR_SOP_CLASS: &str = "1.2.840.10008.1.3.10";
 /// The Media Storage SOP Class UID of a DICOM file's meta group, when `bytes` (the
 /// start of the file) reaches it.
 pub fn media_storage_sop_class(bytes: &[u8]) -> Option<String> {
-    let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
-    let mut c = Cursor { buf: bytes, pos: start };
-    while c.peek_group(EXPLICIT_LE) == Some(0x0002) {
-        let (tag, _, len) = c.header(EXPLICIT_LE)?;
-        if len == UNDEFINED || tag > MEDIA_STORAGE_SOP_CLASS {
-            return None;
-        }
-        let value = c.take(len)?;
+    for element in MetaGroup::of(bytes) {
+        let (tag, value) = element?;
         if tag == MEDIA_STORAGE_SOP_CLASS {
             return Some(text(value));
         }
+        if tag > MEDIA_STORAGE_SOP_CLASS {
+            return None;
+        }
     }
     None
+}
+
+/// The file meta group's elements (tag, value) in order, from the start of a file (after
+/// its preamble and `DICM` when it has them); the group is always explicit VR little
+/// endian. An element that cannot be read (cut short, or of undefined length) is `None`,
+/// and the last. The cursor is left just after the group.
+struct MetaGroup<'a>(Cursor<'a>);
+
+impl<'a> MetaGroup<'a> {
+    fn of(bytes: &'a [u8]) -> Self {
+        let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
+        MetaGroup(Cursor { buf: bytes, pos: start })
+    }
+}
+
+impl<'a> Iterator for MetaGroup<'a> {
+    type Item = Option<((u16, u16), &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.peek_group(EXPLICIT_LE) != Some(0x0002) {
+            return None;
+        }
+        let element =
+            self.0.header(EXPLICIT_LE).filter(|&(_, _, len)| len != UNDEFINED).and_then(|(tag, _, len)| Some((tag, self.0.take(len)?)));
+        if element.is_none() {
+            // Nothing after an unreadable element is believed.
+            self.0.pos = self.0.buf.len();
+        }
+        Some(element)
+    }
 }
 
 /// An explicit VR element has two upper-case letters after its tag.
@@ -166,8 +187,8 @@ struct Cursor<'a> {
     pos: usize,
 }
 
-impl Cursor<'_> {
-    fn take(&mut self, n: u32) -> Option<&[u8]> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: u32) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(usize::try_from(n).ok()?)?;
         let slice = self.buf.get(self.pos..end)?;
         self.pos = end;

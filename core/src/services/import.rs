@@ -365,33 +365,33 @@ impl<'a> Importer<'a> {
         let (app, target, r, journal) = (self.app, &self.target, &self.report, self.journal.opened());
         let (infos, unrefreshed) = (&infos, &unrefreshed);
         registry::retrying(move || async move {
-        let mut tx = app.store.begin().await?;
-        for info in infos {
-            registry::apply_study(&mut tx, info, target.new_patient_group).await?;
-        }
-        if r.instances.received > 0 {
-            let clean = r.instances.failed == 0 && interrupted.is_none();
-            let row = target.actor.audit(action::IMPORT, if clean { Outcome::Success } else { Outcome::Failure });
-            let row = match r.patients.as_slice() {
-                [only] => row.on("patient", only.id),
-                _ => row,
-            };
-            tx.insert_audit(&row.details(json!({
-                "instances": r.instances, "skipped": r.skipped,
-                "patients": r.patients.iter().map(|p| json!({"id": p.id, "external_id": p.external_id, "created": p.created})).collect::<Vec<_>>(),
-                "studies": infos.iter().map(|i| i.study_instance_uid.clone()).collect::<Vec<_>>(),
-                "completed": interrupted.is_none(),
-                "interrupted_by": interrupted.map(|e| json!({"status": e.status.as_u16(), "code": e.code, "message": e.message})),
-                "left_to_reconciliation": unrefreshed,
-            })))
-            .await?;
-        }
-        // The import is complete and audited: nothing left for reconciliation (unless
-        // Orthanc could not describe some of its studies).
-        if let (Some(id), true) = (journal, unrefreshed.is_empty()) {
-            tx.close_import_journal(id).await?;
-        }
-        tx.commit().await
+            let mut tx = app.store.begin().await?;
+            for info in infos {
+                registry::apply_study(&mut tx, info, target.new_patient_group).await?;
+            }
+            if r.instances.received > 0 {
+                let clean = r.instances.failed == 0 && interrupted.is_none();
+                let row = target.actor.audit(action::IMPORT, if clean { Outcome::Success } else { Outcome::Failure });
+                let row = match r.patients.as_slice() {
+                    [only] => row.on("patient", only.id),
+                    _ => row,
+                };
+                tx.insert_audit(&row.details(json!({
+                    "instances": r.instances, "skipped": r.skipped,
+                    "patients": r.patients.iter().map(|p| json!({"id": p.id, "external_id": p.external_id, "created": p.created})).collect::<Vec<_>>(),
+                    "studies": infos.iter().map(|i| i.study_instance_uid.clone()).collect::<Vec<_>>(),
+                    "completed": interrupted.is_none(),
+                    "interrupted_by": interrupted.map(|e| json!({"status": e.status.as_u16(), "code": e.code, "message": e.message})),
+                    "left_to_reconciliation": unrefreshed,
+                })))
+                .await?;
+            }
+            // The import is complete and audited: nothing left for reconciliation (unless
+            // Orthanc could not describe some of its studies).
+            if let (Some(id), true) = (journal, unrefreshed.is_empty()) {
+                tx.close_import_journal(id).await?;
+            }
+            tx.commit().await
         })
         .await?;
         Ok(self.report)
