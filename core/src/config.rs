@@ -55,6 +55,8 @@ pub struct Config {
     pub orthanc_url: String,
     pub orthanc_username: Option<String>,
     pub orthanc_password: Option<String>,
+    /// Sidecar: requests in flight to Orthanc at most (each holds one of its HTTP threads).
+    pub orthanc_connections: u32,
     /// Plugin: require an admin session on Orthanc's native routes.
     pub protect_orthanc_api: bool,
     pub log_format: LogFormat,
@@ -95,6 +97,7 @@ impl Default for Config {
             request_timeout_seconds: 30,
             orthanc_url: "http://127.0.0.1:8042".into(),
             orthanc_username: None,
+            orthanc_connections: 32,
             orthanc_password: None,
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
@@ -178,6 +181,7 @@ const KEYS: &[Key] = &[
     key!("OrthancUrl", "COHORT_ORTHANC_URL", |c, r| c.orthanc_url = http_url(r)?),
     key!("OrthancUsername", "COHORT_ORTHANC_USERNAME", |c, r| c.orthanc_username = non_empty(r)?),
     key!("OrthancPassword", "COHORT_ORTHANC_PASSWORD", |c, r| c.orthanc_password = non_empty(r)?),
+    key!("OrthancConnections", "COHORT_ORTHANC_CONNECTIONS", |c, r| c.orthanc_connections = int(r, 2, 4096)? as u32),
     key!("ProtectOrthancApi", "COHORT_PROTECT_ORTHANC_API", |c, r| c.protect_orthanc_api = boolean(r)?),
     key!("LogFormat", "COHORT_LOG_FORMAT", |c, r| c.log_format = log_format(r)?),
     key!("ShutdownDrainSeconds", "COHORT_SHUTDOWN_DRAIN_SECONDS", |c, r| c.shutdown_drain_seconds = int(r, 0, 3600)? as u32),

@@ -1,13 +1,28 @@
 //! The sidecar's way to Orthanc: its REST API over HTTP. The REST knowledge itself is in
 //! `cohort_core::pacs::OrthancPacs`; this is only the transport.
+//!
+//! Connections to Orthanc are bounded. Orthanc serves HTTP from a fixed pool of threads
+//! (`HttpThreadsCount`, 50 by default), each kept by one connection for as long as that
+//! connection lives; a sidecar that opened one connection per request in flight (as it
+//! did) filled Orthanc's accept backlog under 200 clients, and its requests then failed at
+//! connect. `OrthancConnections` (default 32) bounds the sidecar's connections to Orthanc,
+//! busy or idle: a quarter may stay open idle, and every request first takes a place
+//! among the rest (24 by default); a streamed read (a file sent on at the reader's pace)
+//! also takes one of three quarters of those first, so slow readers of exports and images
+//! can never hold every place and stall the calls that need Orthanc briefly (imports,
+//! metadata, previews).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cohort_core::pacs::{DicomFile, PacsError, PacsResult, Transport};
+use cohort_core::pacs::{ByteStream, DicomFile, PacsError, PacsResult, Transport};
 use cohort_core::Config;
-use futures_util::TryStreamExt;
+use futures_util::{Stream, TryStreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Orthanc's REST API at a base URL, with optional Basic credentials.
 #[derive(Clone, Debug)]
@@ -15,10 +30,33 @@ pub struct OrthancHttp {
     base: String,
     client: reqwest::Client,
     credentials: Option<(String, String)>,
+    /// Places for requests in flight to Orthanc (`OrthancConnections` less the idle ones).
+    calls: Arc<Semaphore>,
+    /// Places for streamed reads, three quarters of `calls`, taken before one of those.
+    streams: Arc<Semaphore>,
+    connections: usize,
 }
 
 /// Requests other than file transfers must answer within this delay.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a request waits for a place before it is answered 503
+/// `orthanc_unavailable` (Orthanc holds every place: hung, or far slower than the load).
+const PLACE_WAIT: Duration = Duration::from_secs(10);
+
+/// Of `OrthancConnections`, how many may stay open idle between requests (a quarter); the
+/// rest are the places of requests in flight. A request may open a connection while one
+/// just finished is being handed back, so in-flight and idle are bounded separately.
+fn idle_connections(connections: usize) -> usize {
+    (connections / 4).max(1)
+}
+
+/// The places a request holds while it talks to Orthanc.
+#[derive(Debug)]
+struct Places {
+    _stream: Option<OwnedSemaphorePermit>,
+    _call: OwnedSemaphorePermit,
+}
 
 impl OrthancHttp {
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
@@ -29,10 +67,45 @@ impl OrthancHttp {
             // meet the close and fail with "connection closed before message completed",
             // which is not retried for a POST. Idle connections are dropped first.
             .pool_idle_timeout(Duration::from_millis(500))
+            // Idle connections hold Orthanc threads too: they count in `OrthancConnections`.
+            .pool_max_idle_per_host(idle_connections(config.orthanc_connections as usize))
             .tcp_nodelay(true)
             .build()?;
         let credentials = config.orthanc_username.clone().zip(config.orthanc_password.clone());
-        Ok(OrthancHttp { base: config.orthanc_url.trim_end_matches('/').to_string(), client, credentials })
+        let connections = config.orthanc_connections as usize;
+        let places = connections - idle_connections(connections);
+        Ok(OrthancHttp {
+            base: config.orthanc_url.trim_end_matches('/').to_string(),
+            client,
+            credentials,
+            calls: Arc::new(Semaphore::new(places)),
+            streams: Arc::new(Semaphore::new((places * 3 / 4).max(1))),
+            connections,
+        })
+    }
+
+    /// Waits (at most [`PLACE_WAIT`]) for a place among the requests in flight to Orthanc;
+    /// a streamed read takes a place among the streams first.
+    async fn places(&self, stream: bool) -> PacsResult<Places> {
+        let take = async {
+            let stream = match stream {
+                true => Some(self.streams.clone().acquire_owned().await),
+                false => None,
+            };
+            let call = self.calls.clone().acquire_owned().await;
+            (stream, call)
+        };
+        match tokio::time::timeout(PLACE_WAIT, take).await {
+            Ok((Some(Ok(stream)), Ok(call))) => Ok(Places { _stream: Some(stream), _call: call }),
+            Ok((None, Ok(call))) => Ok(Places { _stream: None, _call: call }),
+            // The semaphores are never closed.
+            Ok(_) => Err(PacsError::Unavailable("the sidecar's connections to Orthanc are closed".into())),
+            Err(_) => Err(PacsError::Unavailable(format!(
+                "all {} connections to Orthanc stayed busy for {} s (OrthancConnections)",
+                self.connections,
+                PLACE_WAIT.as_secs()
+            ))),
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -67,10 +140,12 @@ impl OrthancHttp {
 #[async_trait]
 impl Transport for OrthancHttp {
     async fn get(&self, path: &str) -> PacsResult<Bytes> {
+        let _places = self.places(false).await?;
         Self::body(self.send(self.request(reqwest::Method::GET, path).timeout(REQUEST_TIMEOUT)).await?).await
     }
 
     async fn post(&self, path: &str, body: Bytes) -> PacsResult<Bytes> {
+        let _places = self.places(false).await?;
         let req = self.request(reqwest::Method::POST, path).header("content-type", "application/dicom").body(body);
         Self::body(self.send(req).await?).await
     }
@@ -78,6 +153,7 @@ impl Transport for OrthancHttp {
     /// Streams the file to Orthanc: a large upload spooled to disk never sits in memory.
     async fn post_file(&self, path: &str, file: std::fs::File) -> PacsResult<Bytes> {
         let len = file.metadata().map_err(|e| PacsError::Unavailable(format!("cannot read the spooled upload: {e}")))?.len();
+        let _places = self.places(false).await?;
         let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
         let req = self
             .request(reqwest::Method::POST, path)
@@ -88,13 +164,34 @@ impl Transport for OrthancHttp {
     }
 
     async fn delete(&self, path: &str) -> PacsResult<()> {
+        let _places = self.places(false).await?;
         self.send(self.request(reqwest::Method::DELETE, path).timeout(REQUEST_TIMEOUT)).await.map(|_| ())
     }
 
+    /// The places are held until the body has been read to its end, or dropped.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+        let places = self.places(true).await?;
         let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
         let size = resp.content_length();
-        let body = resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string()));
-        Ok(DicomFile { size, body: Box::pin(body) })
+        let body: ByteStream = Box::pin(resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string())));
+        Ok(DicomFile { size, body: Box::pin(Holding { body, places: Some(places) }) })
+    }
+}
+
+/// A body that keeps its request's places until its last chunk (or an error) is read.
+struct Holding {
+    body: ByteStream,
+    places: Option<Places>,
+}
+
+impl Stream for Holding {
+    type Item = PacsResult<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.body.as_mut().poll_next(cx);
+        if matches!(next, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.places = None;
+        }
+        next
     }
 }

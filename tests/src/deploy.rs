@@ -243,6 +243,9 @@ fn configure_sidecar(mut cmd: Command, db_url: &str, orthanc_url: &str, env: &BT
     cmd
 }
 
+/// The prefix of a deployment setting that goes to Orthanc's configuration.
+pub const ORTHANC_SETTING: &str = "Orthanc:";
+
 /// Orthanc and Cohort on one database.
 #[derive(Debug)]
 pub struct Deployment {
@@ -263,7 +266,9 @@ impl Deployment {
     }
 
     /// Starts a deployment with extra settings, given by their JSON names (the plugin's
-    /// `"Cohort"` section; the sidecar gets the matching `COHORT_*` variables).
+    /// `"Cohort"` section; the sidecar gets the matching `COHORT_*` variables). A name
+    /// starting with [`ORTHANC_SETTING`] is a top-level key of Orthanc's own configuration
+    /// instead (e.g. `"Orthanc:HttpThreadsCount"`), on both hosts.
     pub async fn start_with(host: Host, backend: Backend, settings: BTreeMap<String, Value>) -> Deployment {
         Self::start_with_library(host, backend, settings, PLUGIN_LIBRARY).await
     }
@@ -284,9 +289,13 @@ impl Deployment {
         library: &str,
         tmpfs: Option<Arc<PrivateTmpfs>>,
     ) -> Deployment {
+        let (orthanc_settings, settings): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            settings.into_iter().partition(|(k, _)| k.starts_with(ORTHANC_SETTING));
+        let extra: serde_json::Map<String, Value> =
+            orthanc_settings.into_iter().map(|(k, v)| (k[ORTHANC_SETTING.len()..].to_string(), v)).collect();
         match host {
             Host::Sidecar => {
-                let orthanc = Orthanc::start(OrthancOptions::default()).await;
+                let orthanc = Orthanc::start(OrthancOptions { extra, ..OrthancOptions::default() }).await;
                 let env = settings.iter().map(|(k, v)| (env_name(k), env_value(v))).collect();
                 let sidecar = Sidecar::start_in(&db.url, &orthanc.url(), &env, tmpfs).await;
                 let url = sidecar.url.clone();
@@ -304,7 +313,7 @@ impl Deployment {
                 if let Some(obj) = section.as_object_mut() {
                     obj.extend(settings);
                 }
-                let mut extra = serde_json::Map::new();
+                let mut extra = extra;
                 extra.insert("Cohort".into(), section);
                 let options = OrthancOptions { plugins: vec![crate::built(library)], extra, env: Vec::new(), tmpfs };
                 let orthanc = Orthanc::start(options).await;

@@ -144,3 +144,104 @@ async fn command_line_import(backend: Backend) {
     assert!(audit["items"].as_array().expect("items").iter().any(|e| e["user_id"].is_null() && e["details"]["instances"]["stored"] == 11));
 }
 per_backend!(command_line_import);
+
+/// However many clients it has, the sidecar keeps about `OrthancConnections` connections
+/// to Orthanc (each one holds one of Orthanc's HTTP threads for as long as it is open):
+/// with Orthanc on 6 threads and 48 clients reading files, previews and exports through
+/// it, every request is answered and the sidecar never holds more than 12 connections (6,
+/// plus connections being handed back to the pool as others open). It used to open one
+/// per request in flight: 48 here, ~1,000 in the soak, where Orthanc's accept queue
+/// overflowed and connects timed out (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_to_orthanc_are_bounded() {
+    let settings = [("OrthancConnections".to_string(), json!(6)), ("Orthanc:HttpThreadsCount".to_string(), json!(6))].into();
+    let d = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings).await;
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-CONN").studies(1).series(1).instances(4).seed(44));
+    let r = admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes())
+        .send()
+        .await
+        .expect_status(200);
+    let id = r["patients"][0]["id"].as_i64().expect("id");
+    let instances: Vec<String> = admin
+        .get(&format!("/api/patients/{id}/instances"))
+        .await
+        .expect_status(200)
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_string())
+        .collect();
+
+    let pid = d.sidecar.as_ref().expect("sidecar").pid();
+    let port = d.orthanc.http_port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(connections_to(pid, port));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    let clients: Vec<_> = (0..48)
+        .map(|i| {
+            let (admin, instances) = (admin.clone(), instances.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for k in 0..10 {
+                    let instance = &instances[(i + k) % instances.len()];
+                    let path = match (i + k) % 3 {
+                        0 => format!("/api/patients/images/{instance}"),
+                        1 => format!("/api/patients/images/{instance}/preview"),
+                        _ => format!("/api/patients/{id}/export"),
+                    };
+                    let r = admin.get(&path).await;
+                    answers.push((path, r.status.as_u16(), String::from_utf8_lossy(&r.body).chars().take(200).collect::<String>()));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for client in clients {
+        for (path, status, body) in client.await.expect("client") {
+            assert_eq!(status, 200, "{path}: {body}");
+            answered += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().expect("sampler");
+    assert_eq!(answered, 48 * 10);
+    eprintln!("480 requests in {:?}, at most {most} connections to Orthanc at once", started.elapsed());
+    assert!(most >= 1, "the sampler saw no connection to Orthanc");
+    assert!(most <= 12, "{most} connections to Orthanc at once with OrthancConnections = 6");
+}
+
+/// The sidecar's connections to Orthanc, opening or open (from `/proc`: the sockets among
+/// its descriptors whose peer is Orthanc's HTTP port, in SYN-SENT or ESTABLISHED).
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let peer = format!(":{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9 && fields[2].ends_with(&peer) && matches!(fields[3], "01" | "02") && inodes.contains(fields[9])
+        })
+        .count()
+}
