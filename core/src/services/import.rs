@@ -290,10 +290,16 @@ impl<'a> Importer<'a> {
         let reader = tokio::task::spawn_blocking(move || plan.send_entries(&tx));
         let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
         // A few instances travel to Orthanc at once (it stores them in parallel); results
-        // are recorded in entry order.
+        // are recorded in entry order. Each send is a task of its own: recording a result
+        // calls Orthanc too, and meanwhile a send that was only a future of this stream
+        // would not be polled; when the transport's places were given in turn to such
+        // unpolled sends (the sidecar's OrthancConnections), the recording waited for a
+        // place they held and the import stalled.
         let (pacs, journal) = (self.pacs.clone(), self.journal.clone());
         let mut sends = Box::pin(
-            Entries(rx).map(move |entry| send_entry(pacs.clone(), journal.clone(), prefix.clone(), entry)).buffered(STORE_CONCURRENCY),
+            Entries(rx)
+                .map(move |entry| Task(tokio::spawn(send_entry(pacs.clone(), journal.clone(), prefix.clone(), entry))))
+                .buffered(STORE_CONCURRENCY),
         );
         let mut result = Ok(());
         while let Some(item) = sends.next().await {
@@ -406,6 +412,23 @@ impl futures_util::Stream for Entries {
 
     fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
+    }
+}
+
+/// A spawned send, aborted when dropped (the import stopped before its result was read).
+struct Task(tokio::task::JoinHandle<ApiResult<Sent>>);
+
+impl std::future::Future for Task {
+    type Output = ApiResult<Sent>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| joined.map_err(ApiError::internal).and_then(|sent| sent))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
