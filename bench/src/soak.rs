@@ -469,8 +469,15 @@ async fn soak_host(
     eprintln!("==> soak on {name}: starting, building a {}-patient registry", options.registry);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     // The bench's cost (bcrypt 12, the default); exports as large as the main bench's.
-    let settings: BTreeMap<String, Value> =
+    let mut settings: BTreeMap<String, Value> =
         [("BcryptCost".to_string(), json!(12)), ("MaxExportBytes".to_string(), json!(u64::from(u32::MAX)))].into_iter().collect();
+    if contender.host() == Host::Plugin {
+        // Orthanc serves each open connection on one of its HTTP threads: the plugin's
+        // clients each keep one, so it needs more threads than clients (README, "Many
+        // concurrent clients"). The sidecar's Orthanc keeps its default 50: the sidecar
+        // holds at most OrthancConnections (32) connections to it.
+        settings.insert("Orthanc:HttpThreadsCount".to_string(), json!(plugin_http_threads(options)));
+    }
     let d = Deployment::start_with(contender.host(), contender.backend(), settings).await;
     let built = population::build(&d.db.url, options.registry).await?;
     let group = built.groups.first().context("no group")?.0;
@@ -653,6 +660,11 @@ fn mb(kib: u64) -> String {
     format!("{:.0}", kib as f64 / 1024.0)
 }
 
+/// Orthanc's HTTP threads in the plugin's deployment: one per client, and some to spare.
+fn plugin_http_threads(options: &Options) -> usize {
+    options.clients + 16
+}
+
 fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
     let mut md = String::new();
     let minutes = options.seconds as f64 / 60.0;
@@ -668,7 +680,9 @@ fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
          one 10, raw DICOM 40, preview PNG 6, patient export 2, import of a new 3-instance ZIP (128×128) 4; about every {} s a \
          client signs in again (bcrypt cost 12), one time in {WRONG_PASSWORD_EVERY} with a wrong password (401 expected). \
          Memory is `VmRSS`, descriptors the entries of `/proc/PID/fd`, sampled every {} s; \"1 min\" is the sample after the first \
-         minute, \"after\" the idle process 5 s after the load.\n",
+         minute, \"after\" the idle process 5 s after the load. Orthanc with the plugin runs {} HTTP threads (`HttpThreadsCount`: \
+         one per open connection, so more than the clients); the sidecar's Orthanc its default 50, the sidecar keeping at most \
+         `OrthancConnections` (32) connections to it.\n",
         options.seconds,
         options.clients,
         options.registry,
@@ -676,7 +690,8 @@ fn report(options: &Options, results: &[HostResult]) -> (String, bool) {
         CLIENTS_PER_ACCOUNT - 1,
         population::COMMON_NAME,
         LOGIN_EVERY.as_secs(),
-        SAMPLE_EVERY.as_secs()
+        SAMPLE_EVERY.as_secs(),
+        plugin_http_threads(options)
     );
     let mut failed = false;
     for r in results {
