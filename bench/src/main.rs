@@ -121,6 +121,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("==> written to {}", file.display());
         return Ok(());
     }
+    if value("--only").as_deref() == Some("raw") {
+        let side = value("--image-side").map(|v| v.parse::<u16>()).transpose().context("--image-side N")?.unwrap_or(136);
+        let rounds = value("--rounds").map(|v| v.parse::<u32>()).transpose().context("--rounds N")?.unwrap_or(3);
+        let md = raw_only(side, seconds, rounds, &work, &script).await?;
+        let file = out_dir.join("raw.md");
+        std::fs::write(&file, &md)?;
+        println!("{md}");
+        eprintln!("==> written to {}", file.display());
+        return Ok(());
+    }
     if value("--only").as_deref() == Some("registry") {
         let mut md = Report::header();
         let only = registry::Selection::parse(value("--cases").as_deref());
@@ -382,6 +392,86 @@ async fn raw_download(
     }
 
     Ok(())
+}
+
+/// `--only raw`: the raw download alone, on instances of `side`×`side` 16-bit (136: about
+/// 39 KB, the size where a request's fixed cost shows most), `rounds` rounds alternating
+/// the contenders; each cell is the median round by req/s.
+async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir, script: &Path) -> anyhow::Result<String> {
+    eprintln!("==> starting the contenders");
+    let native = Orthanc::start(OrthancOptions::default()).await;
+    let plugin = Deployment::start(Host::Plugin, Backend::Sqlite).await;
+    let sidecar = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
+    let targets = [
+        Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() },
+        Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() },
+        Target {
+            name: "Cohort sidecar",
+            url: sidecar.url.clone(),
+            headers: vec![bearer(&sidecar.url).await?],
+            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+        },
+    ];
+    let files = dicom::study(&StudySpec::new("RAW").patients(4).studies(1).series(2).instances(25).size(side, side).seed(3));
+    let bytes =
+        files.paths().iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum::<u64>() / files.files.len().max(1) as u64;
+    let zip = dicom::zip(&files.paths(), ZipOptions { store: true, ..ZipOptions::default() });
+    let mut paths = Vec::new();
+    for t in &targets {
+        let r = post_zip(t, &zip.path)?;
+        if r.status != 200 {
+            bail!("{} refused the dataset ({})", t.name, r.status);
+        }
+        let (ids, prefix, suffix) = match t.name {
+            "Orthanc (native)" => (instance_ids_native(t).await?, "/instances/", "/file"),
+            _ => (instance_ids_cohort(t).await?, "/api/patients/images/", ""),
+        };
+        let file = work.path().join(format!("raw-paths-{}.txt", rand::random::<u32>()));
+        std::fs::write(&file, ids.iter().map(|id| format!("{prefix}{id}{suffix}")).collect::<Vec<_>>().join("\n"))?;
+        paths.push(file);
+    }
+    let mut md = format!("# Benchmarks: raw DICOM\n\n{}.\n\n", machine());
+    let _ = writeln!(
+        md,
+        "## Raw instance download, {} instances of {} bytes\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), \
+         {side}×{side} 16-bit CT/MR, {seconds} s per run, {rounds} rounds alternating the contenders; each cell is the median round \
+         (req/s, with its p50 and p99).\n",
+        files.files.len(),
+        bytes
+    );
+    let _ = writeln!(md, "| clients | contender | req/s (rounds) | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
+    for connections in [1, 32] {
+        let mut runs: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
+        for _ in 0..rounds {
+            for (i, t) in targets.iter().enumerate() {
+                runs[i].push(load(t, script, &paths[i], connections, seconds, None)?);
+            }
+        }
+        let medians: Vec<Load> = runs
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+                r[r.len() / 2]
+            })
+            .collect();
+        for ((t, m), r) in targets.iter().zip(&medians).zip(&runs) {
+            let all = r.iter().map(|l| format!("{:.0}", l.rps)).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                md,
+                "| {connections} | {} | {:.0} ({all}) | {} | {:.2} | {:.2} | {} |",
+                t.name,
+                m.rps,
+                ratio(m.rps, medians[0].rps),
+                m.p50_ms,
+                m.p99_ms,
+                r.iter().map(|l| l.errors).sum::<u64>()
+            );
+        }
+    }
+    md.push('\n');
+    drop((sidecar, plugin, native));
+    Ok(md)
 }
 
 /// Percent-encodes a query value (UTF-8 bytes outside `[A-Za-z0-9-]`).

@@ -1,11 +1,11 @@
 //! What the request metrics cost (`scripts/bench --only metrics`): the raw image route,
-//! `/api/patients/images/{id}`, with `RequestMetrics` on and off, on each host, in
-//! alternating rounds (on/off, then off/on), medians compared. The target is a loss
-//! under 2%. Besides requests per second, which other load on the machine moves, each
-//! run reads the serving process's CPU time (`/proc/PID/stat`) to give CPU time per
-//! request, which it moves much less. `BENCH_OFF_FIRST=1` starts the deployment with
-//! metrics off before the one with metrics on (the default is on first), to see whether
-//! a difference follows the start order rather than the setting.
+//! `/api/patients/images/{id}`, with `RequestMetrics` on and off, on each host, medians
+//! of rounds compared. The target is a loss under 2%. Each round starts two fresh
+//! deployments (on and off), in alternating order, warms them up, and measures each once,
+//! in alternating order: a first run found the first-started Orthanc dearer per request
+//! whatever its setting. Besides requests per second, which other load on the machine
+//! moves, each run reads the serving process's CPU time (`/proc/PID/stat`) to give CPU
+//! time per request, which it moves much less.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 
 use super::{bearer, instance_ids_cohort, load, machine, median, post_zip, Target};
 
-/// Rounds per setting (each a `wrk` run of `seconds`).
-const ROUNDS: usize = 5;
+/// Rounds per setting (each a `wrk` run of `seconds`, on processes of its own).
+const ROUNDS: usize = 8;
 const CONNECTIONS: u32 = 32;
 
 async fn contender(host: Host, metrics: bool) -> anyhow::Result<(Deployment, Target)> {
@@ -50,7 +50,8 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
     let _ = writeln!(
         md,
         "`GET /api/patients/images/{{id}}` over {} instances of {instance_kb:.0} KB, {CONNECTIONS} connections, \
-         {seconds} s per run, {ROUNDS} runs per setting alternating (on/off, off/on); medians. \
+         {seconds} s per run, {ROUNDS} rounds, each on two fresh deployments started in alternating order and measured \
+         in alternating order after a 2 s warm-up; medians. \
          `RequestMetrics: false` stops the per-request counting (route, status, latency histogram); \
          the request id and the log line stay.\n",
         data.files.len()
@@ -60,25 +61,29 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
         "| host | metrics on req/s (runs) | metrics off req/s (runs) | loss | CPU µs/req on | CPU µs/req off | CPU added | p99 on ms | p99 off ms | errors |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for host in [Host::Plugin, Host::Sidecar] {
-        let off_first = std::env::var_os("BENCH_OFF_FIRST").is_some();
-        let first = contender(host, !off_first).await?;
-        let second = contender(host, off_first).await?;
-        let ((_on_d, on), (_off_d, off)) = if off_first { (second, first) } else { (first, second) };
-        for t in [&on, &off] {
-            if post_zip(t, &zip.path)?.status != 200 {
-                bail!("{} refused the dataset", t.name);
-            }
-        }
-        let mut paths = Vec::new();
-        for t in [&on, &off] {
-            let ids = instance_ids_cohort(t).await?;
-            let file = work.join(format!("metrics-paths-{}.txt", rand::random::<u32>()));
-            std::fs::write(&file, ids.iter().map(|id| format!("/api/patients/images/{id}")).collect::<Vec<_>>().join("\n"))?;
-            paths.push(file);
-        }
         let (mut rps, mut p99, mut cpu_us, mut errors) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()], [Vec::new(), Vec::new()], 0);
         for round in 0..ROUNDS {
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            // Fresh processes every round, started in alternating order (on first, then
+            // off first): the first-started Orthanc was measured dearer per request.
+            let off_first = round % 2 == 1;
+            let first = contender(host, !off_first).await?;
+            let second = contender(host, off_first).await?;
+            let ((_on_d, on), (_off_d, off)) = if off_first { (second, first) } else { (first, second) };
+            let mut paths = Vec::new();
+            for t in [&on, &off] {
+                if post_zip(t, &zip.path)?.status != 200 {
+                    bail!("{} refused the dataset", t.name);
+                }
+                let ids = instance_ids_cohort(t).await?;
+                let file = work.join(format!("metrics-paths-{}.txt", rand::random::<u32>()));
+                std::fs::write(&file, ids.iter().map(|id| format!("/api/patients/images/{id}")).collect::<Vec<_>>().join("\n"))?;
+                paths.push(file);
+            }
+            // A short warm-up of each (caches, connections), not counted.
+            for (i, t) in [&on, &off].into_iter().enumerate() {
+                load(t, script, &paths[i], CONNECTIONS, 2, None)?;
+            }
+            let order: [usize; 2] = if round % 4 < 2 { [0, 1] } else { [1, 0] };
             for i in order {
                 let t = if i == 0 { &on } else { &off };
                 let cpu_before = cpu_seconds(t.pid)?;
