@@ -131,6 +131,27 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("==> written to {}", file.display());
         return Ok(());
     }
+    if value("--only").as_deref() == Some("login") {
+        let cost: BTreeMap<String, Value> = [("BcryptCost".to_string(), json!(12))].into_iter().collect();
+        let plugin = Deployment::start_with(Host::Plugin, Backend::Sqlite, cost.clone()).await;
+        let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, cost).await;
+        let plugin_t =
+            Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
+        let sidecar_t = Target {
+            name: "Cohort sidecar",
+            url: sidecar.url.clone(),
+            headers: vec![bearer(&sidecar.url).await?],
+            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+        };
+        let logins = login_storm([&plugin_t, &sidecar_t], &script, work.path(), seconds).await?;
+        let mut report = Report { md: format!("# Benchmarks: login\n\n{}.\n\n", machine()) };
+        report.logins(&logins);
+        let file = out_dir.join("login.md");
+        std::fs::write(&file, &report.md)?;
+        println!("{}", report.md);
+        eprintln!("==> written to {}", file.display());
+        return Ok(());
+    }
     if value("--only").as_deref() == Some("registry") {
         let mut md = Report::header();
         let only = registry::Selection::parse(value("--cases").as_deref());
@@ -272,31 +293,7 @@ async fn main() -> anyhow::Result<()> {
 
     report.md.push_str(&registry::run(registry_size, seconds, &script, work.path(), &registry::Selection::default()).await?);
 
-    eprintln!("==> login latency and a login storm");
-    let me_file = work.path().join("me.txt");
-    std::fs::write(&me_file, "/api/patients?page_size=20")?;
-    let login_file = work.path().join("login.txt");
-    std::fs::write(&login_file, "/api/auth/login")?;
-    let body = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).to_string();
-    let mut logins = Vec::new();
-    for t in [&plugin_t, &sidecar_t] {
-        let mut times = Vec::new();
-        for _ in 0..10 {
-            let started = Instant::now();
-            Client::new(&t.url).login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        times.sort_by(f64::total_cmp);
-        let quiet = load(t, &script, &me_file, 8, sizes.seconds, None)?;
-        let storm_target = Target { name: t.name, url: t.url.clone(), headers: vec![], pid: t.pid };
-        let (storm, during) = std::thread::scope(|s| {
-            let storm = s.spawn(|| load(&storm_target, &script, &login_file, 16, sizes.seconds + 2, Some(&body)));
-            std::thread::sleep(Duration::from_secs(1));
-            let during = load(t, &script, &me_file, 8, sizes.seconds, None);
-            (storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked")), during)
-        });
-        logins.push((t.name, times[times.len() / 2], quiet, storm??, during?));
-    }
+    let logins = login_storm([&plugin_t, &sidecar_t], &script, work.path(), sizes.seconds).await?;
     report.logins(&logins);
 
     if !skip_big {
@@ -472,6 +469,42 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
     md.push('\n');
     drop((sidecar, plugin, native));
     Ok(md)
+}
+
+/// Login latency (median of 10 sequential logins), then a storm: 16 clients logging in
+/// without pause while 8 clients list patients, against the listing alone.
+async fn login_storm(
+    targets: [&Target; 2],
+    script: &Path,
+    work: &Path,
+    seconds: u32,
+) -> anyhow::Result<Vec<(&'static str, f64, Load, Load, Load)>> {
+    eprintln!("==> login latency and a login storm");
+    let me_file = work.join("me.txt");
+    std::fs::write(&me_file, "/api/patients?page_size=20")?;
+    let login_file = work.join("login.txt");
+    std::fs::write(&login_file, "/api/auth/login")?;
+    let body = json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).to_string();
+    let mut logins = Vec::new();
+    for t in targets {
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            Client::new(&t.url).login(ADMIN_EMAIL, ADMIN_PASSWORD).await.expect_status(200);
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let quiet = load(t, script, &me_file, 8, seconds, None)?;
+        let storm_target = Target { name: t.name, url: t.url.clone(), headers: vec![], pid: t.pid };
+        let (storm, during) = std::thread::scope(|s| {
+            let storm = s.spawn(|| load(&storm_target, script, &login_file, 16, seconds + 2, Some(&body)));
+            std::thread::sleep(Duration::from_secs(1));
+            let during = load(t, script, &me_file, 8, seconds, None);
+            (storm.join().map_err(|_| anyhow::anyhow!("storm thread panicked")), during)
+        });
+        logins.push((t.name, times[times.len() / 2], quiet, storm??, during?));
+    }
+    Ok(logins)
 }
 
 /// Percent-encodes a query value (UTF-8 bytes outside `[A-Za-z0-9-]`).
