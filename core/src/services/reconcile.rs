@@ -255,8 +255,11 @@ pub async fn reconcile_settled(app: &App) -> ApiResult<ReconcileOutcome> {
 }
 
 /// Runs for ever on a host: a pass at start-up, then when a running import's lease would
-/// run out, and every minute anyway (an import may die on another node).
+/// run out, and every minute anyway (an import may die on another node). The registry's
+/// upkeep (`registry::keep_counters_vacuumed`) runs beside it, stopped with it.
 pub async fn keep_reconciled(app: Arc<App>) {
+    let upkeep = tokio::spawn(super::registry::keep_counters_vacuumed(app.clone()));
+    let _upkeep = StopOnDrop(upkeep);
     loop {
         let wait = match reconcile(&app).await {
             Ok(outcome) => outcome.next_check.map_or(IDLE_CHECK, |n| (n + Duration::from_millis(100)).min(IDLE_CHECK)),
@@ -266,6 +269,15 @@ pub async fn keep_reconciled(app: Arc<App>) {
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Aborts a task when dropped (here: when the task holding it is aborted).
+struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

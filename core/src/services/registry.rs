@@ -539,6 +539,36 @@ async fn resync(app: &App, study_id: Id) -> ApiResult<()> {
     Ok(())
 }
 
+/// How often the counters' tables are vacuumed (PostgreSQL; see
+/// `Conn::vacuum_counters`). At 900 creations a second, 10 s leave ~10,000 dead rows.
+const COUNTERS_VACUUM_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs for ever beside the reconciler (which starts and stops it): vacuums the
+/// counters' tables every [`COUNTERS_VACUUM_EVERY`] on PostgreSQL, whether or not
+/// autovacuum is on. A failure (the database down, a role that does not own the
+/// tables) is logged once and tried again later.
+pub async fn keep_counters_vacuumed(app: Arc<App>) {
+    if app.store.backend() != crate::store::Backend::Postgres {
+        return;
+    }
+    let mut warned = false;
+    loop {
+        let done = match app.store.conn().await {
+            Ok(mut db) => db.vacuum_counters().await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => warned = false,
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "vacuuming the patient counters failed; will retry");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(COUNTERS_VACUUM_EVERY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

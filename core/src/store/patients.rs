@@ -336,6 +336,19 @@ impl Db {
         Ok(())
     }
 
+    /// PostgreSQL: vacuums the two small tables every write churns (the counters and
+    /// their deltas: each write appends a delta, every 256th folds and deletes them), so
+    /// the sum every list reads scans a few hundred live rows, not the dead ones left
+    /// since. Autovacuum does it too when it is on and keeping up; where it was off, a
+    /// 1M-patient build left 163,066 dead deltas and the sum took 51 ms. SQLite reuses
+    /// the pages of deleted rows: nothing to do there.
+    pub async fn vacuum_counters(&mut self) -> StoreResult<()> {
+        if let super::Inner::Postgres(h) = &mut self.0 {
+            sqlx::query("VACUUM (SKIP_LOCKED) patient_count_deltas, patient_counts").execute(h.conn()).await?;
+        }
+        Ok(())
+    }
+
     /// Writes every mutable field of `row` back and stamps `updated_at`.
     pub async fn save_patient(&mut self, row: &mut PatientRow) -> StoreResult<()> {
         row.updated_at = super::now();
