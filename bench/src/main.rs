@@ -104,10 +104,7 @@ async fn main() -> anyhow::Result<()> {
     };
     if value("--only").as_deref() == Some("soak") {
         let (md, failed) = soak::run(&soak_options).await?;
-        let file = out_dir.join("soak.md");
-        std::fs::write(&file, &md)?;
-        println!("{md}");
-        eprintln!("==> written to {}", file.display());
+        let file = publish(&out_dir, "soak.md", &md)?;
         if failed {
             bail!("FAILED: the soak saw 5xx answers, transport errors or unexpected statuses (see {})", file.display());
         }
@@ -115,41 +112,25 @@ async fn main() -> anyhow::Result<()> {
     }
     if value("--only").as_deref() == Some("metrics") {
         let md = metrics_cost::run(seconds, &script, work.path()).await?;
-        let file = out_dir.join("metrics-cost.md");
-        std::fs::write(&file, &md)?;
-        println!("{md}");
-        eprintln!("==> written to {}", file.display());
+        publish(&out_dir, "metrics-cost.md", &md)?;
         return Ok(());
     }
     if value("--only").as_deref() == Some("raw") {
         let side = value("--image-side").map(|v| v.parse::<u16>()).transpose().context("--image-side N")?.unwrap_or(136);
         let rounds = value("--rounds").map(|v| v.parse::<u32>()).transpose().context("--rounds N")?.unwrap_or(3);
         let md = raw_only(side, seconds, rounds, &work, &script).await?;
-        let file = out_dir.join("raw.md");
-        std::fs::write(&file, &md)?;
-        println!("{md}");
-        eprintln!("==> written to {}", file.display());
+        publish(&out_dir, "raw.md", &md)?;
         return Ok(());
     }
     if value("--only").as_deref() == Some("login") {
         let cost: BTreeMap<String, Value> = [("BcryptCost".to_string(), json!(12))].into_iter().collect();
         let plugin = Deployment::start_with(Host::Plugin, Backend::Sqlite, cost.clone()).await;
         let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, cost).await;
-        let plugin_t =
-            Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
-        let sidecar_t = Target {
-            name: "Cohort sidecar",
-            url: sidecar.url.clone(),
-            headers: vec![bearer(&sidecar.url).await?],
-            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-        };
+        let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
         let logins = login_storm([&plugin_t, &sidecar_t], &script, work.path(), seconds).await?;
         let mut report = Report { md: format!("# Benchmarks: login\n\n{}.\n\n", machine()) };
         report.logins(&logins);
-        let file = out_dir.join("login.md");
-        std::fs::write(&file, &report.md)?;
-        println!("{}", report.md);
-        eprintln!("==> written to {}", file.display());
+        publish(&out_dir, "login.md", &report.md)?;
         return Ok(());
     }
     if value("--only").as_deref() == Some("registry") {
@@ -159,10 +140,7 @@ async fn main() -> anyhow::Result<()> {
             Some(url) => registry::run_on(&url, seconds, &script, work.path(), &only).await?,
             None => registry::run(registry_size, seconds, &script, work.path(), &only).await?,
         });
-        let file = out_dir.join("registry.md");
-        std::fs::write(&file, &md)?;
-        println!("{md}");
-        eprintln!("==> written to {}", file.display());
+        publish(&out_dir, "registry.md", &md)?;
         return Ok(());
     }
 
@@ -174,14 +152,7 @@ async fn main() -> anyhow::Result<()> {
     let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings.clone()).await;
 
     let native_t = Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() };
-    let plugin_t =
-        Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() };
-    let sidecar_t = Target {
-        name: "Cohort sidecar",
-        url: sidecar.url.clone(),
-        headers: vec![bearer(&sidecar.url).await?],
-        pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-    };
+    let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
 
     let mut report = Report::new(&native_t, &sizes).await?;
 
@@ -253,10 +224,7 @@ async fn main() -> anyhow::Result<()> {
     report.import_formats(sizes.import_instances, &labels, &by_format, [plugin_t.name, sidecar_t.name]);
     if only_imports {
         let md = report.finish();
-        let file = out_dir.join("imports.md");
-        std::fs::write(&file, &md)?;
-        println!("{md}");
-        eprintln!("==> written to {}", file.display());
+        publish(&out_dir, "imports.md", &md)?;
         return Ok(());
     }
 
@@ -321,10 +289,7 @@ async fn main() -> anyhow::Result<()> {
     report.md.push_str(&soak_md);
 
     let md = report.finish();
-    let file = out_dir.join("benchmarks.md");
-    std::fs::write(&file, &md)?;
-    println!("{md}");
-    eprintln!("==> written to {}", file.display());
+    let file = publish(&out_dir, "benchmarks.md", &md)?;
     if soak_failed {
         bail!("FAILED: the soak saw 5xx answers, transport errors or unexpected statuses (see {})", file.display());
     }
@@ -399,16 +364,8 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
     let native = Orthanc::start(OrthancOptions::default()).await;
     let plugin = Deployment::start(Host::Plugin, Backend::Sqlite).await;
     let sidecar = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
-    let targets = [
-        Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() },
-        Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() },
-        Target {
-            name: "Cohort sidecar",
-            url: sidecar.url.clone(),
-            headers: vec![bearer(&sidecar.url).await?],
-            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-        },
-    ];
+    let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
+    let targets = [Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() }, plugin_t, sidecar_t];
     let files = dicom::study(&StudySpec::new("RAW").patients(4).studies(1).series(2).instances(25).size(side, side).seed(3));
     let bytes =
         files.paths().iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum::<u64>() / files.files.len().max(1) as u64;
@@ -505,6 +462,28 @@ async fn login_storm(
         logins.push((t.name, times[times.len() / 2], quiet, storm??, during?));
     }
     Ok(logins)
+}
+
+/// The plugin and sidecar deployments as targets, each with the bootstrap admin's token.
+async fn cohort_targets(plugin: &Deployment, sidecar: &Deployment) -> anyhow::Result<[Target; 2]> {
+    Ok([
+        Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() },
+        Target {
+            name: "Cohort sidecar",
+            url: sidecar.url.clone(),
+            headers: vec![bearer(&sidecar.url).await?],
+            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+        },
+    ])
+}
+
+/// Writes a report to `out_dir/name` and prints it; returns the file's path.
+fn publish(out_dir: &Path, name: &str, md: &str) -> anyhow::Result<PathBuf> {
+    let file = out_dir.join(name);
+    std::fs::write(&file, md)?;
+    println!("{md}");
+    eprintln!("==> written to {}", file.display());
+    Ok(file)
 }
 
 /// Percent-encodes a query value (UTF-8 bytes outside `[A-Za-z0-9-]`).

@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cohort_e2e::deploy::sidecar_command;
-use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
-use cohort_e2e::{per_backend, Backend, Deployment, Host};
+use cohort_e2e::dicom::{self, Generated, StudySpec, ZipOptions};
+use cohort_e2e::{per_backend, Backend, Client, Deployment, Host};
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,6 +20,16 @@ fn multipart(parts: &[(&str, &str, Vec<u8>)]) -> (String, Vec<u8>) {
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Imports `files` as one ZIP; returns the import's report (the answer must be 200).
+async fn import_zip(admin: &Client, files: &Generated) -> serde_json::Value {
+    admin
+        .req(Method::POST, "/api/patients/import")
+        .body("application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes())
+        .send()
+        .await
+        .expect_status(200)
 }
 
 async fn multipart_uploads(backend: Backend) {
@@ -47,12 +57,7 @@ async fn orthanc_down_and_back(backend: Backend) {
     let mut d = Deployment::start(Host::Sidecar, backend).await;
     let admin = d.admin().await;
     let files = dicom::study(&StudySpec::new("IPP-DOWN").studies(1).series(1).instances(2).seed(43));
-    let r = admin
-        .req(Method::POST, "/api/patients/import")
-        .body("application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes())
-        .send()
-        .await
-        .expect_status(200);
+    let r = import_zip(&admin, &files).await;
     let id = r["patients"][0]["id"].as_i64().expect("id");
     let instance = admin.get(&format!("/api/patients/{id}/instances")).await.expect_status(200)[0]["id"].as_str().expect("id").to_string();
 
@@ -159,13 +164,7 @@ async fn connections_to_orthanc_are_bounded() {
     let settings = [("OrthancConnections".to_string(), json!(2)), ("Orthanc:HttpThreadsCount".to_string(), json!(4))].into();
     let d = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings).await;
     let admin = d.admin().await;
-    let files = dicom::study(&StudySpec::new("IPP-CONN").studies(1).series(1).instances(4).seed(44));
-    let r = admin
-        .req(Method::POST, "/api/patients/import")
-        .body("application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes())
-        .send()
-        .await
-        .expect_status(200);
+    let r = import_zip(&admin, &dicom::study(&StudySpec::new("IPP-CONN").studies(1).series(1).instances(4).seed(44))).await;
     let id = r["patients"][0]["id"].as_i64().expect("id");
     let instances: Vec<String> = admin
         .get(&format!("/api/patients/{id}/instances"))
