@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::task::AbortOnDropHandle;
 use utoipa::ToSchema;
 use zip::result::ZipError;
 use zip::ZipArchive;
@@ -298,7 +299,11 @@ impl<'a> Importer<'a> {
         let (pacs, journal) = (self.pacs.clone(), self.journal.clone());
         let mut sends = Box::pin(
             Entries(rx)
-                .map(move |entry| Task(tokio::spawn(send_entry(pacs.clone(), journal.clone(), prefix.clone(), entry))))
+                .map(move |entry| {
+                    // Aborted when dropped: the import stopped before reading its result.
+                    AbortOnDropHandle::new(tokio::spawn(send_entry(pacs.clone(), journal.clone(), prefix.clone(), entry)))
+                        .map(|joined| joined.map_err(ApiError::internal).and_then(|sent| sent))
+                })
                 .buffered(STORE_CONCURRENCY),
         );
         let mut result = Ok(());
@@ -412,23 +417,6 @@ impl futures_util::Stream for Entries {
 
     fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
-    }
-}
-
-/// A spawned send, aborted when dropped (the import stopped before its result was read).
-struct Task(tokio::task::JoinHandle<ApiResult<Sent>>);
-
-impl std::future::Future for Task {
-    type Output = ApiResult<Sent>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| joined.map_err(ApiError::internal).and_then(|sent| sent))
-    }
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -258,8 +258,7 @@ pub async fn reconcile_settled(app: &App) -> ApiResult<ReconcileOutcome> {
 /// run out, and every minute anyway (an import may die on another node). The registry's
 /// upkeep (`registry::keep_counters_vacuumed`) runs beside it, stopped with it.
 pub async fn keep_reconciled(app: Arc<App>) {
-    let upkeep = tokio::spawn(super::registry::keep_counters_vacuumed(app.clone()));
-    let _upkeep = StopOnDrop(upkeep);
+    let _upkeep = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(super::registry::keep_counters_vacuumed(app.clone())));
     loop {
         let wait = match reconcile(&app).await {
             Ok(outcome) => outcome.next_check.map_or(IDLE_CHECK, |n| (n + Duration::from_millis(100)).min(IDLE_CHECK)),
@@ -269,15 +268,6 @@ pub async fn keep_reconciled(app: Arc<App>) {
             }
         };
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// Aborts a task when dropped (here: when the task holding it is aborted).
-struct StopOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
