@@ -799,18 +799,13 @@ async fn counters_are_vacuumed_on_postgres(host: Host) {
     let d = Deployment::start(host, cohort_e2e::Backend::Postgres).await;
     let admin = d.admin().await;
     admin.post("/api/patients", &json!({"external_id": "VAC-1", "last_name": "Vacuum"})).await.expect_status(201);
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&d.db.url).await.expect("connect");
+    let pool = sqlx::PgPool::connect(&d.db.url).await.expect("connect");
     let sql = "SELECT COUNT(*) FROM pg_stat_user_tables WHERE relname IN ('patient_count_deltas', 'patient_counts') \
                AND last_vacuum IS NOT NULL";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let vacuumed: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("stats");
-        if vacuumed == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the counters' tables were not vacuumed within 30 s ({vacuumed} of 2)");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually("both counters' tables vacuumed", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.expect("stats") == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
