@@ -835,7 +835,7 @@ mod tests {
     fn page_rows_are_read_back_from_sqlite_json() {
         let json = r#"[[7,"IPP 7",null,"1.2.3","to_interpret","Zoé","Dupont","1959-07-08",3,"2024-12-29T00:03:42+00:00","2026-12-02T22:43:47.123456789+00:00"],
                        [8,"IPP 8","abc",null,"archived",null,null,null,null,"2024-12-29 00:03:42","2024-12-29T00:03:42.5"]]"#;
-        let rows = rows_of_json(json).unwrap();
+        let rows = rows_of_json(json).expect("rows");
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].id, rows[0].first_name.as_deref(), rows[0].group_id), (7, Some("Zoé"), Some(3)));
         assert_eq!(rows[0].date_of_birth, NaiveDate::from_ymd_opt(1959, 7, 8));
@@ -843,7 +843,7 @@ mod tests {
         assert_eq!(rows[1].status, PatientStatus::Archived);
         assert_eq!(rows[1].created_at, rows[0].created_at);
         assert_eq!(rows[1].updated_at.timestamp_subsec_millis(), 500);
-        assert!(rows_of_json("[]").unwrap().is_empty());
+        assert!(rows_of_json("[]").expect("no rows").is_empty());
         assert!(matches!(
             rows_of_json(r#"[[1,"x",null,null,"no such status",null,null,null,null,"2024-12-29T00:03:42Z","2024-12-29T00:03:42Z"]]"#),
             Err(super::super::StoreError::Corrupt(_))
