@@ -558,7 +558,12 @@ pub async fn keep_counters_vacuumed(app: Arc<App>) {
             Err(e) => Err(e),
         };
         match done {
-            Ok(()) => warned = false,
+            Ok(rewritten) => {
+                warned = false;
+                if !rewritten.is_empty() {
+                    tracing::info!(tables = ?rewritten, "rewrote the patient counters' tables, left mostly empty by a burst of writes");
+                }
+            }
             Err(e) if !warned => {
                 tracing::warn!(error = %e, "vacuuming the patient counters failed; will retry");
                 warned = true;
