@@ -196,6 +196,19 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// A PostgreSQL that refuses connections (stopped, restarting) is retried by sqlx within
 /// this delay, so it is also how long the first requests of an outage wait for their 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A pooled connection idle for longer is pinged before it is handed out (a database
+/// restarted meanwhile closed it); one in use a moment ago is handed out as it is. sqlx
+/// pings every connection by default: a round trip (on SQLite, two hand-overs to the
+/// connection's thread) before each request's first query.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+
+/// The pool's check before handing out a connection (see [`PING_WHEN_IDLE`]).
+fn ping_when_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move { Ok(meta.idle_for < PING_WHEN_IDLE || conn.ping().await.is_ok()) })
+}
 /// The same while the database is known to be down (see [`Outage`]).
 const OUTAGE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -261,8 +274,14 @@ impl Store {
             // that `LIKE '%bernard%'` is selective and walks a whole index instead of the
             // trigram index (48 ms instead of 2 ms on 100,000 patients).
             let options = PgConnectOptions::from_str(url)?.application_name("cohort").options([("plan_cache_mode", "force_custom_plan")]);
-            let pool =
-                PgPoolOptions::new().max_connections(16).min_connections(1).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .min_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(ping_when_idle)
+                .connect_with(options)
+                .await?;
             Ok(Store::new(Pool::Postgres(pool)))
         } else {
             let options = SqliteConnectOptions::from_str(url)?;
@@ -278,6 +297,8 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(ping_when_idle)
                 .after_release(|conn, _| Box::pin(async move { sqlite_reusable(conn).await }))
                 .connect_with(options)
                 .await?;
