@@ -270,10 +270,12 @@ impl Store {
     /// `postgres://...`). Does not migrate; see [`Store::migrate`].
     pub async fn connect(url: &str) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            // Plan each execution with its parameters: a cached generic plan cannot know
-            // that `LIKE '%bernard%'` is selective and walks a whole index instead of the
-            // trigram index (48 ms instead of 2 ms on 100,000 patients).
-            let options = PgConnectOptions::from_str(url)?.application_name("cohort").options([("plan_cache_mode", "force_custom_plan")]);
+            // PostgreSQL's own plan cache: a statement run often gets a generic plan
+            // when it costs no more than one planned with its values (planning was as
+            // much of PostgreSQL's time per list as running the statements). Searches,
+            // whose plan depends on their text, are unnamed statements, planned every
+            // time (`patients::Db::keeps_plan`).
+            let options = PgConnectOptions::from_str(url)?.application_name("cohort");
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .min_connections(1)
