@@ -196,6 +196,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// A PostgreSQL that refuses connections (stopped, restarting) is retried by sqlx within
 /// this delay, so it is also how long the first requests of an outage wait for their 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same while the database is known to be down (see [`Outage`]).
+const OUTAGE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A pooled connection idle for longer is pinged before it is handed out (a database
 /// restarted meanwhile closed it); one in use a moment ago is handed out as it is. sqlx
 /// pings every connection by default: a round trip (on SQLite, two hand-overs to the
@@ -209,8 +212,6 @@ fn ping_when_idle<C: sqlx::Connection>(
 ) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
     Box::pin(async move { Ok(meta.idle_for < PING_WHEN_IDLE || conn.ping().await.is_ok()) })
 }
-/// The same while the database is known to be down (see [`Outage`]).
-const OUTAGE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether a SQLite connection given back to the pool may serve again. SQLite rolls a
 /// transaction back by itself on some errors (`SQLITE_FULL`, I/O errors); sqlx's own
