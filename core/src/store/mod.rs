@@ -450,6 +450,11 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    /// Whether this is a SQLite connection (where a statement's SQL differs by dialect).
+    fn is_sqlite(&self) -> bool {
+        matches!(self.0, Inner::Sqlite(_))
+    }
+
     /// Commits a transaction from [`Store::begin`]; a no-op on a plain connection.
     /// Dropping a `Db` without committing rolls the transaction back.
     pub async fn commit(self) -> StoreResult<()> {

@@ -501,7 +501,7 @@ impl Db {
     /// walks in sort order, where most rows match). `walk` also keeps SQLite from using
     /// the group or status index (`+column`), so it reads the sort's index instead.
     fn filter_sql(&self, f: &PatientFilter, text_index: bool, walk: bool, args: &mut Vec<Arg>) -> (String, &'static str, String) {
-        let sqlite = matches!(self.0, super::Inner::Sqlite(_));
+        let sqlite = self.is_sqlite();
         let mut push = |a: Arg| {
             args.push(a);
             format!("${}", args.len())
@@ -549,7 +549,7 @@ impl Db {
     /// its total from [`Db::patient_counts`]). On SQLite, a search over the whole
     /// registry counts the FTS5 index's matches alone.
     pub async fn count_patient_matches(&mut self, f: &PatientFilter) -> StoreResult<i64> {
-        let sqlite = matches!(self.0, super::Inner::Sqlite(_));
+        let sqlite = self.is_sqlite();
         if let (true, Scope::All, None, None, Some(search)) = (sqlite, f.scope, f.status, &f.pseudonym, &f.search) {
             if search.chars().count() >= 3 {
                 let phrase = format!("\"{}\"", search.replace('"', "\"\""));
@@ -644,7 +644,7 @@ impl Db {
     /// trigram index (48 ms instead of 2 ms on 100,000 patients); an unnamed statement
     /// is planned with its values every time.
     fn keeps_plan(&self, f: &PatientFilter) -> bool {
-        matches!(self.0, super::Inner::Sqlite(_)) || f.search.is_none()
+        self.is_sqlite() || f.search.is_none()
     }
 
     /// The rows of `sql`, a query of `patient_columns!()` (in `order`, when given). On
@@ -655,19 +655,15 @@ impl Db {
     /// docs/benchmarks.md). The order is SQLite's own (`ORDER BY` inside the
     /// aggregate), not left to the subquery.
     async fn patient_rows(&mut self, sql: &str, order: Option<&str>, args: &[Arg], persistent: bool) -> StoreResult<Vec<PatientRow>> {
-        if !matches!(self.0, super::Inner::Sqlite(_)) {
-            return Ok(on_db!(self, |c| {
-                let q = bind_args!(sqlx::query_as(sql).persistent(persistent), args);
-                q.fetch_all(c).await
-            })?);
+        match &mut self.0 {
+            super::Inner::Postgres(h) => Ok(bind_args!(sqlx::query_as(sql).persistent(persistent), args).fetch_all(h.conn()).await?),
+            super::Inner::Sqlite(h) => {
+                let order = order.map(|o| format!(" ORDER BY {o}")).unwrap_or_default();
+                let sql = format!(concat!("SELECT json_group_array(json_array(", patient_columns!(), "){}) FROM ({})"), order, sql);
+                let json: String = bind_args!(sqlx::query_scalar(&sql), args).fetch_one(h.conn()).await?;
+                rows_of_json(&json)
+            }
         }
-        let order = order.map(|o| format!(" ORDER BY {o}")).unwrap_or_default();
-        let sql = format!(concat!("SELECT json_group_array(json_array(", patient_columns!(), "){}) FROM ({})"), order, sql);
-        let json: String = on_db!(self, |c| {
-            let q = bind_args!(sqlx::query_scalar(&sql), args);
-            q.fetch_one(c).await
-        })?;
-        rows_of_json(&json)
     }
 
     pub async fn delete_patient(&mut self, id: Id) -> StoreResult<bool> {
