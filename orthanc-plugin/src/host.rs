@@ -1,7 +1,8 @@
 //! Cohort inside Orthanc: the bridge between Orthanc's callbacks and the core.
 //!
 //! - `/api/...` requests become `http::Request`s for the core router, driven with
-//!   `oneshot` on the Orthanc HTTP thread (`block_on`: those threads are not tokio's);
+//!   `oneshot` on the Orthanc HTTP thread that received them (`block_on`: those threads
+//!   are not tokio's), on a stack of the thread's own that Cohort maps once ([`run`]);
 //!   the answer goes back through the SDK.
 //! - The HTTP filter applies [`guard::decide`] to every request before Orthanc reads its
 //!   body: `/api` bodies are bounded there, method faking is refused, and every other
@@ -25,6 +26,7 @@ use cohort_core::auth::token_matches_hash;
 use cohort_core::pacs::OrthancPacs;
 use cohort_core::services::{auth, reconcile, registry, ClientInfo, Via};
 use cohort_core::{App, ClientAddr, Config, Host, SharedApp};
+use corosensei::stack::DefaultStack;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tokio::runtime::{Handle, Runtime};
@@ -66,8 +68,15 @@ thread_local! {
     static FILTERED: Cell<Filtered> = const { Cell::new(Filtered { ip: None, refusal: None }) };
 }
 
-/// Stack of the runtime's threads. Request futures run there, never on Orthanc's HTTP
-/// threads, whose stacks are too small for deeply nested futures (debug builds crash).
+thread_local! {
+    /// The stack [`run`] drives futures on, mapped on this Orthanc thread's first request
+    /// and kept until the thread ends.
+    static STACK: Cell<Option<DefaultStack>> = const { Cell::new(None) };
+}
+
+/// Stack of the runtime's threads, and of the stacks [`run`] maps for Orthanc's HTTP
+/// threads: those threads' own stacks are too small for deeply nested futures (debug
+/// builds overflow them).
 const RUNTIME_STACK: usize = 8 << 20;
 /// Answers larger than this cannot go through the SDK (a `uint32_t` size).
 const MAX_ANSWER: usize = u32::MAX as usize;
@@ -184,25 +193,21 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
         }
         None => {}
     }
-    // The request runs on the runtime; its answer's body is then read here, on the
-    // Orthanc thread, so a DICOM file is read by the thread that sends it.
+    // The request and its answer's body both run here, on the Orthanc thread: a DICOM
+    // file is read by the thread that sends it, as Orthanc's own file route does, and a
+    // request that needs neither the database nor Orthanc's REST API (an image whose
+    // owner is cached) never waits for another thread.
     let router = cohort.router.clone();
-    let parts = run(cohort, async move {
-        match router.oneshot(req).await {
+    let answer = run(cohort, async move {
+        let (parts, body) = match router.oneshot(req).await {
             Ok(r) => r.into_parts(),
             Err(never) => match never {},
-        }
+        };
+        (parts, Limited::new(body, MAX_ANSWER).collect().await)
     });
-    let (parts, body) = match parts {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "an /api request failed");
-            return sdk::internal_error_response();
-        }
-    };
-    match cohort.handle.block_on(Limited::new(body, MAX_ANSWER).collect()) {
-        Ok(collected) => Response::from_parts(parts, collected.to_bytes()),
-        Err(e) => {
+    match answer {
+        Ok((parts, Ok(collected))) => Response::from_parts(parts, collected.to_bytes()),
+        Ok((_, Err(e))) => {
             tracing::warn!(error = %e, "an answer could not be produced");
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the answer is larger than Orthanc can send (4 GiB)")
@@ -210,16 +215,51 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
                 json_error(StatusCode::SERVICE_UNAVAILABLE, "orthanc_unavailable", "the answer could not be produced")
             }
         }
+        Err(e) => {
+            tracing::error!(error = %e, "an /api request failed");
+            sdk::internal_error_response()
+        }
     }
 }
 
-/// Runs `work` on the runtime and waits for it on the calling (Orthanc) thread. A panic
-/// in `work` stays in its task and comes back as an error.
-fn run<T: Send + 'static>(
-    cohort: &Cohort,
-    work: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    cohort.handle.block_on(cohort.handle.spawn(work))
+/// Why [`run`] has no answer.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("the request panicked: {0}")]
+    Panicked(String),
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs `work` to completion on the calling Orthanc HTTP thread, within the runtime
+/// (`block_on`; its timers, I/O and spawned tasks are the runtime's), on this thread's
+/// [`STACK`]. No hand-over to a runtime thread and back: for a request that waits for
+/// nothing, that was two context switches, most of its cost. A panic in `work` is caught
+/// and comes back as an error. Should the stack not be mappable (memory exhausted), the
+/// work runs as a task on the runtime and the thread waits for it.
+fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, RunError> {
+    let stack = match STACK.with(Cell::take) {
+        Some(stack) => stack,
+        None => match DefaultStack::new(RUNTIME_STACK) {
+            Ok(stack) => stack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot map a stack for a request; it runs on the runtime");
+                return Ok(cohort.handle.block_on(cohort.handle.spawn(work))?);
+            }
+        },
+    };
+    let mut stack = stack;
+    let out = corosensei::on_stack(&mut stack, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cohort.handle.block_on(work))));
+    // Back on Orthanc's own stack; the next request of this thread reuses ours.
+    STACK.with(|s| s.set(Some(stack)));
+    out.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|m| (*m).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        RunError::Panicked(message)
+    })
 }
 
 /// Applies [`guard::decide`] to every HTTP request Orthanc receives, before it reads a
