@@ -364,8 +364,18 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
     let native = Orthanc::start(OrthancOptions::default()).await;
     let plugin = Deployment::start(Host::Plugin, Backend::Sqlite).await;
     let sidecar = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
+    // The sidecar reading instance files in Orthanc's storage directory.
+    let stored = BTreeMap::from([("OrthancStorageDirectory".to_string(), json!(cohort_e2e::deploy::ORTHANC_STORAGE))]);
+    let sidecar_stored = Deployment::start_with(Host::Sidecar, Backend::Sqlite, stored).await;
     let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
-    let targets = [Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() }, plugin_t, sidecar_t];
+    let stored_t = Target {
+        name: "Cohort sidecar, OrthancStorageDirectory",
+        url: sidecar_stored.url.clone(),
+        headers: vec![bearer(&sidecar_stored.url).await?],
+        pid: sidecar_stored.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+    };
+    let targets =
+        [Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() }, plugin_t, sidecar_t, stored_t];
     let files = dicom::study(&StudySpec::new("RAW").patients(4).studies(1).series(2).instances(25).size(side, side).seed(3));
     let bytes =
         files.paths().iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum::<u64>() / files.files.len().max(1) as u64;
@@ -424,7 +434,7 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
         }
     }
     md.push('\n');
-    drop((sidecar, plugin, native));
+    drop((sidecar_stored, sidecar, plugin, native));
     Ok(md)
 }
 

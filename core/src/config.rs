@@ -57,6 +57,9 @@ pub struct Config {
     pub orthanc_password: Option<String>,
     /// Sidecar: requests in flight to Orthanc at most (each holds one of its HTTP threads).
     pub orthanc_connections: u32,
+    /// Sidecar: Orthanc's `StorageDirectory`, when the sidecar can read it: instance files
+    /// stored uncompressed are then read there rather than through Orthanc's HTTP API.
+    pub orthanc_storage_directory: Option<std::path::PathBuf>,
     /// Plugin: require an admin session on Orthanc's native routes.
     pub protect_orthanc_api: bool,
     pub log_format: LogFormat,
@@ -98,6 +101,7 @@ impl Default for Config {
             orthanc_url: "http://127.0.0.1:8042".into(),
             orthanc_username: None,
             orthanc_connections: 32,
+            orthanc_storage_directory: None,
             orthanc_password: None,
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
@@ -182,6 +186,7 @@ const KEYS: &[Key] = &[
     key!("OrthancUsername", "COHORT_ORTHANC_USERNAME", |c, r| c.orthanc_username = non_empty(r)?),
     key!("OrthancPassword", "COHORT_ORTHANC_PASSWORD", |c, r| c.orthanc_password = non_empty(r)?),
     key!("OrthancConnections", "COHORT_ORTHANC_CONNECTIONS", |c, r| c.orthanc_connections = int(r, 2, 4096)? as u32),
+    key!("OrthancStorageDirectory", "COHORT_ORTHANC_STORAGE_DIRECTORY", |c, r| c.orthanc_storage_directory = directory(r)?),
     key!("ProtectOrthancApi", "COHORT_PROTECT_ORTHANC_API", |c, r| c.protect_orthanc_api = boolean(r)?),
     key!("LogFormat", "COHORT_LOG_FORMAT", |c, r| c.log_format = log_format(r)?),
     key!("ShutdownDrainSeconds", "COHORT_SHUTDOWN_DRAIN_SECONDS", |c, r| c.shutdown_drain_seconds = int(r, 0, 3600)? as u32),

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub exports: AtomicU64,
     /// Bytes of export archives sent (streamed ones counted as they go out).
     pub export_bytes: AtomicU64,
+    /// Instance files the sidecar read in Orthanc's storage directory (not over HTTP).
+    pub orthanc_storage_reads: AtomicU64,
     /// The change follower's progress.
     pub follower: FollowerFigures,
 }
@@ -302,6 +304,12 @@ impl Metrics {
         out.push_str("# HELP cohort_exports_total Export archives answered.\n# TYPE cohort_exports_total counter\n");
         let _ = writeln!(out, "cohort_exports_total {}", self.exports.load(Ordering::Relaxed));
         counter(out, "cohort_export_bytes_total", "Bytes of export archives sent.", self.export_bytes.load(Ordering::Relaxed));
+        counter(
+            out,
+            "cohort_orthanc_storage_reads_total",
+            "Instance files the sidecar read in Orthanc's storage directory (OrthancStorageDirectory) instead of over HTTP.",
+            self.orthanc_storage_reads.load(Ordering::Relaxed),
+        );
         self.render_follower(out);
     }
 

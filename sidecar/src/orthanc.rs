@@ -11,6 +11,12 @@
 //! also takes one of three quarters of those first, so slow readers of exports and images
 //! can never hold every place and stall the calls that need Orthanc briefly (imports,
 //! metadata, previews).
+//!
+//! With `OrthancStorageDirectory` set, an instance file Orthanc stored uncompressed is read
+//! in that directory instead ([`StoredFiles`]): the HTTP hop to Orthanc was most of the
+//! sidecar's cost per image. What the file is (its attachment's uuid and size) is asked of
+//! Orthanc once per instance; anything unexpected (a compressed attachment, a missing or
+//! resized file, a directory the sidecar cannot read) falls back to HTTP.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,9 +25,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cohort_core::app::TtlCache;
 use cohort_core::pacs::{ByteStream, DicomFile, PacsError, PacsResult, Transport};
 use cohort_core::Config;
 use futures_util::{Stream, TryStreamExt};
+use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Orthanc's REST API at a base URL, with optional Basic credentials.
@@ -35,6 +43,90 @@ pub struct OrthancHttp {
     /// Places for streamed reads, three quarters of `calls`, taken before one of those.
     streams: Arc<Semaphore>,
     connections: usize,
+    /// Orthanc's storage directory, when configured.
+    stored: Option<Arc<StoredFiles>>,
+}
+
+/// Instance files read in Orthanc's storage directory (`OrthancStorageDirectory`).
+/// Orthanc's file storage keeps an attachment at `xx/yy/uuid` (the uuid's first two pairs
+/// of characters); an instance's DICOM attachment never changes uuid while it exists.
+#[derive(Debug)]
+struct StoredFiles {
+    root: std::path::PathBuf,
+    /// Per Orthanc instance id: its DICOM attachment's uuid and size when stored
+    /// uncompressed, `None` when not (then it is always read over HTTP).
+    attachments: TtlCache<String, Option<(String, u64)>>,
+}
+
+/// How long an instance's attachment is remembered (a file gone is noticed at once).
+const ATTACHMENT_TTL: Duration = Duration::from_secs(600);
+/// Files up to this size are read in one call on the request's thread (from the page
+/// cache, microseconds); larger ones are streamed from tokio's blocking pool.
+const READ_IN_PLACE_MAX: u64 = 64 * 1024;
+/// Chunks of a larger file.
+const STORED_CHUNK: usize = 256 * 1024;
+
+/// `GET /instances/{id}/attachments/dicom/info`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AttachmentInfo {
+    uuid: String,
+    compressed_size: u64,
+    uncompressed_size: u64,
+}
+
+/// An attachment uuid as Orthanc makes them (8-4-4-4-12 lowercase hex): nothing else
+/// may become a path.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+impl StoredFiles {
+    fn path(&self, uuid: &str) -> std::path::PathBuf {
+        self.root.join(&uuid[0..2]).join(&uuid[2..4]).join(uuid)
+    }
+
+    /// The file of `uuid` if it is there with the expected size; `None` otherwise (the
+    /// caller forgets the attachment and asks Orthanc).
+    async fn read(&self, uuid: &str, size: u64) -> Option<DicomFile> {
+        let path = self.path(uuid);
+        if size <= READ_IN_PLACE_MAX {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return self.unreadable(&path, &e),
+            };
+            if bytes.len() as u64 != size {
+                tracing::warn!(path = %path.display(), expected = size, found = bytes.len(), "a stored file has another size than Orthanc says; read over HTTP");
+                return None;
+            }
+            return Some(DicomFile::from_bytes(Bytes::from(bytes)));
+        }
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => return self.unreadable(&path, &e),
+        };
+        match file.metadata().await {
+            Ok(m) if m.len() == size => {}
+            _ => {
+                tracing::warn!(path = %path.display(), expected = size, "a stored file has another size than Orthanc says; read over HTTP");
+                return None;
+            }
+        }
+        let body = tokio_util::io::ReaderStream::with_capacity(file, STORED_CHUNK)
+            .map_err(|e| PacsError::Unavailable(format!("reading a file in Orthanc's storage: {e}")));
+        Some(DicomFile { size: Some(size), body: Box::pin(body) })
+    }
+
+    fn unreadable(&self, path: &std::path::Path, e: &std::io::Error) -> Option<DicomFile> {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read Orthanc's storage directory (OrthancStorageDirectory); read over HTTP");
+        }
+        None
+    }
 }
 
 /// Requests other than file transfers must answer within this delay.
@@ -81,7 +173,41 @@ impl OrthancHttp {
             calls: Arc::new(Semaphore::new(places)),
             streams: Arc::new(Semaphore::new((places * 3 / 4).max(1))),
             connections,
+            stored: config
+                .orthanc_storage_directory
+                .clone()
+                .map(|root| Arc::new(StoredFiles { root, attachments: TtlCache::new(ATTACHMENT_TTL) })),
         })
+    }
+
+    /// An instance's file read in Orthanc's storage directory, or `None` to read it over
+    /// HTTP (not configured, compressed, or not found there as Orthanc describes it).
+    async fn stored_file(&self, instance_id: &str) -> PacsResult<Option<DicomFile>> {
+        let Some(stored) = &self.stored else { return Ok(None) };
+        let attachment = match stored.attachments.get(instance_id) {
+            Some(a) => a,
+            None => {
+                let body = self.get(&format!("/instances/{instance_id}/attachments/dicom/info")).await?;
+                let info: AttachmentInfo =
+                    serde_json::from_slice(&body).map_err(|e| PacsError::Protocol(format!("attachment info of {instance_id}: {e}")))?;
+                let plain = info.compressed_size == info.uncompressed_size && is_uuid(&info.uuid);
+                let a = plain.then_some((info.uuid, info.uncompressed_size));
+                stored.attachments.put(instance_id.to_string(), a.clone());
+                a
+            }
+        };
+        let Some((uuid, size)) = attachment else { return Ok(None) };
+        match stored.read(&uuid, size).await {
+            Some(file) => {
+                cohort_core::metrics::global().orthanc_storage_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(file))
+            }
+            None => {
+                // Gone (deleted, or stored again under a new uuid) or not as described.
+                stored.attachments.forget(instance_id);
+                Ok(None)
+            }
+        }
     }
 
     /// Waits (at most [`PLACE_WAIT`]) for a place among the requests in flight to Orthanc;
@@ -170,6 +296,11 @@ impl Transport for OrthancHttp {
 
     /// The places are held until the body has been read to its end, or dropped.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+        if let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")) {
+            if let Some(file) = self.stored_file(id).await? {
+                return Ok(file);
+            }
+        }
         let places = self.places(true).await?;
         let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
         let size = resp.content_length();

@@ -245,6 +245,9 @@ fn configure_sidecar(mut cmd: Command, db_url: &str, orthanc_url: &str, env: &BT
 
 /// The prefix of a deployment setting that goes to Orthanc's configuration.
 pub const ORTHANC_SETTING: &str = "Orthanc:";
+/// A setting's value that stands for the deployment's Orthanc storage directory (known
+/// only once Orthanc has started), e.g. for the sidecar's `OrthancStorageDirectory`.
+pub const ORTHANC_STORAGE: &str = "<Orthanc's StorageDirectory>";
 
 /// Orthanc and Cohort on one database.
 #[derive(Debug)]
@@ -296,7 +299,11 @@ impl Deployment {
         match host {
             Host::Sidecar => {
                 let orthanc = Orthanc::start(OrthancOptions { extra, ..OrthancOptions::default() }).await;
-                let env = settings.iter().map(|(k, v)| (env_name(k), env_value(v))).collect();
+                let storage = Value::String(orthanc.storage_directory().display().to_string());
+                let env = settings
+                    .iter()
+                    .map(|(k, v)| (env_name(k), env_value(if v.as_str() == Some(ORTHANC_STORAGE) { &storage } else { v })))
+                    .collect();
                 let sidecar = Sidecar::start_in(&db.url, &orthanc.url(), &env, tmpfs).await;
                 let url = sidecar.url.clone();
                 Deployment { host, db, orthanc, sidecar: Some(sidecar), url, orthanc_token: Default::default() }

@@ -204,6 +204,11 @@ impl Orthanc {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// Orthanc's `StorageDirectory` (its files, and its SQLite index).
+    pub fn storage_directory(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
