@@ -238,7 +238,7 @@ enum RunError {
 /// and comes back as an error. Should the stack not be mappable (memory exhausted), the
 /// work runs as a task on the runtime and the thread waits for it.
 fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, RunError> {
-    let stack = match STACK.with(Cell::take) {
+    let mut stack = match STACK.with(Cell::take) {
         Some(stack) => stack,
         None => match DefaultStack::new(RUNTIME_STACK) {
             Ok(stack) => stack,
@@ -248,18 +248,10 @@ fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output
             }
         },
     };
-    let mut stack = stack;
     let out = corosensei::on_stack(&mut stack, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cohort.handle.block_on(work))));
     // Back on Orthanc's own stack; the next request of this thread reuses ours.
     STACK.with(|s| s.set(Some(stack)));
-    out.map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|m| (*m).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        RunError::Panicked(message)
-    })
+    out.map_err(|payload| RunError::Panicked(sdk::panic_message(payload.as_ref()).to_string()))
 }
 
 /// Applies [`guard::decide`] to every HTTP request Orthanc receives, before it reads a

@@ -240,7 +240,8 @@ pub fn guard<T>(what: impl fmt::Display, on_panic: impl FnOnce() -> T, body: imp
     })
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+/// What a caught panic says (its `&str` or `String` payload).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     payload
         .downcast_ref::<&str>()
         .copied()
