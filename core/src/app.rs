@@ -160,18 +160,25 @@ impl App {
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_MAX: usize = 10_000;
 
-/// A small map whose entries expire after a fixed delay, bounded in size. It only
-/// holds copies of database rows, read on the hot paths (every authenticated request,
-/// every image download).
+/// A small map whose entries expire after a fixed delay, bounded in size (when full,
+/// the expired entries go, or all of them). It only holds copies of what was read or
+/// checked elsewhere (database rows, verified tokens), used on the hot paths (every
+/// authenticated request, every image download).
 #[derive(Debug)]
 pub struct TtlCache<K, V> {
     ttl: Duration,
+    max: usize,
     map: Mutex<HashMap<K, (Instant, V)>>,
 }
 
 impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     pub fn new(ttl: Duration) -> Self {
-        TtlCache { ttl, map: Mutex::new(HashMap::new()) }
+        Self::bounded(ttl, CACHE_MAX)
+    }
+
+    /// A cache of at most `max` entries.
+    pub fn bounded(ttl: Duration, max: usize) -> Self {
+        TtlCache { ttl, max, map: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
@@ -189,10 +196,10 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 
     pub fn put(&self, key: K, value: V) {
         let mut map = self.lock();
-        if map.len() >= CACHE_MAX {
+        if map.len() >= self.max {
             let ttl = self.ttl;
             map.retain(|_, (at, _)| at.elapsed() < ttl);
-            if map.len() >= CACHE_MAX {
+            if map.len() >= self.max {
                 map.clear();
             }
         }

@@ -1,12 +1,13 @@
 //! HS256 access and refresh tokens. Only HS256 is accepted; `typ` keeps the two kinds
 //! apart, and every token names its session (`sid`) so revocation takes effect at once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use crate::app::TtlCache;
 
 pub const ISSUER: &str = "cohort";
 
@@ -46,14 +47,16 @@ pub struct JwtKeys {
     /// Tokens whose signature, algorithm, issuer and required claims were checked, with
     /// their claims: the same token, byte for byte, is then only checked for expiry and
     /// type (the check was ~3.5 % of Orthanc's CPU on the plugin's image route).
-    verified: Mutex<HashMap<String, Claims>>,
+    verified: TtlCache<String, Claims>,
 }
 
 /// Seconds of clock skew allowed on `exp` (jsonwebtoken's `leeway`, applied alike to
 /// remembered tokens).
 const LEEWAY: i64 = 5;
-/// Tokens remembered at most (~2 MB); when full, the expired ones go, or all of them.
+/// Tokens remembered at most (~2 MB).
 const VERIFIED_MAX: usize = 4096;
+/// How long a token is remembered (its own expiry is checked at every use regardless).
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +75,7 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            verified: Mutex::new(HashMap::new()),
+            verified: TtlCache::bounded(VERIFIED_TTL, VERIFIED_MAX),
         }
     }
 
@@ -101,22 +104,14 @@ impl JwtKeys {
 
     /// [`JwtKeys::verify`] with the clock at `now` for the expiry of a remembered token.
     fn verify_at(&self, token: &str, expected: TokenType, now: i64) -> Result<Claims, TokenError> {
-        let remembered = self.remembered().get(token).cloned();
-        let claims = match remembered {
+        let claims = match self.verified.get(token) {
             Some(claims) => claims,
             None => {
                 let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                     _ => TokenError::Invalid(e.to_string()),
                 })?;
-                let mut verified = self.remembered();
-                if verified.len() >= VERIFIED_MAX {
-                    verified.retain(|_, c| c.exp >= now - LEEWAY);
-                    if verified.len() >= VERIFIED_MAX {
-                        verified.clear();
-                    }
-                }
-                verified.insert(token.to_string(), data.claims.clone());
+                self.verified.put(token.to_string(), data.claims.clone());
                 data.claims
             }
         };
@@ -128,11 +123,6 @@ impl JwtKeys {
             return Err(TokenError::WrongType);
         }
         Ok(claims)
-    }
-
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claims>> {
-        // Only ever holds claims of tokens that verified: keep using it after a panic.
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -160,7 +150,7 @@ mod tests {
         let expires = Utc::now() + Duration::minutes(5);
         let (token, _) = keys.issue(7, "s", TokenType::Access, expires);
         keys.verify(&token, TokenType::Access).expect("valid");
-        assert!(keys.remembered().contains_key(&token));
+        assert!(keys.verified.get(&token).is_some());
         // Remembered: the type is still checked, and the expiry against the clock.
         assert_eq!(keys.verify(&token, TokenType::Refresh).expect_err("wrong type"), TokenError::WrongType);
         assert!(keys.verify_at(&token, TokenType::Access, expires.timestamp() + LEEWAY).is_ok());
@@ -171,7 +161,7 @@ mod tests {
         forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
         let forged = String::from_utf8(forged).expect("ascii");
         assert!(matches!(keys.verify(&forged, TokenType::Access), Err(TokenError::Invalid(_))));
-        assert!(!keys.remembered().contains_key(&forged));
+        assert!(keys.verified.get(&forged).is_none());
         // Another key's instance remembers nothing of this one's tokens.
         let other = JwtKeys::new(b"another secret of thirty-two bytes!!");
         assert!(matches!(other.verify(&token, TokenType::Access), Err(TokenError::Invalid(_))));
@@ -181,11 +171,13 @@ mod tests {
     fn remembered_tokens_are_bounded() {
         let keys = JwtKeys::new(SECRET);
         let expires = Utc::now() + Duration::minutes(5);
-        for i in 0..VERIFIED_MAX + 10 {
-            let (token, _) = keys.issue(i as i64, "s", TokenType::Access, expires);
-            keys.verify(&token, TokenType::Access).expect("valid");
+        let tokens: Vec<String> = (0..VERIFIED_MAX + 10).map(|i| keys.issue(i as i64, "s", TokenType::Access, expires).0).collect();
+        for token in &tokens {
+            keys.verify(token, TokenType::Access).expect("valid");
         }
-        assert!(keys.remembered().len() <= VERIFIED_MAX);
+        // Full at the last ones: the first were let go, the last are remembered.
+        assert!(keys.verified.get(&tokens[0]).is_none());
+        assert!(keys.verified.get(&tokens[VERIFIED_MAX + 9]).is_some());
     }
 
     #[test]
