@@ -368,12 +368,7 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
     let stored = BTreeMap::from([("OrthancStorageDirectory".to_string(), json!(cohort_e2e::deploy::ORTHANC_STORAGE))]);
     let sidecar_stored = Deployment::start_with(Host::Sidecar, Backend::Sqlite, stored).await;
     let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
-    let stored_t = Target {
-        name: "Cohort sidecar, OrthancStorageDirectory",
-        url: sidecar_stored.url.clone(),
-        headers: vec![bearer(&sidecar_stored.url).await?],
-        pid: sidecar_stored.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-    };
+    let stored_t = sidecar_target("Cohort sidecar, OrthancStorageDirectory", &sidecar_stored).await?;
     let targets =
         [Target { name: "Orthanc (native)", url: native.url(), headers: vec![], pid: native.pid() }, plugin_t, sidecar_t, stored_t];
     let files = dicom::study(&StudySpec::new("RAW").patients(4).studies(1).series(2).instances(25).size(side, side).seed(3));
@@ -478,13 +473,18 @@ async fn login_storm(
 async fn cohort_targets(plugin: &Deployment, sidecar: &Deployment) -> anyhow::Result<[Target; 2]> {
     Ok([
         Target { name: "Cohort plugin", url: plugin.url.clone(), headers: vec![bearer(&plugin.url).await?], pid: plugin.orthanc.pid() },
-        Target {
-            name: "Cohort sidecar",
-            url: sidecar.url.clone(),
-            headers: vec![bearer(&sidecar.url).await?],
-            pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
-        },
+        sidecar_target("Cohort sidecar", sidecar).await?,
     ])
+}
+
+/// A sidecar deployment as a contender, signed in as the admin.
+async fn sidecar_target(name: &'static str, sidecar: &Deployment) -> anyhow::Result<Target> {
+    Ok(Target {
+        name,
+        url: sidecar.url.clone(),
+        headers: vec![bearer(&sidecar.url).await?],
+        pid: sidecar.sidecar.as_ref().map(Sidecar::pid).unwrap_or(0),
+    })
 }
 
 /// Writes a report to `out_dir/name` and prints it; returns the file's path.

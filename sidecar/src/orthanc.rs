@@ -97,36 +97,39 @@ impl StoredFiles {
         if size <= READ_IN_PLACE_MAX {
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
-                Err(e) => return self.unreadable(&path, &e),
+                Err(e) => return unreadable(&path, &e),
             };
             if bytes.len() as u64 != size {
-                tracing::warn!(path = %path.display(), expected = size, found = bytes.len(), "a stored file has another size than Orthanc says; read over HTTP");
-                return None;
+                return resized(&path, size, Some(bytes.len() as u64));
             }
             return Some(DicomFile::from_bytes(Bytes::from(bytes)));
         }
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) => return self.unreadable(&path, &e),
+            Err(e) => return unreadable(&path, &e),
         };
-        match file.metadata().await {
-            Ok(m) if m.len() == size => {}
-            _ => {
-                tracing::warn!(path = %path.display(), expected = size, "a stored file has another size than Orthanc says; read over HTTP");
-                return None;
-            }
+        match file.metadata().await.map(|m| m.len()) {
+            Ok(found) if found == size => {}
+            found => return resized(&path, size, found.ok()),
         }
         let body = tokio_util::io::ReaderStream::with_capacity(file, STORED_CHUNK)
             .map_err(|e| PacsError::Unavailable(format!("reading a file in Orthanc's storage: {e}")));
         Some(DicomFile { size: Some(size), body: Box::pin(body) })
     }
+}
 
-    fn unreadable(&self, path: &std::path::Path, e: &std::io::Error) -> Option<DicomFile> {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read Orthanc's storage directory (OrthancStorageDirectory); read over HTTP");
-        }
-        None
+/// A stored file that cannot be read: read over HTTP (a missing one silently: deleted).
+fn unreadable(path: &std::path::Path, e: &std::io::Error) -> Option<DicomFile> {
+    if e.kind() != std::io::ErrorKind::NotFound {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read Orthanc's storage directory (OrthancStorageDirectory); read over HTTP");
     }
+    None
+}
+
+/// A stored file of another size than Orthanc says (or of no size to be had): read over HTTP.
+fn resized(path: &std::path::Path, expected: u64, found: Option<u64>) -> Option<DicomFile> {
+    tracing::warn!(path = %path.display(), expected, found, "a stored file has another size than Orthanc says; read over HTTP");
+    None
 }
 
 /// Requests other than file transfers must answer within this delay.
