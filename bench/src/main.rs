@@ -389,6 +389,19 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
         std::fs::write(&file, ids.iter().map(|id| format!("{prefix}{id}{suffix}")).collect::<Vec<_>>().join("\n"))?;
         paths.push(file);
     }
+    // For profiling: BENCH_HOLD=FILE writes FILE.targets (name, URL, PID, paths file and
+    // headers of each contender, then the wrk script) and waits while FILE exists.
+    if let Ok(hold) = std::env::var("BENCH_HOLD") {
+        let mut desc = String::new();
+        for (t, p) in targets.iter().zip(&paths) {
+            let _ = writeln!(desc, "{}\t{}\t{}\t{}\t{}", t.name, t.url, t.pid, p.display(), t.headers.join("|"));
+        }
+        let _ = writeln!(desc, "script\t{}", script.display());
+        std::fs::write(format!("{hold}.targets"), desc)?;
+        while std::path::Path::new(&hold).exists() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     let mut md = format!("# Benchmarks: raw DICOM\n\n{}.\n\n", machine());
     let _ = writeln!(
         md,
