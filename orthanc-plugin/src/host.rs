@@ -46,10 +46,10 @@ struct Cohort {
 }
 
 static COHORT: OnceLock<Cohort> = OnceLock::new();
-/// The change follower's task, stopped when Orthanc signals `OrthancStopped`.
-static FOLLOWER: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
-/// The task that completes imports interrupted by an earlier crash, stopped likewise.
-static RECONCILER: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
+/// The tasks started once Orthanc's REST API is up (the change follower, the reconciler
+/// that completes imports interrupted by an earlier crash, the log level watch), stopped
+/// when Orthanc signals `OrthancStopped`.
+static BACKGROUND: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
 /// The runtime itself, taken out and shut down by [`shutdown`].
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 
@@ -307,11 +307,13 @@ fn on_change(event: ChangeEvent) {
     let Some(cohort) = COHORT.get() else { return };
     match event.change {
         ChangeType::OrthancStarted => {
-            let follower = cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone()));
-            *FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
-            // On the runtime, never on this thread: it asks Orthanc and the database.
-            let reconciler = cohort.handle.spawn(reconcile::keep_reconciled(cohort.app.clone()));
-            *RECONCILER.lock().unwrap_or_else(|p| p.into_inner()) = Some(reconciler);
+            // On the runtime, never on this thread: they ask Orthanc and the database.
+            let tasks = [
+                cohort.handle.spawn(registry::follow_changes(cohort.app.clone(), cohort.wake.clone())),
+                cohort.handle.spawn(reconcile::keep_reconciled(cohort.app.clone())),
+                cohort.handle.spawn(watch_log_level()),
+            ];
+            BACKGROUND.lock().unwrap_or_else(|p| p.into_inner()).extend(tasks);
         }
         ChangeType::OrthancStopped => {
             // Orthanc still has its database now, not for long: no call may reach it any more.
@@ -319,13 +321,50 @@ fn on_change(event: ChangeEvent) {
             // Imports still running stop where they are and record how far they got
             // (`shutting_down`) rather than failing on the next call to Orthanc.
             cohort.app.abort.fire();
-            if let Some(follower) = FOLLOWER.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                follower.abort();
-            }
-            if let Some(reconciler) = RECONCILER.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                reconciler.abort();
+            for task in BACKGROUND.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                task.abort();
             }
         }
         _ => cohort.wake.notify_one(),
+    }
+}
+
+/// How often [`watch_log_level`] asks Orthanc for its log level.
+const LOG_LEVEL_PERIOD: Duration = Duration::from_secs(5);
+
+/// Keeps [`sdk::set_info_shown`] in step with Orthanc's log level for plugins (`--verbose`,
+/// `--trace`, `PUT /tools/log-level-plugins` or `/tools/log-level`), so that while Orthanc
+/// hides information lines Cohort does not format one per request for nothing. A change
+/// takes effect within [`LOG_LEVEL_PERIOD`]; an answer it cannot read keeps the lines on.
+async fn watch_log_level() {
+    let mut shown = None;
+    loop {
+        let level = tokio::task::spawn_blocking(|| {
+            if crate::transport::is_stopping() {
+                return None;
+            }
+            // The plugins' own category (Orthanc 1.8.1+), else the global level.
+            ["/tools/log-level-plugins", "/tools/log-level"].into_iter().find_map(|uri| {
+                let answer = sdk::call_rest_api(http::Method::GET, uri, &[], &[]).ok()?;
+                (answer.status == 200).then(|| String::from_utf8_lossy(&answer.body).trim().to_ascii_lowercase())
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let now_shown = level.as_deref() != Some("default");
+        if shown != Some(now_shown) {
+            sdk::set_info_shown(now_shown);
+            if shown.is_some() {
+                // A warning, so that it shows either way.
+                let lines = if now_shown { "on" } else { "off" };
+                tracing::warn!(
+                    level = level.as_deref().unwrap_or("unknown"),
+                    "Orthanc's log level changed: Cohort's information lines are {lines}"
+                );
+            }
+            shown = Some(now_shown);
+        }
+        tokio::time::sleep(LOG_LEVEL_PERIOD).await;
     }
 }

@@ -35,8 +35,13 @@ pub fn orthanc_stopping() {
     STOPPING.store(true, Ordering::Release);
 }
 
+/// Whether Orthanc signalled that it is stopping: no call may reach it any more.
+pub fn is_stopping() -> bool {
+    STOPPING.load(Ordering::Acquire)
+}
+
 fn stopping() -> PacsResult<()> {
-    if STOPPING.load(Ordering::Acquire) {
+    if is_stopping() {
         Err(PacsError::Unavailable("Orthanc is stopping".into()))
     } else {
         Ok(())

@@ -190,14 +190,35 @@ async fn observability(d: Deployment) {
         assert!(imports >= 1.0, "{text}");
     }
 
-    // One log line per request, with the id, the route template, status and duration.
-    if d.host == Host::Sidecar {
-        admin.req(Method::GET, "/api/users/424242").header("x-request-id", "trace-me-42").send().await.expect_status(404);
+    // One log line per request, with the id, the route template, status and duration
+    // (the tests run the plugin's Orthanc with `--verbose`).
+    let lines_of = |id: &str| {
         let log = cohort_e2e::process::strip_ansi(&d.log());
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("trace-me-42")).collect();
-        assert_eq!(lines.len(), 1, "one line for the request: {lines:?}");
-        for needle in ["route=/api/users/{id}", "status=404", "duration_ms="] {
-            assert!(lines[0].contains(needle), "{needle} missing from {}", lines[0]);
+        log.lines().filter(|l| l.contains(id)).map(str::to_string).collect::<Vec<_>>()
+    };
+    admin.req(Method::GET, "/api/users/424242").header("x-request-id", "trace-me-42").send().await.expect_status(404);
+    let lines = lines_of("trace-me-42");
+    assert_eq!(lines.len(), 1, "one line for the request: {lines:?}");
+    for needle in ["route=/api/users/{id}", "status=404", "duration_ms="] {
+        assert!(lines[0].contains(needle), "{needle} missing from {}", lines[0]);
+    }
+
+    // The plugin follows Orthanc's log level: while Orthanc hides information lines it
+    // does not produce one per request, and it does again once they are shown.
+    if d.host == Host::Plugin {
+        let orthanc = d.orthanc_client().await;
+        for (level, state, id) in [("default", "off", "hidden-43"), ("verbose", "on", "shown-44")] {
+            orthanc.req(Method::PUT, "/tools/log-level-plugins").body("text/plain", level).send().await.expect_status(200);
+            let switched = format!("information lines are {state}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !cohort_e2e::process::strip_ansi(&d.log()).contains(&switched) {
+                assert!(std::time::Instant::now() < deadline, "no {switched:?} line within 20 s of log level {level}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            c.req(Method::GET, "/api/health/live").header("x-request-id", id).send().await.expect_status(200);
+            let lines = lines_of(id);
+            let expected = usize::from(state == "on");
+            assert_eq!(lines.len(), expected, "log level {level}: {lines:?}");
         }
     }
 }

@@ -140,16 +140,74 @@ async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
 /// and `/` redirecting to it).
 pub fn router(app: SharedApp) -> Router {
     let (routes, _) = documented_routes().split_for_parts();
+    // Two layers in all (each `from_fn` layer clones the service below it and boxes a
+    // future per request): one around the matched route, one around everything.
     routes
-        .route_layer(middleware::from_fn(declared_query_only))
         .merge(crate::console::router())
-        .route_layer(middleware::from_fn(observe::remember_route))
+        .route_layer(middleware::from_fn(route_rules))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_rules::enforce))
-        .layer(middleware::from_fn_with_state(app.clone(), cors_and_headers))
-        .layer(middleware::from_fn_with_state(observe::Counting(app.config.request_metrics), observe::request_id_and_log))
+        .layer(middleware::from_fn_with_state(app.clone(), edge))
         .with_state(app)
+}
+
+/// The route layer: refuses undeclared query parameters, and remembers the matched
+/// template for the log line and the metrics.
+async fn route_rules(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    if let Err(e) = declared_query_only(&req, matched.as_ref()) {
+        return e.into_response();
+    }
+    let mut resp = next.run(req).await;
+    observe::remember_route(matched, &mut resp);
+    resp
+}
+
+/// The outer layer, around every request (routes, fallbacks, preflights): the request
+/// id and the log line ([`observe::RequestLog`]), the client address behind trusted
+/// proxies, CORS for the configured origins only (never `*`) with preflight answers, the
+/// input rules (NUL bytes, [`request_rules::check`]) and the headers every answer carries.
+async fn edge(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
+    let log = observe::RequestLog::start(&mut req);
+    // The host gave the TCP peer; behind a trusted proxy the client is who it names.
+    if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
+        let client = crate::net::client_address(peer, req.headers(), &app.config.trusted_proxies);
+        req.extensions_mut().insert(ClientAddr(client));
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| app.config.allowed_origins.iter().any(|a| a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if origin.is_some() {
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED_METHODS));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        }
+        r
+    } else if let Err(e) = refuse_nul(&req).and_then(|()| request_rules::check(&req)) {
+        e.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    log.finish(&mut resp, app.config.request_metrics);
+    resp
 }
 
 async fn not_found() -> ApiError {
@@ -191,18 +249,19 @@ fn declared_query_parameters() -> &'static HashMap<(String, String), HashSet<Str
 
 /// Refuses query parameters the route does not declare (422 naming the first), so a
 /// misspelt `?purge_dicom` is never silently ignored. `_`, which browsers add to bust
-/// caches, is always allowed. The OpenAPI document is the one list of parameters.
-async fn declared_query_only(req: Request, next: Next) -> Response {
-    if let (Some(query), Some(matched)) = (req.uri().query(), req.extensions().get::<MatchedPath>()) {
+/// caches, is always allowed. The OpenAPI document is the one list of parameters; routes
+/// it does not hold (the console's files) are not checked.
+fn declared_query_only(req: &Request, matched: Option<&MatchedPath>) -> Result<(), ApiError> {
+    if let (Some(query), Some(matched)) = (req.uri().query(), matched) {
         let key = (req.method().as_str().to_string(), matched.as_str().trim_end_matches('/').to_string());
         if let Some(declared) = declared_query_parameters().get(&key) {
             let unknown = form_urlencoded::parse(query.as_bytes()).map(|(k, _)| k).find(|k| k != "_" && !declared.contains(k.as_ref()));
             if let Some(name) = unknown {
-                return ApiError::validation(&name, "unknown query parameter").into_response();
+                return Err(ApiError::validation(&name, "unknown query parameter"));
             }
         }
     }
-    next.run(req).await
+    Ok(())
 }
 
 /// A NUL byte in the path or the query (percent-encoded, or `+`/`%` forms the decoder
@@ -238,49 +297,6 @@ fn percent_decoded(s: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-/// CORS for the configured origins only (never `*`), preflight answers, and headers
-/// every API answer carries.
-async fn cors_and_headers(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
-    // The host gave the TCP peer; behind a trusted proxy the client is who it names.
-    if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
-        let client = crate::net::client_address(peer, req.headers(), &app.config.trusted_proxies);
-        req.extensions_mut().insert(ClientAddr(client));
-    }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|o| app.config.allowed_origins.iter().any(|a| a == o))
-        .and_then(|o| HeaderValue::from_str(o).ok());
-    let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut resp = if preflight {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if origin.is_some() {
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED_METHODS));
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
-            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-        }
-        r
-    } else if let Err(e) = refuse_nul(&req) {
-        e.into_response()
-    } else {
-        next.run(req).await
-    };
-    let h = resp.headers_mut();
-    if let Some(origin) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
-    }
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    resp
 }
 
 /// The answer for an archive or export: streamed, or built in memory, in which case its

@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -31,58 +30,71 @@ pub fn valid_request_id(value: &[u8]) -> bool {
 }
 
 fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; 12] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = String::with_capacity(24);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id
 }
 
-/// Whether answers are counted in the metrics (`RequestMetrics`).
-#[derive(Clone, Copy, Debug)]
-pub struct Counting(pub bool);
-
-/// Outermost layer: settles the request id, sets it on the answer, logs the request once
-/// and counts it in the metrics (unless `RequestMetrics` is false).
-pub async fn request_id_and_log(State(Counting(count)): State<Counting>, mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .map(HeaderValue::as_bytes)
-        .filter(|v| valid_request_id(v))
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(new_request_id, str::to_string);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let mut resp = next.run(req).await;
-    let elapsed = started.elapsed();
-    // Taken out of the answer (nothing else reads it): no copy of the template per request.
-    let matched = resp.extensions_mut().remove::<Route>();
-    let route = matched.as_ref().map_or(crate::metrics::UNMATCHED, |r| r.0.as_str());
-    let status = resp.status().as_u16();
-    if count {
-        crate::metrics::global().record_request(route, status, elapsed);
-    }
-    tracing::info!(
-        request_id = %id,
-        method = %method,
-        route = %route,
-        status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
-    }
-    resp
+/// One request's id, start time and method, from the moment it arrives until its
+/// answer is logged ([`RequestLog::finish`]).
+pub struct RequestLog {
+    id: String,
+    started: Instant,
+    method: axum::http::Method,
 }
 
-/// Route layer: remembers which template matched, for the outer layer.
-pub async fn remember_route(req: Request, next: Next) -> Response {
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let mut resp = next.run(req).await;
+impl RequestLog {
+    /// Settles the request id (the caller's when valid, else a new one) and puts it in
+    /// the request's extensions, for handlers that log.
+    pub fn start(req: &mut Request) -> RequestLog {
+        let started = Instant::now();
+        let id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .map(HeaderValue::as_bytes)
+            .filter(|v| valid_request_id(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map_or_else(new_request_id, str::to_string);
+        req.extensions_mut().insert(RequestId(id.clone()));
+        RequestLog { id, started, method: req.method().clone() }
+    }
+
+    /// Sets the id on the answer, logs the request once and counts it in the metrics
+    /// when `count` (`RequestMetrics`).
+    pub fn finish(self, resp: &mut Response, count: bool) {
+        let elapsed = self.started.elapsed();
+        // Taken out of the answer (nothing else reads it): no copy of the template per request.
+        let matched = resp.extensions_mut().remove::<Route>();
+        let route = matched.as_ref().map_or(crate::metrics::UNMATCHED, |r| r.0.as_str());
+        let status = resp.status().as_u16();
+        if count {
+            crate::metrics::global().record_request(route, status, elapsed);
+        }
+        tracing::info!(
+            request_id = %self.id,
+            method = %self.method,
+            route = %route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        if let Ok(v) = HeaderValue::try_from(self.id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+    }
+}
+
+/// Remembers in the answer which route template matched, for [`RequestLog::finish`]
+/// (called by the route layer, which alone sees the `MatchedPath`).
+pub fn remember_route(matched: Option<MatchedPath>, resp: &mut Response) {
     if let Some(m) = matched {
         resp.extensions_mut().insert(Route(m));
     }
-    resp
 }
 
 pub fn router() -> OpenApiRouter<SharedApp> {
@@ -147,5 +159,14 @@ mod tests {
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(b"a/b"));
         assert!(!valid_request_id("é".as_bytes()));
+    }
+
+    #[test]
+    fn new_request_ids_are_24_lowercase_hex_digits_and_differ() {
+        let (a, b) = (super::new_request_id(), super::new_request_id());
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
+        assert!(valid_request_id(a.as_bytes()));
+        assert_ne!(a, b);
     }
 }

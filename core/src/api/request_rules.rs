@@ -1,12 +1,10 @@
 //! Rules every `/api` request passes before any handler runs, on both hosts (DESIGN §6
 //! "Input rules" and "Body size before reading"). They are written once here: the router
-//! applies them as a middleware, and the plugin's HTTP filter applies the same functions
+//! applies them in its outer layer, and the plugin's HTTP filter applies the same functions
 //! before Orthanc reads a body.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
@@ -103,19 +101,20 @@ pub fn body_too_large() -> ApiError {
     ApiError::too_large(format!("request bodies are limited to {MAX_BODY_BYTES} bytes (imports: MaxUploadBytes)"))
 }
 
-/// The middleware: refuses method overrides (400) and bodies declared over the limit
-/// (413) before routing. The import route checks its own, larger limit once it knows
-/// the caller; bodies of unknown length are counted while read (`ApiJson`, the
-/// import's spooling), so the sidecar never holds more than the limit.
-pub async fn enforce(req: Request, next: Next) -> Response {
+/// Refuses method overrides (400) and bodies declared over the limit (413) before
+/// routing; the router's outer layer applies it to every request. The import route
+/// checks its own, larger limit once it knows the caller; bodies of unknown length are
+/// counted while read (`ApiJson`, the import's spooling), so the sidecar never holds more
+/// than the limit.
+pub fn check(req: &Request) -> Result<(), ApiError> {
     let query = req.uri().query().unwrap_or_default();
     if req.extensions().get::<MethodOverrideSeen>().is_some() || fakes_method(req.headers().keys().map(|k| k.as_str()), query) {
-        return method_override_refused().into_response();
+        return Err(method_override_refused());
     }
     if !is_import(req.method(), req.uri().path()) && DeclaredBody::of(req.headers()).exceeds(MAX_BODY_BYTES) {
-        return body_too_large().into_response();
+        return Err(body_too_large());
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

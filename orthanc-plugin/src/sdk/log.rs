@@ -1,6 +1,7 @@
 //! Orthanc's log, directly and as a `tracing` layer.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -16,6 +17,17 @@ enum Severity {
     Info,
     Warning,
     Error,
+}
+
+/// Whether Orthanc shows the plugins' information lines (`--verbose`, `--trace`, or
+/// `PUT /tools/log-level-plugins`). Until told otherwise, assumed so.
+static INFO_SHOWN: AtomicBool = AtomicBool::new(true);
+
+/// Tells the log layer whether Orthanc shows information lines: while it does not,
+/// [`OrthancLogLayer`] drops INFO, DEBUG and TRACE events before formatting them (Orthanc
+/// would drop them after), which a busy server does for every request.
+pub fn set_info_shown(shown: bool) {
+    INFO_SHOWN.store(shown, Ordering::Relaxed);
 }
 
 /// Writes an information line to Orthanc's log (shown with `--verbose`).
@@ -65,6 +77,9 @@ pub struct OrthancLogLayer;
 impl<S: Subscriber> Layer<S> for OrthancLogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: LayerContext<'_, S>) {
         let metadata = event.metadata();
+        if *metadata.level() > Level::WARN && !INFO_SHOWN.load(Ordering::Relaxed) {
+            return;
+        }
         let mut line = EventLine::default();
         event.record(&mut line);
         let text = line.finish(metadata.target());

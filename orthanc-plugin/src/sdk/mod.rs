@@ -37,7 +37,7 @@ pub use access::{call_rest_api, get_configuration, get_dicom_for_instance, ortha
 pub use buffer::OrthancBuffer;
 pub use changes::{ChangeEvent, ChangeType, ResourceType};
 pub use filter::{FilterDecision, FilterRequest};
-pub use log::{log_error, log_info, log_warning, OrthancLogLayer};
+pub use log::{log_error, log_info, log_warning, set_info_shown, OrthancLogLayer};
 pub use rest::{internal_error_response, RestRequest, MAX_REST_ROUTES};
 
 /// Orthanc's context pointer, shareable between threads.

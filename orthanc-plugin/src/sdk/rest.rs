@@ -108,18 +108,26 @@ impl RestRequest {
     /// joined back as Orthanc passed them (still encoded), only escaping what a URI cannot
     /// hold, so the router's query extractor decodes them exactly once.
     pub fn into_http_request(self) -> Result<http::Request<Bytes>, http::Error> {
-        let mut uri = percent_encode(&self.path, PATH_LITERALS);
+        let mut uri = String::new();
+        percent_encode_into(&mut uri, &self.path, PATH_LITERALS);
         for (index, (key, value)) in self.query.iter().enumerate() {
             uri.push(if index == 0 { '?' } else { '&' });
-            uri.push_str(&percent_encode(key, QUERY_LITERALS));
+            percent_encode_into(&mut uri, key, QUERY_LITERALS);
             uri.push('=');
-            uri.push_str(&percent_encode(value, QUERY_LITERALS));
+            percent_encode_into(&mut uri, value, QUERY_LITERALS);
         }
-        let mut builder = http::Request::builder().method(self.method).uri(uri);
-        for (name, value) in &self.headers {
-            builder = builder.header(name.as_str(), value.as_str());
+        let uri = http::Uri::try_from(uri)?;
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            // The strings are moved into the header map, not copied.
+            let value = http::HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(http::Error::from)?;
+            headers.append(HeaderName::from_bytes(name.as_bytes()).map_err(http::Error::from)?, value);
         }
-        builder.body(self.body)
+        let mut request = http::Request::new(self.body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
     }
 }
 
@@ -131,16 +139,20 @@ const PATH_LITERALS: &[u8] = b"-._~!$&'()*+,;=:@/";
 const QUERY_LITERALS: &[u8] = b"-._~!$&'()*+,;=:@/?%";
 
 /// Percent-encodes every byte of `text` that is not alphanumeric or in `literals`.
-fn percent_encode(text: &str, literals: &[u8]) -> String {
-    let mut encoded = String::with_capacity(text.len());
+/// Appends `text` to `out`, percent-encoding every byte that is not alphanumeric or in
+/// `literals`.
+fn percent_encode_into(out: &mut String, text: &str, literals: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(text.len());
     for &byte in text.as_bytes() {
         if byte.is_ascii_alphanumeric() || literals.contains(&byte) {
-            encoded.push(char::from(byte));
+            out.push(char::from(byte));
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 15)]));
         }
     }
-    encoded
 }
 
 /// The JSON 500 answered when a handler panics or its answer cannot be sent.
