@@ -126,13 +126,27 @@ pub async fn run_on(url: &str, seconds: u32, script: &Path, work: &Path, only: &
     Ok(md)
 }
 
+/// `BENCH_DATABASE_CONNECTIONS=N` runs both hosts with `DatabaseConnections: N`, to compare
+/// pool sizes on one registry.
+fn pool_size() -> Option<u32> {
+    std::env::var("BENCH_DATABASE_CONNECTIONS").ok().and_then(|v| v.parse().ok())
+}
+
 /// Tokens must outlive the run; the plugin and the sidecar share each database.
 fn settings() -> BTreeMap<String, Value> {
-    [("AccessTokenMinutes".to_string(), json!(600))].into_iter().collect()
+    let mut settings: BTreeMap<String, Value> = [("AccessTokenMinutes".to_string(), json!(600))].into_iter().collect();
+    if let Some(n) = pool_size() {
+        settings.insert("DatabaseConnections".to_string(), json!(n));
+    }
+    settings
 }
 
 fn env() -> BTreeMap<String, String> {
-    [("COHORT_ACCESS_TOKEN_MINUTES".to_string(), "600".to_string())].into_iter().collect()
+    let mut env: BTreeMap<String, String> = [("COHORT_ACCESS_TOKEN_MINUTES".to_string(), "600".to_string())].into_iter().collect();
+    if let Some(n) = pool_size() {
+        env.insert("COHORT_DATABASE_CONNECTIONS".to_string(), n.to_string());
+    }
+    env
 }
 
 async fn measure(

@@ -98,8 +98,9 @@ impl App {
     /// Connects and migrates the database, settles the JWT secret and creates the
     /// bootstrap admin when configured and no admin exists yet.
     pub async fn start(config: Config, pacs: Option<Arc<dyn Pacs>>, host: Host) -> Result<SharedApp, StartError> {
-        let store =
-            Store::connect(&config.database_url).await.map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
+        let store = Store::connect_with(&config.database_url, config.database_connections)
+            .await
+            .map_err(|e| StartError(format!("cannot open the database (DatabaseUrl): {e}")))?;
         store.migrate().await.map_err(|e| StartError(format!("cannot migrate the database: {e}")))?;
         let app = App::with_store(config, store, pacs, host).await?;
         crate::services::bootstrap::bootstrap_admin(&app)

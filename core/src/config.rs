@@ -21,6 +21,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
+    /// At most this many database connections (`None`: 16 on PostgreSQL, 8 on SQLite).
+    pub database_connections: Option<u32>,
     /// HS256 secret; generated and kept in the `settings` table when absent.
     pub jwt_secret: Option<String>,
     pub cookie_secure: bool,
@@ -77,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: "sqlite://cohort.db".into(),
+            database_connections: None,
             jwt_secret: None,
             cookie_secure: true,
             access_token_minutes: 15,
@@ -159,6 +162,7 @@ macro_rules! key {
 
 const KEYS: &[Key] = &[
     key!("DatabaseUrl", "COHORT_DATABASE_URL", |c, r| c.database_url = database_url(r)?),
+    key!("DatabaseConnections", "COHORT_DATABASE_CONNECTIONS", |c, r| c.database_connections = Some(int(r, 1, 1024)? as u32)),
     key!("JwtSecret", "COHORT_JWT_SECRET", |c, r| c.jwt_secret = Some(jwt_secret(r)?)),
     key!("CookieSecure", "COHORT_COOKIE_SECURE", |c, r| c.cookie_secure = boolean(r)?),
     key!("AccessTokenMinutes", "COHORT_ACCESS_TOKEN_MINUTES", |c, r| c.access_token_minutes = int(r, 1, 24 * 60)? as u32),
@@ -443,6 +447,7 @@ mod tests {
         assert!(c.protect_orthanc_api);
         assert_eq!(c.shutdown_drain_seconds, 30, "the drain deadline defaults to 30 s");
         assert_eq!(c.registry_count_seconds, 60);
+        assert_eq!(c.database_connections, None, "the pool's size is the backend's default");
     }
 
     #[test]
@@ -476,6 +481,12 @@ mod tests {
         assert_eq!(e.key, "COHORT_JWT_SECRET");
         let e = Config::from_env_and_file(env(&[("COHORT_ALLOWED_ORIGINS", "https://a.org/path")])).expect_err("path");
         assert_eq!(e.key, "COHORT_ALLOWED_ORIGINS");
+        for bad in ["0", "1025", "many"] {
+            let e = Config::from_env_and_file(env(&[("COHORT_DATABASE_CONNECTIONS", bad)])).expect_err(bad);
+            assert_eq!(e.key, "COHORT_DATABASE_CONNECTIONS");
+        }
+        let c = Config::from_env_and_file(env(&[("COHORT_DATABASE_CONNECTIONS", "4")])).expect("valid");
+        assert_eq!(c.database_connections, Some(4));
     }
 
     #[test]

@@ -270,6 +270,12 @@ impl Store {
     /// Opens the database named by `url` (`sqlite://file.db`, created if missing, or
     /// `postgres://...`). Does not migrate; see [`Store::migrate`].
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        Store::connect_with(url, None).await
+    }
+
+    /// [`Store::connect`] with at most `connections` in the pool (`DatabaseConnections`;
+    /// default 16 on PostgreSQL, 8 on SQLite).
+    pub async fn connect_with(url: &str, connections: Option<u32>) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // PostgreSQL's own plan cache: a statement run often gets a generic plan
             // when it costs no more than one planned with its values (planning was as
@@ -278,7 +284,7 @@ impl Store {
             // time (`patients::Db::keeps_plan`).
             let options = PgConnectOptions::from_str(url)?.application_name("cohort");
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(connections.unwrap_or(16))
                 .min_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
@@ -298,7 +304,7 @@ impl Store {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
-                .max_connections(8)
+                .max_connections(connections.unwrap_or(8))
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(ping_when_idle)
@@ -520,6 +526,21 @@ mod tests {
         assert!(sqlite_in_memory("sqlite://x.db?mode=memory"));
         assert!(!sqlite_in_memory("sqlite:///var/lib/cohort/cohort.db"));
         assert!(!sqlite_in_memory("sqlite://cohort.db?mode=rwc"));
+    }
+
+    /// `DatabaseConnections` bounds the pool: with both of a two-connection pool taken, a
+    /// third caller waits, and gets one as soon as one is given back.
+    #[tokio::test]
+    async fn the_pool_holds_at_most_the_configured_connections() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::connect_with(&format!("sqlite://{}", dir.path().join("pool.db").display()), Some(2)).await.expect("connect");
+        let (a, b) = (store.conn().await.expect("first"), store.conn().await.expect("second"));
+        assert!(tokio::time::timeout(Duration::from_millis(300), store.conn()).await.is_err(), "a third connection was opened");
+        assert_eq!(store.pool_use().0, 2);
+        drop(a);
+        let c = tokio::time::timeout(Duration::from_secs(2), store.conn()).await.expect("given back").expect("third");
+        drop((b, c));
+        store.close().await;
     }
 
     /// A SQLite database that cannot grow (`max_page_count`, what a full disk looks like
