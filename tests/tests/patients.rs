@@ -788,6 +788,28 @@ async fn search_pages_and_totals(d: Deployment) {
     let mine_validated = user.get("/api/patients?q=pagi&status=validated").await.expect_status(200);
     assert_eq!(mine_validated["total"], 10);
     assert_eq!(user.get("/api/patients").await.expect_status(200)["total"], 20);
+
+    // Lists without a search: the first page (counts and page in one statement on
+    // PostgreSQL) agrees with the pages after it, in every scope, status and order.
+    let ids = |v: &Value| {
+        v["items"].as_array().expect("items").iter().map(|p| p["external_id"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>()
+    };
+    let first = admin.get("/api/patients?sort=external_id&page_size=20").await.expect_status(200);
+    let second = admin.get("/api/patients?sort=external_id&page=2&page_size=20").await.expect_status(200);
+    assert_eq!((first["total"].as_i64(), second["total"].as_i64()), (Some(31), Some(31)));
+    let all: Vec<String> = ids(&first).into_iter().chain(ids(&second)).collect();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("PG-{i:02}")).chain(["OTHER-1".to_string()]).collect();
+    expected.sort();
+    assert_eq!(all, expected, "two pages in external_id order");
+    let desc = admin.get("/api/patients?sort=-external_id&page_size=3").await.expect_status(200);
+    assert_eq!(ids(&desc), ["PG-29", "PG-28", "PG-27"]);
+    let mine_first = user.get("/api/patients?status=to_interpret&sort=external_id&page_size=4").await.expect_status(200);
+    assert_eq!(mine_first["total"], 10, "the group's to_interpret patients");
+    assert_eq!(ids(&mine_first), ["PG-01", "PG-05", "PG-07", "PG-11"]);
+    let whole = user.get("/api/patients?page_size=100").await.expect_status(200);
+    assert_eq!((whole["total"].as_i64(), whole["items"].as_array().map(Vec::len)), (Some(20), Some(20)));
+    let none = admin.get("/api/patients?status=archived").await.expect_status(200);
+    assert_eq!((none["total"].as_i64(), none["items"].as_array().map(Vec::len)), (Some(0), Some(0)), "an empty first page");
 }
 per_deployment!(search_pages_and_totals);
 
