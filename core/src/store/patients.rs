@@ -606,25 +606,13 @@ impl Db {
         let Some(w) = Window::of(page, plan.total) else {
             return Ok(Vec::new());
         };
-        let mut args = Vec::new();
-        let sql = self.page_sql(f, w, plan, &mut args);
-        let persistent = self.keeps_plan(f);
-        let mut rows = self.patient_rows(&sql, Some(&f.sort.order_by(w.reversed)), &args, persistent).await?;
-        if w.reversed {
-            rows.reverse();
-        }
-        Ok(rows)
-    }
-
-    /// The statement reading window `w` of filter `f`'s list (`patient_columns!()`, in
-    /// the window's order), its arguments appended to `args`.
-    fn page_sql(&self, f: &PatientFilter, w: Window, plan: ListPlan, args: &mut Vec<Arg>) -> String {
         // Rows passed over to collect this window, when walking in sort order.
         let walked = (w.offset + w.limit).saturating_mul(plan.universe.max(1)) / plan.total.max(1);
         let filtered = f.search.is_some() || f.status.is_some() || matches!(f.scope, Scope::Group(_));
         let walk = walked <= WALK_LIMIT && !(f.search.is_none() && f.sort.follows_filter_index());
         let text_index = f.search.is_some() && !walk;
-        let (with, from, filter) = self.filter_sql(f, text_index, filtered && walk, args);
+        let mut args = Vec::new();
+        let (with, from, filter) = self.filter_sql(f, text_index, filtered && walk, &mut args);
         let limit = {
             args.push(Arg::Int(w.limit));
             format!("${}", args.len())
@@ -633,7 +621,7 @@ impl Db {
             args.push(Arg::Int(w.offset));
             format!("${}", args.len())
         };
-        format!(
+        let sql = format!(
             concat!("{}SELECT ", patient_columns!(), " FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
             with,
             from,
@@ -641,61 +629,13 @@ impl Db {
             f.sort.order_by(w.reversed),
             limit,
             offset
-        )
-    }
-
-    /// PostgreSQL, a list's first page without a search: the scope's counts and the page
-    /// in one statement (one snapshot, one round trip instead of two; the counters' sum
-    /// and the page were a list's two statements). `None` where it does not apply (SQLite,
-    /// a search, a later page, whose cheaper direction depends on the total): the caller
-    /// reads the counts, then the page.
-    pub async fn counts_and_first_page(
-        &mut self,
-        f: &PatientFilter,
-        page: PageRequest,
-    ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
-        use sqlx::{FromRow, Row};
-        if self.is_sqlite() || f.search.is_some() || f.pseudonym.is_some() || page.offset() != 0 || f.scope == Scope::Nothing {
-            return Ok(None);
-        }
-        let mut args = Vec::new();
-        let scope = match f.scope {
-            Scope::Group(g) => {
-                args.push(Arg::Int(g));
-                "group_key = $1"
-            }
-            _ => "TRUE",
-        };
-        // The first page is read forwards whatever the total (a reversed read of a list
-        // shorter than a page gives the same rows); walked rows are the window's own.
-        let window = Window { offset: 0, limit: page.limit(), reversed: false };
-        let page_sql = self.page_sql(f, window, ListPlan { total: 1, universe: 1 }, &mut args);
-        let order = f.sort.order_by(false);
-        let sql = format!(
-            "WITH counted AS (SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
-             SELECT group_key, status, n, gen FROM patient_counts \
-             UNION ALL SELECT group_key, status, n, gen FROM patient_count_deltas) d WHERE {scope} GROUP BY status), \
-             page AS ({page_sql}) \
-             SELECT (SELECT COALESCE(json_agg(json_build_array(status, n, gen) ORDER BY status), '[]')::text FROM counted) AS counts, page.* \
-             FROM (SELECT 1) AS one LEFT JOIN page ON TRUE ORDER BY {order}"
         );
-        let super::Inner::Postgres(h) = &mut self.0 else { return Ok(None) };
-        let rows = bind_args!(sqlx::query(&sql), &args).fetch_all(h.conn()).await?;
-        let corrupt = |e: &dyn std::fmt::Display| super::StoreError::Corrupt(format!("patient counts: {e}"));
-        let counts: &str = rows.first().map(|r| r.try_get("counts")).transpose()?.unwrap_or("[]");
-        let counted: Vec<(String, i64, i64)> = serde_json::from_str(counts).map_err(|e| corrupt(&e))?;
-        let counts = PatientCounts {
-            generation: counted.iter().map(|r| r.2).sum(),
-            by_status: counted.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
-        };
-        let mut patients = Vec::with_capacity(rows.len());
-        for row in &rows {
-            // One row with the counts and no patient when the page is empty.
-            if row.try_get::<Option<Id>, _>("id")?.is_some() {
-                patients.push(PatientRow::from_row(row)?);
-            }
+        let persistent = self.keeps_plan(f);
+        let mut rows = self.patient_rows(&sql, Some(&f.sort.order_by(w.reversed)), &args, persistent).await?;
+        if w.reversed {
+            rows.reverse();
         }
-        Ok(Some((counts, patients)))
+        Ok(rows)
     }
 
     /// Whether a statement of filter `f` may keep a prepared statement, whose plan
