@@ -55,7 +55,7 @@ async fn importer(d: &Deployment, admin: &Client) -> (i64, Client) {
     (group, user)
 }
 
-/// Starts the import in its own task; returns when Orthanc holds between 200 and 480 of
+/// Starts the import in its own task; returns when Orthanc holds between 20 and 480 of
 /// its instances.
 async fn import_until_half_way(d: &Deployment, user: &Client, zip: Vec<u8>) -> tokio::task::JoinHandle<()> {
     // Sent with a plain HTTP client: the harness's would panic when the answer never
@@ -72,7 +72,7 @@ async fn import_until_half_way(d: &Deployment, user: &Client, zip: Vec<u8>) -> t
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let held = d.orthanc_instances().await;
-        if (200..=480).contains(&held) {
+        if (20..=480).contains(&held) {
             return upload;
         }
         assert!(held < 480, "the import stored {held} instances before it could be killed");
@@ -128,7 +128,7 @@ async fn reconcile_rows(admin: &Client, wait: Duration) -> Vec<Value> {
 /// What must hold once the dead import is reconciled, then after importing it again.
 async fn assert_reconciled(d: &Deployment, admin: &Client, user: &Client, group: i64, zip: Vec<u8>) {
     let held = orthanc_instances(d).await;
-    assert!((200..INSTANCES as usize).contains(&held.len()), "Orthanc holds {} instances", held.len());
+    assert!((20..INSTANCES as usize).contains(&held.len()), "Orthanc holds {} instances", held.len());
 
     let rows = reconcile_rows(admin, Duration::from_secs(40)).await;
     assert_eq!(rows.len(), 1, "one RECONCILE row: {rows:#?}\nlog:\n{}", cohort_e2e::orthanc::tail(&d.log(), 40));
@@ -247,7 +247,17 @@ async fn plugin_killed() {
     reconcile(&user).await.expect_error(403, "forbidden");
     let first = reconcile(&admin).await.expect_status(200);
     let done = first["reconciled"].as_array().expect("reconciled").len();
-    assert_eq!(done + first["running"].as_u64().expect("running") as usize, 1, "{first}");
+    let seen = done + first["running"].as_u64().expect("running") as usize;
+    if seen == 0 {
+        // The plugin's own reconciler, started with Orthanc, got there first (a slow
+        // restart on a loaded machine): then its RECONCILE row is already written.
+        assert!(
+            !reconcile_rows(&admin, Duration::from_secs(10)).await.is_empty(),
+            "the import was neither reconciled nor running: {first}"
+        );
+    } else {
+        assert_eq!(seen, 1, "{first}");
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = reconcile(&admin).await.expect_status(200);
