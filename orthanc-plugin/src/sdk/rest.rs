@@ -138,7 +138,6 @@ const PATH_LITERALS: &[u8] = b"-._~!$&'()*+,;=:@/";
 /// (its escapes are kept as they are).
 const QUERY_LITERALS: &[u8] = b"-._~!$&'()*+,;=:@/?%";
 
-/// Percent-encodes every byte of `text` that is not alphanumeric or in `literals`.
 /// Appends `text` to `out`, percent-encoding every byte that is not alphanumeric or in
 /// `literals`.
 fn percent_encode_into(out: &mut String, text: &str, literals: &[u8]) {
