@@ -104,6 +104,9 @@ pub async fn list(
         return Ok(Page { items: Vec::new(), total: 0 });
     }
     let mut db = app.store.conn().await?;
+    if let Some((counts, rows)) = db.counts_and_first_page(&filter, page).await? {
+        return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total: counts.total(status) });
+    }
     let counts = db.patient_counts(filter.scope).await?;
     let universe = counts.total(status);
     let (total, rows) = match (&filter.search, &filter.pseudonym) {
