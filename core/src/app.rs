@@ -226,7 +226,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 }
 
 /// Session lookups, so authenticating a request is usually free.
-pub type SessionCache = TtlCache<String, SessionAuth>;
+pub type SessionCache = TtlCache<String, std::sync::Arc<SessionAuth>>;
 
 /// API token lookups (by the token's SHA-256), so authenticating a script's request is
 /// usually free too.

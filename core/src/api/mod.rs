@@ -268,7 +268,8 @@ fn declared_query_only(req: &Request, matched: Option<&MatchedPath>) -> Result<(
 /// turns into one) is refused before any route sees it: 422, never a database error.
 fn refuse_nul(req: &Request) -> Result<(), ApiError> {
     let path = req.uri().path();
-    if percent_decoded(path).contains(&0) {
+    // A URI cannot hold a raw NUL: one can only come from an escape.
+    if path.contains('%') && percent_decoded(path).contains(&0) {
         return Err(ApiError::validation("path", "must not contain a NUL character"));
     }
     if let Some(query) = req.uri().query() {

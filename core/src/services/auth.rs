@@ -308,6 +308,7 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
                     Err(e) => return Err(e.into()),
                 }
             }
+            let s = std::sync::Arc::new(s);
             app.sessions.put(s.session_id.clone(), s.clone());
             s
         }
@@ -318,11 +319,11 @@ pub async fn authenticate(app: &App, token: &str, via: Via, client: ClientInfo) 
     if session.user.status != UserStatus::Active {
         return Err(ApiError::unauthorized("account_inactive", "this account is inactive"));
     }
-    Ok(principal(session, via, client))
+    Ok(principal(&session, via, client))
 }
 
-fn principal(s: SessionAuth, via: Via, client: ClientInfo) -> Principal {
-    Principal { user: User::from(&s.user), session_id: s.session_id, via, csrf_hash: s.csrf_hash, client, token: None }
+fn principal(s: &SessionAuth, via: Via, client: ClientInfo) -> Principal {
+    Principal { user: User::from(&s.user), session_id: s.session_id.clone(), via, csrf_hash: s.csrf_hash.clone(), client, token: None }
 }
 
 /// The caller's live sessions, newest first, the current one flagged.

