@@ -107,6 +107,23 @@ pub async fn list(
     if let Some((counts, rows)) = db.counts_and_first_page(&filter, page).await? {
         return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total: counts.total(status) });
     }
+    // A search whose ordered ids this node remembers: the counts and the page's rows in
+    // one statement (PostgreSQL), kept only if the generation read with them is the one
+    // the ids were found at; otherwise the way below, which reads it first.
+    if let (Some(search), None) = (&filter.search, &filter.pseudonym) {
+        let key = SearchKey { scope: filter.scope, status, search: search.clone(), sort };
+        if let Some((generation, SearchResult { total, ids: Some(ids) })) = app.searches.get_any(&key) {
+            let start = usize::try_from(page.offset()).unwrap_or(usize::MAX);
+            let wanted = ids.slice(start, start.saturating_add(page.page_size as usize));
+            if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &wanted).await? {
+                if counts.generation == generation {
+                    // Read now, so checked now: never a patient the caller may not see.
+                    rows.retain(|r| can_see(filter.scope, r) && status.is_none_or(|s| r.status == s));
+                    return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total });
+                }
+            }
+        }
+    }
     let counts = db.patient_counts(filter.scope).await?;
     let universe = counts.total(status);
     let (total, rows) = match (&filter.search, &filter.pseudonym) {

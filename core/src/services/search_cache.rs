@@ -115,6 +115,14 @@ impl SearchCache {
         inner.entries.get(key).filter(|(g, _)| *g == generation).map(|(_, r)| r.clone())
     }
 
+    /// The entry of `key` whatever its generation, with that generation: for a caller
+    /// that reads the current generation in the same statement as the page, and then
+    /// keeps the page only if the two are equal.
+    pub fn get_any(&self, key: &SearchKey) -> Option<(i64, SearchResult)> {
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        inner.entries.get(key).map(|(g, r)| (*g, r.clone()))
+    }
+
     pub fn put(&self, key: SearchKey, generation: i64, result: SearchResult) {
         let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let added = result.bytes();

@@ -683,14 +683,9 @@ impl Db {
         f: &PatientFilter,
         page: PageRequest,
     ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
-        use sqlx::{FromRow, Row};
         if self.is_sqlite() || f.search.is_some() || f.pseudonym.is_some() || page.offset() != 0 || f.scope == Scope::Nothing {
             return Ok(None);
         }
-        let scope = match f.scope {
-            Scope::Group(g) => format!("group_key = {g}"),
-            _ => "TRUE".to_string(),
-        };
         // The first page is read forwards whatever the total (a reversed read of a list
         // shorter than a page gives the same rows); walked rows are the window's own.
         let window = Window { offset: 0, limit: page.limit(), reversed: false };
@@ -700,17 +695,58 @@ impl Db {
             // A value that could not be written in (none can, today): the two statements.
             return Ok(None);
         }
-        let order = f.sort.order_by(false);
+        let order = format!("ORDER BY {}", f.sort.order_by(false));
+        self.counts_with_rows(f.scope, &page_sql, &order, None).await
+    }
+
+    /// PostgreSQL: the scope's counts and the patients of `ids` in one statement (a page
+    /// of a search whose ordered ids this node remembers; the caller checks that the
+    /// counts' generation is the one the ids were found at). The rows come in `ids`'
+    /// order; ids no longer in the registry are left out. `None` on SQLite. One
+    /// statement text per scope (the ids are an array parameter), so its plan is kept.
+    pub async fn counts_and_patients_by_ids(&mut self, scope: Scope, ids: &[Id]) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
+        if self.is_sqlite() || scope == Scope::Nothing {
+            return Ok(None);
+        }
+        let page_sql = concat!("SELECT ", patient_columns!(), " FROM patients WHERE id = ANY($1)");
+        let Some((counts, mut rows)) = self.counts_with_rows(scope, page_sql, "", Some(ids)).await? else { return Ok(None) };
+        let position: std::collections::HashMap<Id, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        rows.sort_by_key(|r| position.get(&r.id).copied().unwrap_or(usize::MAX));
+        Ok(Some((counts, rows)))
+    }
+
+    /// PostgreSQL: the counts of `scope` (as [`Db::patient_counts`]) and the rows of
+    /// `page_sql` (a query of `patient_columns!()`) in one statement: one round trip, one
+    /// snapshot. The page is left-joined to one row, so an empty page still brings the
+    /// counts. `ids`, when given, is the statement's only parameter (`$1`).
+    async fn counts_with_rows(
+        &mut self,
+        scope: Scope,
+        page_sql: &str,
+        order: &str,
+        ids: Option<&[Id]>,
+    ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
+        use sqlx::{FromRow, Row};
+        let scope = match scope {
+            Scope::Group(g) => format!("group_key = {g}"),
+            Scope::All => "TRUE".to_string(),
+            Scope::Nothing => return Ok(None),
+        };
         let sql = format!(
             "WITH counted AS (SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
              SELECT group_key, status, n, gen FROM patient_counts \
              UNION ALL SELECT group_key, status, n, gen FROM patient_count_deltas) d WHERE {scope} GROUP BY status), \
              page AS ({page_sql}) \
              SELECT (SELECT COALESCE(json_agg(json_build_array(status, n, gen) ORDER BY status), '[]')::text FROM counted) AS counts, page.* \
-             FROM (SELECT 1) AS one LEFT JOIN page ON TRUE ORDER BY {order}"
+             FROM (SELECT 1) AS one LEFT JOIN page ON TRUE {order}"
         );
         let super::Inner::Postgres(h) = &mut self.0 else { return Ok(None) };
-        let rows = sqlx::query(&sql).fetch_all(h.conn()).await?;
+        let query = sqlx::query(&sql);
+        let query = match ids {
+            Some(ids) => query.bind(ids),
+            None => query,
+        };
+        let rows = query.fetch_all(h.conn()).await?;
         let corrupt = |e: &dyn std::fmt::Display| super::StoreError::Corrupt(format!("patient counts: {e}"));
         let counts: &str = rows.first().map(|r| r.try_get("counts")).transpose()?.unwrap_or("[]");
         let counted: Vec<(String, i64, i64)> = serde_json::from_str(counts).map_err(|e| corrupt(&e))?;
