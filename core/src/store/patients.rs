@@ -634,8 +634,13 @@ impl Db {
         let Some(w) = Window::of(page, plan.total) else {
             return Ok(Vec::new());
         };
+        // PostgreSQL, a window at offset 0 without a search (a last page is one, read
+        // backwards): its values written in, the statement is planned once per
+        // connection and kept (see `counts_and_first_page`). Other offsets keep their
+        // parameters: written in, each would be a statement of its own.
+        let inline = !self.is_sqlite() && f.search.is_none() && f.pseudonym.is_none() && w.offset == 0;
         let mut args = Vec::new();
-        let sql = self.page_sql(f, w, plan, false, &mut args);
+        let sql = self.page_sql(f, w, plan, inline, &mut args);
         let persistent = self.keeps_plan(f);
         let mut rows = self.patient_rows(&sql, Some(&f.sort.order_by(w.reversed)), &args, persistent).await?;
         if w.reversed {
