@@ -245,7 +245,7 @@ async fn reconcile_now(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let store = cohort_core::store::Store::connect(&config.database_url).await?;
+    let store = cohort_core::store::Store::connect_with(&config.database_url, config.database_connections).await?;
     store.migrate().await?;
     println!("database migrated ({})", store.backend().as_str());
     store.close().await;
