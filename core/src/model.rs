@@ -227,6 +227,55 @@ pub struct Paginated<T> {
 mod tests {
     use super::describe_device;
 
+    /// The patient's times and dates are written exactly as chrono's `Serialize` writes
+    /// them, which the API has always answered.
+    #[test]
+    fn patient_times_and_dates_are_written_as_chrono_writes_them() {
+        use chrono::{NaiveDate, TimeZone, Utc};
+        #[derive(serde::Serialize)]
+        struct Ours {
+            #[serde(serialize_with = "super::time_json")]
+            t: chrono::DateTime<Utc>,
+            #[serde(serialize_with = "super::date_json")]
+            d: Option<NaiveDate>,
+        }
+        #[derive(serde::Serialize)]
+        struct Chrono {
+            t: chrono::DateTime<Utc>,
+            d: Option<NaiveDate>,
+        }
+        let base = Utc.with_ymd_and_hms(2026, 12, 3, 9, 5, 7).single().expect("time");
+        let times = [0, 1, 120_000_000, 123_000_000, 123_456_000, 123_456_789, 999_999_999]
+            .map(|ns| base + chrono::Duration::nanoseconds(ns))
+            .into_iter()
+            .chain([
+                Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).single().expect("time"),
+                Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single().expect("time"),
+            ])
+            .chain([
+                Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).single().expect("time"),
+                Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).single().expect("time"),
+            ])
+            .chain([Utc.with_ymd_and_hms(1999, 1, 2, 3, 4, 5).single().expect("time") + chrono::Duration::microseconds(7)]);
+        let dates = [
+            None,
+            NaiveDate::from_ymd_opt(1959, 7, 8),
+            NaiveDate::from_ymd_opt(2000, 2, 29),
+            NaiveDate::from_ymd_opt(0, 1, 1),
+            NaiveDate::from_ymd_opt(9999, 12, 31),
+            NaiveDate::from_ymd_opt(-44, 3, 15),
+            NaiveDate::from_ymd_opt(12345, 6, 7),
+            NaiveDate::from_ymd_opt(7, 10, 1),
+        ];
+        for t in times {
+            for d in dates {
+                let ours = serde_json::to_string(&Ours { t, d }).expect("ours");
+                let chrono = serde_json::to_string(&Chrono { t, d }).expect("chrono");
+                assert_eq!(ours, chrono);
+            }
+        }
+    }
+
     #[test]
     fn devices_are_described_from_user_agents() {
         let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
@@ -252,10 +301,78 @@ pub struct Patient {
     pub status_label: &'static str,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    #[serde(serialize_with = "date_json")]
     pub date_of_birth: Option<NaiveDate>,
     pub group_id: Option<Id>,
+    #[serde(serialize_with = "time_json")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "time_json")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// A time as chrono's own `Serialize` writes it (RFC 3339, `Z`, 0, 3, 6 or 9 digits of
+/// fraction), formatted first and written once: chrono's goes through `collect_str`, one
+/// escaped `write_char` per character, which was a fifth of serialising a page of
+/// patients (callgrind).
+fn time_json<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        // Outside four-digit years, or a leap second: chrono's own text.
+        return s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    }
+    // `YYYY-MM-DDTHH:MM:SS`, then `.` and 3, 6 or 9 digits when the fraction needs them, then `Z`.
+    let fraction = match nanos {
+        0 => None,
+        n if n % 1_000_000 == 0 => Some((n / 1_000_000, 3)),
+        n if n % 1_000 == 0 => Some((n / 1_000, 6)),
+        n => Some((n, 9)),
+    };
+    let mut out = [0u8; 30];
+    let mut n = 0;
+    let parts = [(year as u32, 4, b'-'), (t.month(), 2, b'-'), (t.day(), 2, b'T'), (t.hour(), 2, b':'), (t.minute(), 2, b':')];
+    for (value, digits, separator) in parts {
+        push_digits(&mut out, &mut n, value, digits);
+        out[n] = separator;
+        n += 1;
+    }
+    push_digits(&mut out, &mut n, t.second(), 2);
+    if let Some((value, digits)) = fraction {
+        out[n] = b'.';
+        n += 1;
+        push_digits(&mut out, &mut n, value, digits);
+    }
+    out[n] = b'Z';
+    n += 1;
+    s.serialize_str(std::str::from_utf8(&out[..n]).unwrap_or_default())
+}
+
+/// Writes `value` as `digits` decimal digits (zero-padded) at `out[*n..]`.
+fn push_digits(out: &mut [u8], n: &mut usize, value: u32, digits: u32) {
+    for place in (0..digits).rev() {
+        out[*n] = b'0' + (value / 10u32.pow(place) % 10) as u8;
+        *n += 1;
+    }
+}
+
+/// A date as chrono's `Serialize` writes it (`YYYY-MM-DD`; years outside 0–9999 as
+/// chrono's `Display` writes them), without `collect_str`.
+fn date_json<S: serde::Serializer>(d: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Error> {
+    use chrono::Datelike;
+    match d {
+        None => s.serialize_none(),
+        Some(d) if (0..=9999).contains(&d.year()) => {
+            let mut text = [b'-'; 10];
+            let mut n = 0;
+            push_digits(&mut text, &mut n, d.year() as u32, 4);
+            n += 1;
+            push_digits(&mut text, &mut n, d.month(), 2);
+            n += 1;
+            push_digits(&mut text, &mut n, d.day(), 2);
+            s.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
+        }
+        Some(d) => s.serialize_str(&d.to_string()),
+    }
 }
 
 impl From<PatientRow> for Patient {

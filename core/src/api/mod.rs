@@ -315,6 +315,26 @@ pub fn export_body(body: crate::services::export::ExportBody) -> Response {
 }
 
 /// Wraps a page from a service in the list shape of the API.
+/// A JSON answer written into a buffer of `capacity` bytes from the start, where axum's
+/// `Json` starts at 128 and doubles (seven reallocations and copies for a page of 50
+/// patients). Same answer otherwise: `application/json`, and a 500 if it cannot be
+/// serialised.
+pub struct SizedJson<T> {
+    pub value: T,
+    pub capacity: usize,
+}
+
+impl<T: serde::Serialize> IntoResponse for SizedJson<T> {
+    fn into_response(self) -> Response {
+        use bytes::BufMut;
+        let mut buf = bytes::BytesMut::with_capacity(self.capacity).writer();
+        match serde_json::to_writer(&mut buf, &self.value) {
+            Ok(()) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], buf.into_inner().freeze()).into_response(),
+            Err(e) => ApiError::internal(format_args!("an answer could not be serialised: {e}")).into_response(),
+        }
+    }
+}
+
 pub fn paginated<T>(page: Page<T>, req: PageRequest) -> Paginated<T> {
     Paginated { items: page.items, total: page.total, page: req.page, page_size: req.page_size }
 }

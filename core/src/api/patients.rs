@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::extract::{explicit_null, page_request, search_text, Admin, ApiJson, ApiPath, ApiQuery, Caller};
 use super::multipart_limits::PartWatch;
-use super::paginated;
+use super::{paginated, SizedJson};
 use crate::app::{App, SharedApp};
 use crate::domain::{Id, PatientStatus};
 use crate::error::{ApiError, ErrorBody};
@@ -73,10 +73,12 @@ async fn list_patients(
     State(app): State<SharedApp>,
     Caller(who): Caller,
     ApiQuery(q): ApiQuery<PatientListQuery>,
-) -> Result<Json<Paginated<Patient>>, ApiError> {
+) -> Result<SizedJson<Paginated<Patient>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
     let sort = service::parse_sort(q.sort.as_deref())?;
-    Ok(Json(paginated(service::list(&app, &who, search_text(q.q.as_deref())?, q.status, sort, page).await?, page)))
+    let value = paginated(service::list(&app, &who, search_text(q.q.as_deref())?, q.status, sort, page).await?, page);
+    // A patient is 250 to 400 bytes of JSON.
+    Ok(SizedJson { capacity: 64 + 400 * value.items.len(), value })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
