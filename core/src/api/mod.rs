@@ -314,7 +314,6 @@ pub fn export_body(body: crate::services::export::ExportBody) -> Response {
     }
 }
 
-/// Wraps a page from a service in the list shape of the API.
 /// A JSON answer written into a buffer of `capacity` bytes from the start, where axum's
 /// `Json` starts at 128 and doubles (seven reallocations and copies for a page of 50
 /// patients). Same answer otherwise: `application/json`, and a 500 if it cannot be
@@ -335,6 +334,7 @@ impl<T: serde::Serialize> IntoResponse for SizedJson<T> {
     }
 }
 
+/// Wraps a page from a service in the list shape of the API.
 pub fn paginated<T>(page: Page<T>, req: PageRequest) -> Paginated<T> {
     Paginated { items: page.items, total: page.total, page: req.page, page_size: req.page_size }
 }
