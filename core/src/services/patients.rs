@@ -107,34 +107,32 @@ pub async fn list(
     if let Some((counts, rows)) = db.counts_and_first_page(&filter, page).await? {
         return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total: counts.total(status) });
     }
+    // A search this node may remember (not a pseudonym's: that table has no generation).
+    let key = match (&filter.search, &filter.pseudonym) {
+        (Some(search), None) => Some(SearchKey { scope: filter.scope, status, search: search.clone(), sort }),
+        _ => None,
+    };
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
     // the ids were found at; otherwise the way below, which reads it first.
-    if let (Some(search), None) = (&filter.search, &filter.pseudonym) {
-        let key = SearchKey { scope: filter.scope, status, search: search.clone(), sort };
-        if let Some((generation, SearchResult { total, ids: Some(ids) })) = app.searches.get_any(&key) {
-            let start = usize::try_from(page.offset()).unwrap_or(usize::MAX);
-            let wanted = ids.slice(start, start.saturating_add(page.page_size as usize));
-            if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &wanted).await? {
-                if counts.generation == generation {
-                    // Read now, so checked now: never a patient the caller may not see.
-                    rows.retain(|r| can_see(filter.scope, r) && status.is_none_or(|s| r.status == s));
-                    return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total });
-                }
+    if let Some((generation, SearchResult { total, ids: Some(ids) })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
+        if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
+            if counts.generation == generation {
+                keep_visible(&mut rows, filter.scope, status);
+                return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total });
             }
         }
     }
     let counts = db.patient_counts(filter.scope).await?;
     let universe = counts.total(status);
-    let (total, rows) = match (&filter.search, &filter.pseudonym) {
+    let (total, rows) = match (&filter.search, key) {
         (None, _) => (universe, db.list_patients(&filter, page, ListPlan { total: universe, universe }).await?),
         // The pseudonyms table has no generation: counted every time (rare).
-        (Some(_), Some(_)) => {
+        (Some(_), None) => {
             let total = db.count_patient_matches(&filter).await?;
             (total, db.list_patients(&filter, page, ListPlan { total, universe }).await?)
         }
-        (Some(search), None) => {
-            let key = SearchKey { scope: filter.scope, status, search: search.clone(), sort };
+        (Some(_), Some(key)) => {
             let found = match app.searches.get(&key, counts.generation) {
                 Some(found) => found,
                 None => {
@@ -153,10 +151,8 @@ pub async fn list(
             };
             match &found.ids {
                 Some(ids) => {
-                    let start = usize::try_from(page.offset()).unwrap_or(usize::MAX);
-                    let mut rows = db.patients_by_ids(&ids.slice(start, start.saturating_add(page.page_size as usize))).await?;
-                    // Read now, so checked now: never a patient the caller may not see.
-                    rows.retain(|r| can_see(filter.scope, r) && status.is_none_or(|s| r.status == s));
+                    let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
+                    keep_visible(&mut rows, filter.scope, status);
                     (found.total, rows)
                 }
                 None => (found.total, db.list_patients(&filter, page, ListPlan { total: found.total, universe }).await?),
@@ -164,6 +160,18 @@ pub async fn list(
         }
     };
     Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total })
+}
+
+/// The ids of `page` among a search's remembered ordered ids.
+fn ids_of_page(ids: &Ids, page: PageRequest) -> Vec<Id> {
+    let start = usize::try_from(page.offset()).unwrap_or(usize::MAX);
+    ids.slice(start, start.saturating_add(page.page_size as usize))
+}
+
+/// Drops the rows of a page read by id that the caller may not see, or not of the
+/// status asked for. Read now, so checked now: never a patient the caller may not see.
+fn keep_visible(rows: &mut Vec<PatientRow>, scope: Scope, status: Option<PatientStatus>) {
+    rows.retain(|r| can_see(scope, r) && status.is_none_or(|s| r.status == s));
 }
 
 pub async fn get(app: &App, who: &Principal, id: Id) -> ApiResult<PatientDetail> {

@@ -182,6 +182,12 @@ fn push_arg(args: &mut Vec<Arg>, a: Arg, inline: bool) -> String {
     format!("${}", args.len())
 }
 
+/// Sorts `rows` into the order of `ids` (rows read by id come in the database's order).
+fn in_order_of(rows: &mut [PatientRow], ids: &[Id]) {
+    let position: std::collections::HashMap<Id, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|r| position.get(&r.id).copied().unwrap_or(usize::MAX));
+}
+
 /// A page's rows from the JSON array [`Db::patient_rows`] has SQLite build: each row an
 /// array of `patient_columns!()`, values as SQLite stores them (the texts sqlx writes
 /// for dates and times).
@@ -619,8 +625,7 @@ impl Db {
         let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
         let sql = format!(concat!("SELECT ", patient_columns!(), " FROM patients WHERE id IN ({})"), list);
         let mut rows = self.patient_rows(&sql, None, &[], true).await?;
-        let position: std::collections::HashMap<Id, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        rows.sort_by_key(|r| position.get(&r.id).copied().unwrap_or(usize::MAX));
+        in_order_of(&mut rows, ids);
         Ok(rows)
     }
 
@@ -715,8 +720,7 @@ impl Db {
         }
         let page_sql = concat!("SELECT ", patient_columns!(), " FROM patients WHERE id = ANY($1)");
         let Some((counts, mut rows)) = self.counts_with_rows(scope, page_sql, "", Some(ids)).await? else { return Ok(None) };
-        let position: std::collections::HashMap<Id, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        rows.sort_by_key(|r| position.get(&r.id).copied().unwrap_or(usize::MAX));
+        in_order_of(&mut rows, ids);
         Ok(Some((counts, rows)))
     }
 

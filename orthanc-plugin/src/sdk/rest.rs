@@ -147,17 +147,13 @@ fn percent_encode_into(out: &mut String, text: &str, literals: &[u8]) {
     // Runs of literal bytes are copied whole; only the others are escaped one by one.
     while let Some(at) = rest.bytes().position(|b| !(b.is_ascii_alphanumeric() || literals.contains(&b))) {
         out.push_str(&rest[..at]);
-        let byte = rest.as_bytes()[at];
-        out.push('%');
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 15)]));
-        // A string slice must end on a character boundary: step over the whole
-        // character, escaping each of its bytes.
+        // A string slice must end on a character boundary: the whole character is
+        // escaped, each of its bytes (none of a multi-byte character is literal).
         let width = rest[at..].chars().next().map_or(1, char::len_utf8);
-        for &b in &rest.as_bytes()[at + 1..at + width] {
+        for &byte in &rest.as_bytes()[at..at + width] {
             out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 15)]));
         }
         rest = &rest[at + width..];
     }
