@@ -389,19 +389,7 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
         std::fs::write(&file, ids.iter().map(|id| format!("{prefix}{id}{suffix}")).collect::<Vec<_>>().join("\n"))?;
         paths.push(file);
     }
-    // For profiling: BENCH_HOLD=FILE writes FILE.targets (name, URL, PID, paths file and
-    // headers of each contender, then the wrk script) and waits while FILE exists.
-    if let Ok(hold) = std::env::var("BENCH_HOLD") {
-        let mut desc = String::new();
-        for (t, p) in targets.iter().zip(&paths) {
-            let _ = writeln!(desc, "{}\t{}\t{}\t{}\t{}", t.name, t.url, t.pid, p.display(), t.headers.join("|"));
-        }
-        let _ = writeln!(desc, "script\t{}", script.display());
-        std::fs::write(format!("{hold}.targets"), desc)?;
-        while std::path::Path::new(&hold).exists() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
+    hold(targets.iter().zip(paths.iter().map(|p| p.display().to_string())), &script.display().to_string()).await?;
     let mut md = format!("# Benchmarks: raw DICOM\n\n{}.\n\n", machine());
     let _ = writeln!(
         md,
@@ -607,6 +595,22 @@ async fn bearer(url: &str) -> anyhow::Result<String> {
 fn post_zip(t: &Target, zip: &Path) -> anyhow::Result<tools::Transfer> {
     let path = if t.name.starts_with("Orthanc") { "/instances" } else { "/api/patients/import" };
     curl(&format!("{}{path}", t.url), &t.headers, Some((zip, "application/zip")))
+}
+
+/// For profiling: `BENCH_HOLD=FILE` writes `FILE.targets` (name, URL, PID, paths or path
+/// file and headers of each contender, then the wrk script) and waits while FILE exists.
+async fn hold<'a>(targets: impl Iterator<Item = (&'a Target, String)>, script: &str) -> anyhow::Result<()> {
+    let Ok(hold) = std::env::var("BENCH_HOLD") else { return Ok(()) };
+    let mut desc = String::new();
+    for (t, paths) in targets {
+        let _ = writeln!(desc, "{}\t{}\t{}\t{}\t{}", t.name, t.url, t.pid, paths, t.headers.join("|"));
+    }
+    let _ = writeln!(desc, "script\t{script}");
+    std::fs::write(format!("{hold}.targets"), desc)?;
+    while std::path::Path::new(&hold).exists() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
 }
 
 fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32, body: Option<&str>) -> anyhow::Result<Load> {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::population;
 use crate::tools::{Load, CREATE_SCRIPT};
-use crate::{bearer, encode, load, Target};
+use crate::{bearer, encode, hold, load, Target};
 
 const SCOPED_EMAIL: &str = "scoped@bench.test";
 const SCOPED_PASSWORD: &str = "scoped-user-password";
@@ -159,6 +159,8 @@ async fn measure(
     only: &Selection,
 ) -> anyhow::Result<()> {
     let cases: Vec<Case> = cases(&contenders[0], patients).await?.into_iter().filter(|c| only.wants(&c.label)).collect();
+    let paths = cases.iter().map(|c| c.path.clone()).collect::<Vec<_>>().join(" ");
+    hold(contenders.iter().map(|c| (&c.admin, paths.clone())), &script.display().to_string()).await?;
     if !cases.is_empty() {
         lists(md, contenders, &cases, seconds, script, work).await?;
     }
