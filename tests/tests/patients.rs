@@ -810,6 +810,34 @@ async fn search_pages_and_totals(d: Deployment) {
     assert_eq!((whole["total"].as_i64(), whole["items"].as_array().map(Vec::len)), (Some(20), Some(20)));
     let none = admin.get("/api/patients?status=archived").await.expect_status(200);
     assert_eq!((none["total"].as_i64(), none["items"].as_array().map(Vec::len)), (Some(0), Some(0)), "an empty first page");
+
+    // Every way a list reads its rows (a first page in one statement, a later page, a
+    // search, a user's scope) gives each patient field for field as its own page does.
+    admin
+        .post(
+            "/api/patients",
+            &json!({"external_id": "FULL-1", "first_name": "Ann", "last_name": "Full", "date_of_birth": "1950-01-31", "status": "in_progress", "group_id": g}),
+        )
+        .await
+        .expect_status(201);
+    for (who, path) in [
+        (&admin, "/api/patients?page_size=5"),
+        (&admin, "/api/patients?page=2&page_size=5&sort=last_name"),
+        (&admin, "/api/patients?q=full"),
+        (&admin, "/api/patients?q=pagination&page=2&page_size=7"),
+        (&user, "/api/patients?sort=-created_at&page_size=3"),
+    ] {
+        let page = who.get(path).await.expect_status(200);
+        let items = page["items"].as_array().expect("items");
+        assert!(!items.is_empty(), "{path}");
+        for item in items {
+            let mut own = who.get(&format!("/api/patients/{}", item["id"])).await.expect_status(200);
+            let own = own.as_object_mut().expect("a patient");
+            own.remove("studies");
+            own.remove("pseudonym");
+            assert_eq!(item.as_object().expect("an item"), &*own, "{path}");
+        }
+    }
 }
 per_deployment!(search_pages_and_totals);
 
