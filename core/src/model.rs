@@ -381,8 +381,30 @@ struct Stamp {
 }
 
 impl Stamp {
+    fn new() -> Stamp {
+        Stamp { bytes: [0; 30], len: 0 }
+    }
+
+    /// Appends `value` as `digits` decimal digits, zero-padded.
+    fn digits(&mut self, mut value: u32, digits: usize) {
+        for slot in self.bytes[self.len..self.len + digits].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.len += digits;
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -403,36 +425,24 @@ fn time_text(t: &DateTime<Utc>) -> Option<Stamp> {
         n if n % 1_000 == 0 => Some((n / 1_000, 6)),
         n => Some((n, 9)),
     };
-    let mut out = Stamp { bytes: [0u8; 30], len: 0 };
+    let mut out = Stamp::new();
     let parts = [(year as u32, 4, b'-'), (t.month(), 2, b'-'), (t.day(), 2, b'T'), (t.hour(), 2, b':'), (t.minute(), 2, b':')];
     for (value, digits, separator) in parts {
-        push_digits(&mut out.bytes, &mut out.len, value, digits);
-        out.bytes[out.len] = separator;
-        out.len += 1;
+        out.digits(value, digits);
+        out.byte(separator);
     }
-    push_digits(&mut out.bytes, &mut out.len, t.second(), 2);
+    out.digits(t.second(), 2);
     if let Some((value, digits)) = fraction {
-        out.bytes[out.len] = b'.';
-        out.len += 1;
-        push_digits(&mut out.bytes, &mut out.len, value, digits);
+        out.byte(b'.');
+        out.digits(value, digits);
     }
-    out.bytes[out.len] = b'Z';
-    out.len += 1;
+    out.byte(b'Z');
     Some(out)
 }
 
 /// chrono's own text of a time, for what [`time_text`] leaves to it.
 fn chrono_time_text(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
-/// Writes `value` as `digits` decimal digits (zero-padded) at `out[*n..]`.
-fn push_digits(out: &mut [u8], n: &mut usize, mut value: u32, digits: usize) {
-    for slot in out[*n..*n + digits].iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    *n += digits;
 }
 
 /// A date as chrono's `Serialize` writes it (`YYYY-MM-DD`; years outside 0–9999 as
@@ -453,12 +463,12 @@ fn date_text(d: &NaiveDate) -> Option<Stamp> {
     if !(0..=9999).contains(&d.year()) {
         return None;
     }
-    let mut out = Stamp { bytes: [b'-'; 30], len: 0 };
-    push_digits(&mut out.bytes, &mut out.len, d.year() as u32, 4);
-    out.len += 1;
-    push_digits(&mut out.bytes, &mut out.len, d.month(), 2);
-    out.len += 1;
-    push_digits(&mut out.bytes, &mut out.len, d.day(), 2);
+    let mut out = Stamp::new();
+    out.digits(d.year() as u32, 4);
+    out.byte(b'-');
+    out.digits(d.month(), 2);
+    out.byte(b'-');
+    out.digits(d.day(), 2);
     Some(out)
 }
 
@@ -501,7 +511,7 @@ fn json_int(out: &mut Vec<u8>, n: i64) {
 /// A stamp needs no escaping: digits, `-`, `:`, `T`, `.` and `Z`.
 fn json_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
     out.push(b'"');
-    out.extend_from_slice(&stamp.bytes[..stamp.len]);
+    out.extend_from_slice(stamp.as_bytes());
     out.push(b'"');
 }
 
