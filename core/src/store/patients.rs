@@ -36,6 +36,17 @@ const PATIENT_COLUMNS: [&str; 11] = [
     "updated_at",
 ];
 
+/// Whether `columns` hold [`PATIENT_COLUMNS`] in order from position `first` on.
+fn in_patient_order<C: sqlx::Column>(columns: &[C], first: usize) -> bool {
+    columns.len() >= first + PATIENT_COLUMNS.len() && columns[first..].iter().zip(PATIENT_COLUMNS).all(|(c, name)| c.name() == name)
+}
+
+/// A patient's status from its column's text; another text is a decoding error.
+fn status_of(text: &str) -> Result<PatientStatus, sqlx::Error> {
+    text.parse()
+        .map_err(|e: crate::domain::Invalid| sqlx::Error::ColumnDecode { index: PATIENT_COLUMNS[4].to_string(), source: e.0.into() })
+}
+
 /// Reads the columns by position when the row holds them in `patient_columns!()`'s order
 /// from `id` on (every statement here selects them so), else by name: a name lookup per
 /// column and row (sqlx's derive) was a twentieth of the sidecar's instructions for a
@@ -54,9 +65,7 @@ where
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         use sqlx::Column;
         let first = row.try_column("id")?.ordinal();
-        let columns = row.columns();
-        let in_order = columns.len() >= first + PATIENT_COLUMNS.len()
-            && columns[first..].iter().zip(PATIENT_COLUMNS).all(|(c, name)| c.name() == name);
+        let in_order = in_patient_order(row.columns(), first);
         macro_rules! get {
             ($k:expr) => {
                 if in_order {
@@ -72,10 +81,7 @@ where
             external_id: get!(1),
             orthanc_patient_id: get!(2),
             dicom_study_uid: get!(3),
-            status: status.parse().map_err(|e: crate::domain::Invalid| sqlx::Error::ColumnDecode {
-                index: PATIENT_COLUMNS[4].to_string(),
-                source: e.0.into(),
-            })?,
+            status: status_of(status)?,
             first_name: get!(5),
             last_name: get!(6),
             date_of_birth: get!(7),
@@ -99,9 +105,7 @@ fn pg_patient_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PatientRow>, sq
     let Some(head) = rows.first() else { return Ok(Vec::new()) };
     let first = head.try_column("id")?.ordinal();
     let columns = head.columns();
-    let described =
-        columns.len() >= first + PATIENT_COLUMNS.len() && columns[first..].iter().zip(PATIENT_COLUMNS).all(|(c, name)| c.name() == name);
-    let typed = described && {
+    let typed = in_patient_order(columns, first) && {
         let ty = |k: usize| columns[first + k].type_info();
         let text = |k: usize| <String as Type<Postgres>>::compatible(ty(k));
         <Id as Type<Postgres>>::compatible(ty(0))
@@ -126,10 +130,7 @@ fn pg_patient_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PatientRow>, sq
             external_id: row.try_get_unchecked(first + 1)?,
             orthanc_patient_id: row.try_get_unchecked(first + 2)?,
             dicom_study_uid: row.try_get_unchecked(first + 3)?,
-            status: status.parse().map_err(|e: crate::domain::Invalid| sqlx::Error::ColumnDecode {
-                index: PATIENT_COLUMNS[4].to_string(),
-                source: e.0.into(),
-            })?,
+            status: status_of(status)?,
             first_name: row.try_get_unchecked(first + 5)?,
             last_name: row.try_get_unchecked(first + 6)?,
             date_of_birth: row.try_get_unchecked(first + 7)?,
