@@ -36,25 +36,17 @@ const PATIENT_COLUMNS: [&str; 11] = [
     "updated_at",
 ];
 
-/// Whether `columns` hold [`PATIENT_COLUMNS`] in order from position `first` on.
-fn in_patient_order<C: sqlx::Column>(columns: &[C], first: usize) -> bool {
-    columns.len() >= first + PATIENT_COLUMNS.len() && columns[first..].iter().zip(PATIENT_COLUMNS).all(|(c, name)| c.name() == name)
-}
-
 /// A patient's status from its column's text; another text is a decoding error.
 fn status_of(text: &str) -> Result<PatientStatus, sqlx::Error> {
     text.parse()
         .map_err(|e: crate::domain::Invalid| sqlx::Error::ColumnDecode { index: PATIENT_COLUMNS[4].to_string(), source: e.0.into() })
 }
 
-/// Reads the columns by position when the row holds them in `patient_columns!()`'s order
-/// from `id` on (every statement here selects them so), else by name: a name lookup per
-/// column and row (sqlx's derive) was a twentieth of the sidecar's instructions for a
-/// page of 50 patients (callgrind). The status is parsed from the row's text, not from a
-/// `String` allocated for it.
+/// Reads the columns by name (single-patient lookups; lists read their rows with
+/// [`pg_patient_rows`] or from SQLite's JSON). The status is parsed from the row's text,
+/// not from a `String` allocated for it.
 impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for PatientRow
 where
-    usize: sqlx::ColumnIndex<R>,
     for<'n> &'n str: sqlx::ColumnIndex<R>,
     &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Id: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -63,31 +55,19 @@ where
     DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        use sqlx::Column;
-        let first = row.try_column("id")?.ordinal();
-        let in_order = in_patient_order(row.columns(), first);
-        macro_rules! get {
-            ($k:expr) => {
-                if in_order {
-                    row.try_get(first + $k)?
-                } else {
-                    row.try_get(PATIENT_COLUMNS[$k])?
-                }
-            };
-        }
-        let status: &str = get!(4);
+        let status: &str = row.try_get("status")?;
         Ok(PatientRow {
-            id: get!(0),
-            external_id: get!(1),
-            orthanc_patient_id: get!(2),
-            dicom_study_uid: get!(3),
+            id: row.try_get("id")?,
+            external_id: row.try_get("external_id")?,
+            orthanc_patient_id: row.try_get("orthanc_patient_id")?,
+            dicom_study_uid: row.try_get("dicom_study_uid")?,
             status: status_of(status)?,
-            first_name: get!(5),
-            last_name: get!(6),
-            date_of_birth: get!(7),
-            group_id: get!(8),
-            created_at: get!(9),
-            updated_at: get!(10),
+            first_name: row.try_get("first_name")?,
+            last_name: row.try_get("last_name")?,
+            date_of_birth: row.try_get("date_of_birth")?,
+            group_id: row.try_get("group_id")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
         })
     }
 }
@@ -105,7 +85,9 @@ fn pg_patient_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PatientRow>, sq
     let Some(head) = rows.first() else { return Ok(Vec::new()) };
     let first = head.try_column("id")?.ordinal();
     let columns = head.columns();
-    let typed = in_patient_order(columns, first) && {
+    let in_order =
+        columns.len() >= first + PATIENT_COLUMNS.len() && columns[first..].iter().zip(PATIENT_COLUMNS).all(|(c, name)| c.name() == name);
+    let typed = in_order && {
         let ty = |k: usize| columns[first + k].type_info();
         let text = |k: usize| <String as Type<Postgres>>::compatible(ty(k));
         <Id as Type<Postgres>>::compatible(ty(0))
@@ -116,13 +98,15 @@ fn pg_patient_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<PatientRow>, sq
             && <DateTime<Utc> as Type<Postgres>>::compatible(ty(10))
     };
     let mut patients = Vec::with_capacity(rows.len());
-    for row in rows {
-        if !typed {
+    if !typed {
+        for row in rows {
             if row.try_get::<Option<Id>, _>("id")?.is_some() {
                 patients.push(PatientRow::from_row(row)?);
             }
-            continue;
         }
+        return Ok(patients);
+    }
+    for row in rows {
         let Some(id) = row.try_get_unchecked::<Option<Id>, _>(first)? else { continue };
         let status: &str = row.try_get_unchecked(first + 4)?;
         patients.push(PatientRow {
@@ -1133,9 +1117,8 @@ impl Db {
 mod tests {
     use super::*;
 
-    /// A row with the patient's columns in `patient_columns!()`'s order (after another
-    /// column, as in the first-page statement) is read by position, one in another order
-    /// by name: both give the same patient.
+    /// A row is read by its columns' names: the patient's columns after another column
+    /// (as in the first-page statement) or in another order give the same patient.
     #[tokio::test]
     async fn patient_rows_are_read_by_position_or_by_name() {
         use sqlx::{Connection, FromRow};
