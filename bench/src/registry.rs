@@ -18,7 +18,7 @@ use cohort_e2e::{Backend, Client, Deployment, Host, TestDatabase};
 use serde_json::{json, Value};
 
 use crate::population;
-use crate::tools::{Load, CREATE_SCRIPT};
+use crate::tools::{Load, Wrk, CREATE_SCRIPT};
 use crate::{bearer, encode, hold, load, Target};
 
 const SCOPED_EMAIL: &str = "scoped@bench.test";
@@ -30,6 +30,11 @@ struct Case {
     label: String,
     path: String,
     scoped: bool,
+    /// Whether two more clients create patients (ungrouped, as the admin) all along: a
+    /// list answer a node remembers serves only until the next write in its scope
+    /// (`page_cache`), so an admin's answers are read again and again here, while the
+    /// 1% group's user's stay valid.
+    writing: bool,
 }
 
 /// One database with its two hosts.
@@ -172,7 +177,9 @@ async fn measure(
 
 async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], seconds: u32, script: &Path, work: &Path) -> anyhow::Result<()> {
     eprintln!("==> lists and searches, 32 clients, {seconds} s each");
-    let mut rows: Vec<(String, i64, Vec<Load>)> = Vec::new();
+    // Per case: label, matches, and per contender its lists and the creations meanwhile.
+    type Cell = (Load, Option<Load>);
+    let mut rows: Vec<(String, i64, Vec<Cell>)> = Vec::new();
     for case in cases {
         let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, &case.path).await?;
         eprintln!("  {} ({} matches): {}", case.label, matches, case.path);
@@ -180,18 +187,34 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
         for c in contenders {
             let t = if case.scoped { &c.scoped } else { &c.admin };
             let expected = total_of(t, &case.path).await?;
-            if expected != matches {
+            // Patients created by the cases with writes change the totals as they run.
+            if expected != matches && !case.writing {
                 bail!("{} counts {expected} for {}, {} counts {matches}", c.name, case.path, contenders[0].name);
             }
             let file = work.join(format!("case-{}.txt", rand::random::<u32>()));
             std::fs::write(&file, &case.path)?;
-            loads.push(load(t, script, &file, 32, seconds, None)?);
+            let writer = if case.writing {
+                let (url, headers, create) = (c.admin.url.clone(), c.admin.headers.clone(), write_script(work, CREATE_SCRIPT)?);
+                let env = vec![("BENCH_PREFIX".to_string(), format!("W-{}-", rand::random::<u32>()))];
+                Some(std::thread::spawn(move || Wrk { url: &url, connections: 2, seconds, script: &create, headers, env }.run()))
+            } else {
+                None
+            };
+            let listed = load(t, script, &file, 32, seconds, None)?;
+            let written = match writer {
+                Some(w) => Some(w.join().map_err(|_| anyhow::anyhow!("the writer's thread panicked"))??),
+                None => None,
+            };
+            if let Some(w) = &written {
+                eprintln!("    {:<28} meanwhile {:.0} created/s, errors {}", c.name, w.rps, w.errors);
+            }
+            loads.push((listed, written));
         }
         rows.push((case.label.clone(), matches, loads));
     }
     let _ = writeln!(
         md,
-        "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell; admin unless the case says otherwise. Each cell: req/s, and p99 in ms. Target: ≥ 1,000 req/s and p99 < 20 ms.\n"
+        "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell; admin unless the case says otherwise. Each cell: req/s, and p99 in ms (and, in the cases with writes, the patients created meanwhile per second by 2 more clients). Target: ≥ 1,000 req/s and p99 < 20 ms.\n"
     );
     let _ = write!(md, "| case | matches |");
     for c in contenders {
@@ -200,10 +223,11 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
     let _ = writeln!(md, "\n|---|---|{}", "---|".repeat(contenders.len()));
     for (label, matches, loads) in &rows {
         let _ = write!(md, "| {label} | {matches} |");
-        for l in loads {
+        for (l, written) in loads {
             let flag = if l.rps >= 1000.0 && l.p99_ms < 20.0 { "" } else { " ✗" };
             let errors = if l.errors > 0 { format!(", {} errors", l.errors) } else { String::new() };
-            let _ = write!(md, " {:.0} / {:.1}{flag}{errors} |", l.rps, l.p99_ms);
+            let created = written.as_ref().map(|w| format!(" (+{:.0} created/s)", w.rps)).unwrap_or_default();
+            let _ = write!(md, " {:.0} / {:.1}{flag}{errors}{created} |", l.rps, l.p99_ms);
         }
         md.push('\n');
     }
@@ -289,7 +313,7 @@ async fn total_of(t: &Target, path: &str) -> anyhow::Result<i64> {
 
 async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
     let list = |query: &str| format!("/api/patients?{query}page_size={PAGE_SIZE}");
-    let admin = |label: &str, query: &str| Case { label: label.to_string(), path: list(query), scoped: false };
+    let admin = |label: &str, query: &str| Case { label: label.to_string(), path: list(query), scoped: false, writing: false };
     let rare = population::RARE_NAME;
     let ipp = population::ipp_prefix(patients);
     let mut cases = vec![
@@ -314,11 +338,27 @@ async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
         &format!("last page of `{}` (page {last})", population::COMMON_NAME),
         &format!("q={}&page={last}&", population::COMMON_NAME),
     ));
-    cases.push(Case { label: "user of the 1% group, no filter".into(), path: list(""), scoped: true });
+    cases.push(Case { label: "user of the 1% group, no filter".into(), path: list(""), scoped: true, writing: false });
     cases.push(Case {
         label: format!("user of the 1% group, `{}`", population::COMMON_NAME),
         path: list(&format!("q={}&", population::COMMON_NAME)),
         scoped: true,
+        writing: false,
+    });
+    // The same lists while patients are created: every creation changes the admin's
+    // scope (an answer remembered is read again), not the 1% group's.
+    cases.push(Case { label: "no filter, while patients are created".into(), path: list(""), scoped: false, writing: true });
+    cases.push(Case {
+        label: format!("common name `{}`, while patients are created", population::COMMON_NAME),
+        path: list(&format!("q={}&", population::COMMON_NAME)),
+        scoped: false,
+        writing: true,
+    });
+    cases.push(Case {
+        label: "user of the 1% group, no filter, while patients are created".into(),
+        path: list(""),
+        scoped: true,
+        writing: true,
     });
     Ok(cases)
 }

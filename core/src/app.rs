@@ -35,6 +35,9 @@ pub struct App {
     /// Search totals and small result id lists, valid while the registry's generation
     /// in the database is unchanged.
     pub searches: crate::services::search_cache::SearchCache,
+    /// Patient lists' answers, valid while their scope's generation in the database is
+    /// unchanged.
+    pub pages: crate::services::page_cache::PageCache,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -145,6 +148,7 @@ impl App {
             export_memory: ByteBudget::new(config.max_export_bytes),
             export_policies: TtlCache::new(CACHE_TTL),
             searches: Default::default(),
+            pages: Default::default(),
             registry_sizes: crate::metrics::RegistryCount::new(Duration::from_secs(u64::from(config.registry_count_seconds))),
             abort: Abort::default(),
             store,

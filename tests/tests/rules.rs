@@ -685,6 +685,98 @@ async fn list_totals_and_cached_searches_stay_exact(backend: Backend) {
 }
 per_backend!(list_totals_and_cached_searches_stay_exact);
 
+/// One statement run on the database directly, as another program would: rows changed.
+async fn run_sql(backend: Backend, db_url: &str, sql: &str) -> u64 {
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(db_url).await.expect("open SQLite");
+            sqlx::query(sql).execute(&mut conn).await.expect("statement").rows_affected()
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(db_url).await.expect("connect");
+            sqlx::query(sql).execute(&mut conn).await.expect("statement").rows_affected()
+        }
+    }
+}
+
+/// A list's answer a node remembers (`page_cache`) is given again only while nothing
+/// changed in its scope: a rename on another node (which changes no count), an update
+/// made in the database by another program, a move out of a user's group and a
+/// deletion each show in the first node's next answer to the very request it answered
+/// before, for an admin and for a member of the group.
+async fn remembered_list_answers_follow_every_write(backend: Backend) {
+    let TwoNodes { a, b: _b, admin_a, admin_b, g1, g2: _ } = two_nodes(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let body = json!({"external_id": format!("RC-{i}"), "last_name": format!("Avant-{i}"), "first_name": "Léa", "group_id": g1});
+        ids.push(admin_a.post("/api/patients", &body).await.expect_status(201)["id"].as_i64().expect("id"));
+    }
+    a.user(&admin_a, "un@rules.test", json!({"group_id": g1})).await;
+    let member = a.client();
+    member.login("un@rules.test", "user-password-1").await.expect_status(200);
+    let paths = [
+        "/api/patients?sort=external_id&page_size=4",
+        "/api/patients?sort=external_id&page_size=4&page=2",
+        "/api/patients?q=avant&sort=external_id",
+        "/api/patients?status=to_interpret&sort=external_id",
+    ];
+    // Each list: (external_id, last_name, first_name) of its items, and its total.
+    type Listed = (Vec<(String, String, String)>, i64);
+    let lists = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let mut all = Vec::new();
+            for path in paths {
+                let v = c.get(path).await.expect_status(200);
+                let items = v["items"]
+                    .as_array()
+                    .expect("items")
+                    .iter()
+                    .map(|p| (p["external_id"].to_string(), p["last_name"].to_string(), p["first_name"].to_string()))
+                    .collect();
+                all.push((items, v["total"].as_i64().expect("total")));
+            }
+            all
+        }
+    };
+    let name_of = |all: &[Listed], external_id: &str| {
+        all[0].0.iter().chain(&all[1].0).find(|p| p.0 == format!("\"{external_id}\"")).map(|p| (p.1.clone(), p.2.clone()))
+    };
+    for c in [&admin_a, &member] {
+        let before = lists(c).await;
+        assert_eq!(before, lists(c).await, "the same answer twice");
+        assert_eq!(before.iter().map(|l| l.1).collect::<Vec<_>>(), [6, 6, 6, 6]);
+        assert_eq!(name_of(&before, "RC-0"), Some(("\"Avant-0\"".into(), "\"Léa\"".into())));
+    }
+
+    // A rename on the other node: no count changes, the answers do.
+    admin_b.put(&format!("/api/patients/{}", ids[0]), &json!({"last_name": "Après"})).await.expect_status(200);
+    for c in [&admin_a, &member] {
+        let after = lists(c).await;
+        assert_eq!(name_of(&after, "RC-0").map(|n| n.0), Some("\"Après\"".into()));
+        assert_eq!(after[2].1, 5, "RC-0 no longer matches avant");
+    }
+    // An update by another program, straight into the database.
+    let changed = run_sql(backend, &a.db_url, &format!("UPDATE patients SET first_name = 'Directe' WHERE id = {}", ids[5])).await;
+    assert_eq!(changed, 1);
+    for c in [&admin_a, &member] {
+        assert_eq!(name_of(&lists(c).await, "RC-5").map(|n| n.1), Some("\"Directe\"".into()));
+    }
+    // A patient moved out of the member's group leaves the member's answers at once, and
+    // a deletion leaves everyone's.
+    admin_b.put(&format!("/api/patients/{}", ids[1]), &json!({"group_id": Value::Null})).await.expect_status(200);
+    let seen = lists(&member).await;
+    assert_eq!(name_of(&seen, "RC-1"), None);
+    assert_eq!(seen.iter().map(|l| l.1).collect::<Vec<_>>(), [5, 5, 4, 5]);
+    admin_b.req(Method::DELETE, &format!("/api/patients/{}", ids[2])).send().await.expect_status(204);
+    for (c, totals) in [(&admin_a, [5, 5, 4, 5]), (&member, [4, 4, 3, 4])] {
+        let seen = lists(c).await;
+        assert_eq!(name_of(&seen, "RC-2"), None);
+        assert_eq!(seen.iter().map(|l| l.1).collect::<Vec<_>>(), totals);
+    }
+}
+per_backend!(remembered_list_answers_follow_every_write);
+
 /// PostgreSQL breaks a deadlock by failing one of its transactions (SQLSTATE 40P01), as
 /// it did between an import's closing transaction and the change follower refreshing
 /// the same studies: a registration transaction so chosen is run again by

@@ -314,20 +314,14 @@ pub fn export_body(body: crate::services::export::ExportBody) -> Response {
     }
 }
 
-/// A JSON answer written by its [`WriteJson`](crate::model::WriteJson) (what serde_json
-/// would write, faster) into a buffer of `capacity` bytes from the start, where axum's
-/// `Json` starts at 128 and doubles (seven reallocations and copies for a page of 50
-/// patients). `application/json`, like `Json`.
-pub struct SizedJson<T> {
-    pub value: T,
-    pub capacity: usize,
-}
+/// A JSON answer already written (`application/json`, like axum's `Json`): a patient
+/// list's, which its service writes with `WriteJson` and may give again from
+/// `page_cache`.
+pub struct JsonBytes(pub bytes::Bytes);
 
-impl<T: crate::model::WriteJson> IntoResponse for SizedJson<T> {
+impl IntoResponse for JsonBytes {
     fn into_response(self) -> Response {
-        let mut buf = Vec::with_capacity(self.capacity);
-        self.value.write_json(&mut buf);
-        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes::Bytes::from(buf)).into_response()
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.0).into_response()
     }
 }
 

@@ -9,6 +9,7 @@ pub mod export;
 pub mod groups;
 pub mod images;
 pub mod import;
+pub mod page_cache;
 pub mod patients;
 pub mod pseudonyms;
 pub mod reconcile;

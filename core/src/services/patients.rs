@@ -3,16 +3,19 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use chrono::NaiveDate;
 use serde_json::json;
 
+use super::page_cache::PageKey;
 use super::search_cache::{Ids, SearchKey, SearchResult, IDS_MAX};
 use super::{action, Outcome, Principal};
 use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{Patient, PatientDetail, PatientInstance, StatusLabel, Study};
-use crate::store::patients::{ListPlan, NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
+use crate::model::{Paginated, Patient, PatientDetail, PatientInstance, StatusLabel, Study, WriteJson};
+use crate::store::patients::{ListPlan, NewPatient, PatientCounts, PatientFilter, PatientRow, PatientSort, Scope};
 use crate::store::{Db, Page, PageRequest};
 
 /// Which patients a caller may see: admins all; users their group's; a user without a
@@ -84,10 +87,11 @@ pub fn parse_sort(raw: Option<&str>) -> ApiResult<PatientSort> {
     })
 }
 
-/// A page of the patients the caller may see, with the exact total. Totals come from
-/// the counters (no search), or from a count remembered by this node while the scope's
-/// generation in the database stays the same (a search; see `search_cache`); a search
-/// matching few patients also remembers their ordered ids and reads a page by id.
+/// The answer to a list request: a page of the patients the caller may see, with the
+/// exact total, written as JSON (`Paginated<Patient>`). An answer this node wrote for
+/// the same scope, filter, order and page is given again if the scope's generation in
+/// the database is still the one it was read at (see `page_cache`); otherwise the page
+/// is read (`read_page`) and the answer remembered.
 pub async fn list(
     app: &App,
     who: &Principal,
@@ -95,17 +99,70 @@ pub async fn list(
     status: Option<PatientStatus>,
     sort: PatientSort,
     page: PageRequest,
-) -> ApiResult<Page<Patient>> {
+) -> ApiResult<Bytes> {
     let search = q.map(fold_for_search).map(|q| q.trim().to_string()).filter(|q| !q.is_empty());
     // Admins may look a pseudonym up (one that came back from a de-identified export).
     let pseudonym = q.filter(|q| who.is_admin() && crate::deidentify::looks_like_pseudonym(q)).map(|q| q.trim().to_ascii_uppercase());
     let filter = PatientFilter { scope: scope_of(who), search, pseudonym, status, sort };
     if filter.scope == Scope::Nothing {
-        return Ok(Page { items: Vec::new(), total: 0 });
+        return Ok(answer(Page { items: Vec::new(), total: 0 }, page));
     }
+    // Not a pseudonym's search: that table has no generation.
+    let key = filter.pseudonym.is_none().then(|| PageKey {
+        scope: filter.scope,
+        status,
+        search: filter.search.clone(),
+        sort,
+        page: page.page,
+        page_size: page.page_size,
+    });
     let mut db = app.store.conn().await?;
-    if let Some((counts, rows)) = db.counts_and_first_page(&filter, page).await? {
-        return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total: counts.total(status) });
+    let mut counts = None;
+    if let Some((generation, answer)) = key.as_ref().and_then(|k| app.pages.get_any(k)) {
+        let now = db.patient_counts(filter.scope).await?;
+        if now.generation == generation {
+            return Ok(answer);
+        }
+        counts = Some(now);
+    }
+    let (found, generation) = read_page(app, &mut db, &filter, page, counts).await?;
+    let answer = answer(found, page);
+    if let Some(key) = key {
+        app.pages.put(key, generation, answer.clone());
+    }
+    Ok(answer)
+}
+
+/// A list's answer as the API writes it (a patient is 250 to 400 bytes of JSON).
+fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
+    let value = Paginated { items: found.items, total: found.total, page: page.page, page_size: page.page_size };
+    let mut buf = Vec::with_capacity(64 + 400 * value.items.len());
+    value.write_json(&mut buf);
+    Bytes::from(buf)
+}
+
+/// A page of the patients `filter` selects, with the exact total, and the generation
+/// of the scope read before the page or with it (`counts`, when given, was read just
+/// before). Totals come from the counters (no search), or from a count remembered by
+/// this node while the scope's generation stays the same (a search; see
+/// `search_cache`); a search matching few patients also remembers their ordered ids and
+/// reads a page by id.
+async fn read_page(
+    app: &App,
+    db: &mut Db,
+    filter: &PatientFilter,
+    page: PageRequest,
+    counts: Option<PatientCounts>,
+) -> ApiResult<(Page<Patient>, i64)> {
+    let status = filter.status;
+    let sort = filter.sort;
+    let done = |rows: Vec<PatientRow>, total: i64, generation: i64| {
+        Ok((Page { items: rows.into_iter().map(Patient::from).collect(), total }, generation))
+    };
+    if counts.is_none() {
+        if let Some((counts, rows)) = db.counts_and_first_page(filter, page).await? {
+            return done(rows, counts.total(status), counts.generation);
+        }
     }
     // A search this node may remember (not a pseudonym's: that table has no generation).
     let key = match (&filter.search, &filter.pseudonym) {
@@ -115,22 +172,27 @@ pub async fn list(
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
     // the ids were found at; otherwise the way below, which reads it first.
-    if let Some((generation, SearchResult { total, ids: Some(ids) })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
-        if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
-            if counts.generation == generation {
-                keep_visible(&mut rows, filter.scope, status);
-                return Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total });
+    if counts.is_none() {
+        if let Some((generation, SearchResult { total, ids: Some(ids) })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
+            if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
+                if counts.generation == generation {
+                    keep_visible(&mut rows, filter.scope, status);
+                    return done(rows, total, generation);
+                }
             }
         }
     }
-    let counts = db.patient_counts(filter.scope).await?;
+    let counts = match counts {
+        Some(counts) => counts,
+        None => db.patient_counts(filter.scope).await?,
+    };
     let universe = counts.total(status);
     let (total, rows) = match (&filter.search, key) {
-        (None, _) => (universe, db.list_patients(&filter, page, ListPlan { total: universe, universe }).await?),
+        (None, _) => (universe, db.list_patients(filter, page, ListPlan { total: universe, universe }).await?),
         // The pseudonyms table has no generation: counted every time (rare).
         (Some(_), None) => {
-            let total = db.count_patient_matches(&filter).await?;
-            (total, db.list_patients(&filter, page, ListPlan { total, universe }).await?)
+            let total = db.count_patient_matches(filter).await?;
+            (total, db.list_patients(filter, page, ListPlan { total, universe }).await?)
         }
         (Some(_), Some(key)) => {
             let found = match app.searches.get(&key, counts.generation) {
@@ -138,12 +200,12 @@ pub async fn list(
                 None => {
                     // The ordered ids first (their number is the total), up to one more
                     // than are kept: only a search matching more is counted.
-                    let ids = db.matching_patient_ids(&filter, IDS_MAX + 1).await?;
+                    let ids = db.matching_patient_ids(filter, IDS_MAX + 1).await?;
                     let found = if ids.len() as i64 <= IDS_MAX {
                         SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))) }
                     } else {
                         drop(ids);
-                        SearchResult { total: db.count_patient_matches(&filter).await?, ids: None }
+                        SearchResult { total: db.count_patient_matches(filter).await?, ids: None }
                     };
                     app.searches.put(key, counts.generation, found.clone());
                     found
@@ -155,11 +217,11 @@ pub async fn list(
                     keep_visible(&mut rows, filter.scope, status);
                     (found.total, rows)
                 }
-                None => (found.total, db.list_patients(&filter, page, ListPlan { total: found.total, universe }).await?),
+                None => (found.total, db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?),
             }
         }
     };
-    Ok(Page { items: rows.into_iter().map(Patient::from).collect(), total })
+    done(rows, total, counts.generation)
 }
 
 /// The ids of `page` among a search's remembered ordered ids.

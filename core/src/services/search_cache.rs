@@ -14,6 +14,7 @@
 //! the caller's scope and status.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::{Id, PatientStatus};
@@ -91,46 +92,83 @@ pub struct SearchResult {
     pub ids: Option<Arc<Ids>>,
 }
 
-impl SearchResult {
+/// The memory an entry's value holds, for a cache's byte budget.
+pub trait Held {
+    fn bytes(&self) -> usize;
+}
+
+impl Held for SearchResult {
     fn bytes(&self) -> usize {
         self.ids.as_ref().map_or(0, |ids| ids.bytes())
     }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<SearchKey, (i64, SearchResult)>,
+/// A list's answer, as written (`page_cache`).
+impl Held for bytes::Bytes {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+#[derive(Debug)]
+struct Inner<K, V> {
+    entries: HashMap<K, (i64, V)>,
     bytes_held: usize,
 }
 
-/// Bounded: past its limits it forgets everything and starts again (cheap, and rare:
-/// 2,000 distinct searches, or 16 MB of ids, between two writes).
-#[derive(Debug, Default)]
-pub struct SearchCache(Mutex<Inner>);
+/// Values remembered with the generation they were read at. Bounded: past its limits it
+/// forgets everything and starts again (cheap, and rare: thousands of distinct keys, or
+/// its byte budget, between two writes).
+#[derive(Debug)]
+pub struct GenerationCache<K, V> {
+    inner: Mutex<Inner<K, V>>,
+    entries_max: usize,
+    bytes_max: usize,
+}
 
-impl SearchCache {
-    /// The result of `key` if it was found at `generation`.
-    pub fn get(&self, key: &SearchKey, generation: i64) -> Option<SearchResult> {
-        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        inner.entries.get(key).filter(|(g, _)| *g == generation).map(|(_, r)| r.clone())
+/// Search totals and small id lists.
+pub type SearchCache = GenerationCache<SearchKey, SearchResult>;
+
+impl Default for SearchCache {
+    fn default() -> SearchCache {
+        GenerationCache::with_limits(ENTRIES_MAX, IDS_BUDGET_BYTES)
+    }
+}
+
+impl<K: Eq + Hash, V: Held + Clone> GenerationCache<K, V> {
+    pub fn with_limits(entries_max: usize, bytes_max: usize) -> Self {
+        GenerationCache { inner: Mutex::new(Inner { entries: HashMap::new(), bytes_held: 0 }), entries_max, bytes_max }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` if it was read at `generation`.
+    pub fn get(&self, key: &K, generation: i64) -> Option<V> {
+        self.lock().entries.get(key).filter(|(g, _)| *g == generation).map(|(_, v)| v.clone())
     }
 
     /// The entry of `key` whatever its generation, with that generation: for a caller
-    /// that reads the current generation in the same statement as the page, and then
-    /// keeps the page only if the two are equal.
-    pub fn get_any(&self, key: &SearchKey) -> Option<(i64, SearchResult)> {
-        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        inner.entries.get(key).map(|(g, r)| (*g, r.clone()))
+    /// that reads the current generation afterwards (or in the same statement as the
+    /// page), and uses the value only if the two are equal.
+    pub fn get_any(&self, key: &K) -> Option<(i64, V)> {
+        self.lock().entries.get(key).map(|(g, v)| (*g, v.clone()))
     }
 
-    pub fn put(&self, key: SearchKey, generation: i64, result: SearchResult) {
-        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let added = result.bytes();
-        if inner.entries.len() >= ENTRIES_MAX || inner.bytes_held + added > IDS_BUDGET_BYTES {
+    /// Remembers `value`, read at `generation` (read before the value, or in the same
+    /// statement). A value larger than the whole budget is not kept.
+    pub fn put(&self, key: K, generation: i64, value: V) {
+        let added = value.bytes();
+        if added > self.bytes_max {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.entries.len() >= self.entries_max || inner.bytes_held + added > self.bytes_max {
             inner.entries.clear();
             inner.bytes_held = 0;
         }
-        if let Some((_, old)) = inner.entries.insert(key, (generation, result)) {
+        if let Some((_, old)) = inner.entries.insert(key, (generation, value)) {
             inner.bytes_held -= old.bytes();
         }
         inner.bytes_held += added;
@@ -178,7 +216,7 @@ mod tests {
         for i in 0..(ENTRIES_MAX + 10) {
             cache.put(key(&i.to_string()), 1, SearchResult { total: 1, ids: ids(vec![1]) });
         }
-        let inner = cache.0.lock().expect("lock");
+        let inner = cache.lock();
         assert!(inner.entries.len() <= ENTRIES_MAX);
         assert_eq!(inner.bytes_held, inner.entries.len() * 4);
         drop(inner);
@@ -188,9 +226,9 @@ mod tests {
             cache.put(key(&format!("big{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(big.clone()) });
             let wide = big.iter().map(|id| id + i64::from(u32::MAX)).collect();
             cache.put(key(&format!("wide{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(wide) });
-            let inner = cache.0.lock().expect("lock");
+            let inner = cache.lock();
             assert!(inner.bytes_held <= IDS_BUDGET_BYTES);
-            assert_eq!(inner.bytes_held, inner.entries.values().map(|(_, r)| r.bytes()).sum::<usize>());
+            assert_eq!(inner.bytes_held, inner.entries.values().map(|(_, r)| Held::bytes(r)).sum::<usize>());
         }
     }
 }
