@@ -38,6 +38,8 @@ pub struct App {
     /// Patient lists' answers, valid while their scope's generation in the database is
     /// unchanged.
     pub pages: crate::services::page_cache::PageCache,
+    /// One search of a key at a time on this node.
+    pub search_turns: crate::services::search_cache::Turns,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -149,6 +151,7 @@ impl App {
             export_policies: TtlCache::new(CACHE_TTL),
             searches: Default::default(),
             pages: Default::default(),
+            search_turns: Default::default(),
             registry_sizes: crate::metrics::RegistryCount::new(Duration::from_secs(u64::from(config.registry_count_seconds))),
             abort: Abort::default(),
             store,

@@ -2,6 +2,7 @@
 //! deletion. Every route that touches a patient goes through [`visible_patient`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -15,7 +16,7 @@ use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Paginated, Patient, PatientDetail, PatientInstance, StatusLabel, Study, WriteJson};
-use crate::store::patients::{ListPlan, NewPatient, PatientCounts, PatientFilter, PatientRow, PatientSort, Scope};
+use crate::store::patients::{ListPlan, NewPatient, PatientFilter, PatientRow, PatientSort, Scope};
 use crate::store::{Db, Page, PageRequest};
 
 /// Which patients a caller may see: admins all; users their group's; a user without a
@@ -117,15 +118,12 @@ pub async fn list(
         page_size: page.page_size,
     });
     let mut db = app.store.conn().await?;
-    let mut counts = None;
     if let Some((generation, answer)) = key.as_ref().and_then(|k| app.pages.get_any(k)) {
-        let now = db.patient_counts(filter.scope).await?;
-        if now.generation == generation {
+        if db.patient_generation(filter.scope).await? == generation {
             return Ok(answer);
         }
-        counts = Some(now);
     }
-    let (found, generation) = read_page(app, &mut db, &filter, page, counts).await?;
+    let (found, generation) = read_page(app, &mut db, &filter, page).await?;
     let answer = answer(found, page);
     if let Some(key) = key {
         app.pages.put(key, generation, answer.clone());
@@ -142,27 +140,18 @@ fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
 }
 
 /// A page of the patients `filter` selects, with the exact total, and the generation
-/// of the scope read before the page or with it (`counts`, when given, was read just
-/// before). Totals come from the counters (no search), or from a count remembered by
+/// of the scope read before the page or with it. Totals come from the counters (no search), or from a count remembered by
 /// this node while the scope's generation stays the same (a search; see
 /// `search_cache`); a search matching few patients also remembers their ordered ids and
 /// reads a page by id.
-async fn read_page(
-    app: &App,
-    db: &mut Db,
-    filter: &PatientFilter,
-    page: PageRequest,
-    counts: Option<PatientCounts>,
-) -> ApiResult<(Page<Patient>, i64)> {
+async fn read_page(app: &App, db: &mut Db, filter: &PatientFilter, page: PageRequest) -> ApiResult<(Page<Patient>, i64)> {
     let status = filter.status;
     let sort = filter.sort;
     let done = |rows: Vec<PatientRow>, total: i64, generation: i64| {
         Ok((Page { items: rows.into_iter().map(Patient::from).collect(), total }, generation))
     };
-    if counts.is_none() {
-        if let Some((counts, rows)) = db.counts_and_first_page(filter, page).await? {
-            return done(rows, counts.total(status), counts.generation);
-        }
+    if let Some((counts, rows)) = db.counts_and_first_page(filter, page).await? {
+        return done(rows, counts.total(status), counts.generation);
     }
     // A search this node may remember (not a pseudonym's: that table has no generation).
     let key = match (&filter.search, &filter.pseudonym) {
@@ -172,20 +161,15 @@ async fn read_page(
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
     // the ids were found at; otherwise the way below, which reads it first.
-    if counts.is_none() {
-        if let Some((generation, SearchResult { total, ids: Some(ids) })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
-            if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
-                if counts.generation == generation {
-                    keep_visible(&mut rows, filter.scope, status);
-                    return done(rows, total, generation);
-                }
+    if let Some((generation, SearchResult { total, ids: Some(ids), .. })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
+        if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
+            if counts.generation == generation {
+                keep_visible(&mut rows, filter.scope, status);
+                return done(rows, total, generation);
             }
         }
     }
-    let counts = match counts {
-        Some(counts) => counts,
-        None => db.patient_counts(filter.scope).await?,
-    };
+    let counts = db.patient_counts(filter.scope).await?;
     let universe = counts.total(status);
     let (total, rows) = match (&filter.search, key) {
         (None, _) => (universe, db.list_patients(filter, page, ListPlan { total: universe, universe }).await?),
@@ -195,20 +179,32 @@ async fn read_page(
             (total, db.list_patients(filter, page, ListPlan { total, universe }).await?)
         }
         (Some(_), Some(key)) => {
+            // After the counts came back: a search sent later sees at least their snapshot.
+            let counted_at = Instant::now();
             let found = match app.searches.get(&key, counts.generation) {
                 Some(found) => found,
                 None => {
-                    // The ordered ids first (their number is the total), up to one more
-                    // than are kept: only a search matching more is counted.
-                    let ids = db.matching_patient_ids(filter, IDS_MAX + 1).await?;
-                    let found = if ids.len() as i64 <= IDS_MAX {
-                        SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))) }
-                    } else {
-                        drop(ids);
-                        SearchResult { total: db.count_patient_matches(filter).await?, ids: None }
-                    };
-                    app.searches.put(key, counts.generation, found.clone());
-                    found
+                    // One search of this key at a time (see `Turns`); the one before
+                    // this request's turn serves it if it started after the counts.
+                    let _turn = app.search_turns.take(&key).await;
+                    match app.searches.get_any(&key) {
+                        Some((_, found)) if found.at >= counted_at => found,
+                        _ => {
+                            let at = Instant::now();
+                            // The ordered ids first (their number is the total), up to
+                            // one more than are kept: only a search matching more is
+                            // counted.
+                            let ids = db.matching_patient_ids(filter, IDS_MAX + 1).await?;
+                            let found = if ids.len() as i64 <= IDS_MAX {
+                                SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))), at }
+                            } else {
+                                drop(ids);
+                                SearchResult { total: db.count_patient_matches(filter).await?, ids: None, at }
+                            };
+                            app.searches.put(key, counts.generation, found.clone());
+                            found
+                        }
+                    }
                 }
             };
             match &found.ids {

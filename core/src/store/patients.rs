@@ -632,6 +632,24 @@ impl Db {
         })
     }
 
+    /// The generation of a scope alone (as [`Db::patient_counts`] sums it): what a node
+    /// checks before giving a list's answer again (`page_cache`). Its group id is written
+    /// into the SQL (an integer), so each connection plans the statement once and keeps
+    /// the plan; with parameters PostgreSQL planned `$1 = 'all' OR …` on every run, and
+    /// that, more than the few hundred rows, was its cost.
+    pub async fn patient_generation(&mut self, scope: Scope) -> StoreResult<i64> {
+        let filter = match scope {
+            Scope::All => String::new(),
+            Scope::Group(g) => format!(" WHERE group_key = {g}"),
+            Scope::Nothing => return Ok(0),
+        };
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(gen), 0) AS BIGINT) FROM ( \
+             SELECT gen FROM patient_counts{filter} UNION ALL SELECT gen FROM patient_count_deltas{filter}) g"
+        );
+        Ok(on_db!(self, |c| sqlx::query_scalar(&sql).fetch_one(c).await)?)
+    }
+
     /// The `WHERE` of a filter and the `FROM`/`WITH` it needs. With `text_index`, a
     /// search of three characters or more goes through the trigram index (FTS5 on
     /// SQLite, pg_trgm on PostgreSQL); without, it is a `LIKE` on each row passed (for
