@@ -123,7 +123,7 @@ pub async fn list(
             return Ok(answer);
         }
     }
-    let (found, generation) = read_page(app, &mut db, &filter, page).await?;
+    let (found, generation) = read_page(app, db, &filter, page).await?;
     let answer = answer(found, page);
     if let Some(key) = key {
         app.pages.put(key, generation, answer.clone());
@@ -140,11 +140,11 @@ fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
 }
 
 /// A page of the patients `filter` selects, with the exact total, and the generation
-/// of the scope read before the page or with it. Totals come from the counters (no search), or from a count remembered by
-/// this node while the scope's generation stays the same (a search; see
-/// `search_cache`); a search matching few patients also remembers their ordered ids and
-/// reads a page by id.
-async fn read_page(app: &App, db: &mut Db, filter: &PatientFilter, page: PageRequest) -> ApiResult<(Page<Patient>, i64)> {
+/// of the scope read before the page or with it. Totals come from the counters (no
+/// search), or from a count remembered by this node while the scope's generation stays
+/// the same (a search; see `search_cache`); a search matching few patients also
+/// remembers their ordered ids and reads a page by id.
+async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequest) -> ApiResult<(Page<Patient>, i64)> {
     let status = filter.status;
     let sort = filter.sort;
     let done = |rows: Vec<PatientRow>, total: i64, generation: i64| {
@@ -186,7 +186,17 @@ async fn read_page(app: &App, db: &mut Db, filter: &PatientFilter, page: PageReq
                 None => {
                     // One search of this key at a time (see `Turns`); the one before
                     // this request's turn serves it if it started after the counts.
-                    let _turn = app.search_turns.take(&key).await;
+                    let _turn = match app.search_turns.try_take(&key) {
+                        Some(turn) => turn,
+                        None => {
+                            // Not waiting with a connection: others need it, and the
+                            // search before this one may take a while.
+                            drop(db);
+                            let turn = app.search_turns.take(&key).await;
+                            db = app.store.conn().await?;
+                            turn
+                        }
+                    };
                     match app.searches.get_any(&key) {
                         Some((_, found)) if found.at >= counted_at => found,
                         _ => {

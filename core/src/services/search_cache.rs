@@ -124,6 +124,14 @@ impl Turns {
         turn
     }
 
+    /// The key's turn if nobody holds it.
+    pub fn try_take(&self, key: &SearchKey) -> Option<Turn<'_>> {
+        let lock = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let mut turn = Turn { turns: self, key: key.clone(), lock, guard: None };
+        turn.guard = Some(turn.lock.clone().try_lock_owned().ok()?);
+        Some(turn)
+    }
+
     #[cfg(test)]
     fn waiting(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -290,6 +298,7 @@ mod tests {
         let first = turns.take(&martin).await;
         // Another key does not wait.
         drop(turns.take(&key("bernard")).await);
+        assert!(turns.try_take(&martin).is_none(), "the key is taken");
         let mut second = Box::pin(turns.take(&martin));
         assert!(second.as_mut().now_or_never().is_none(), "the key is taken");
         drop(first);
@@ -300,6 +309,10 @@ mod tests {
         assert!(third.as_mut().now_or_never().is_none());
         drop(third);
         drop(second);
+        assert_eq!(turns.waiting(), 0);
+        let free = turns.try_take(&martin).expect("the key is free");
+        assert_eq!(turns.waiting(), 1);
+        drop(free);
         assert_eq!(turns.waiting(), 0);
     }
 }
