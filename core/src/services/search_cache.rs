@@ -7,11 +7,13 @@
 //! it is at most [`IDS_MAX`], the ordered ids of the matches. Every entry carries the
 //! scope's generation (`PatientCounts::generation`: the sum of the `gen` of the counters
 //! and of their deltas, which the triggers of migrations 0008 and 0009 raise in the
-//! transaction of every write to a patient of that group and status). A request reads the generation first (one small query) and
-//! uses an entry only if it is the same: any write by any node on the same database
-//! between the two makes the entry useless. Only ids and totals are kept, never rows:
-//! a page's patients are read from the database at each request, and rechecked against
-//! the caller's scope and status.
+//! transaction of every write to a patient of that group and status). A request reads
+//! the generation first (one small query) and uses an entry only if it is the same: any
+//! write by any node on the same database between the two makes the entry useless.
+//! Only ids and totals are kept here: a page's patients are read by id and rechecked
+//! against the caller's scope and status (the answer written from them may then be kept
+//! by `page_cache`, under the same rule). [`GenerationCache`] is the bounded map both
+//! use.
 
 use std::collections::HashMap;
 use std::hash::Hash;
