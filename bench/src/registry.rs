@@ -1,6 +1,7 @@
 //! The registry at scale: lists and searches on a registry of (by default) 1,000,000
-//! patients, on both hosts and both databases, 32 clients; creation through the API on
-//! that registry; its size on disk per patient.
+//! patients, on both hosts and both databases, 32 clients (three cases again while two
+//! more clients create patients); creation through the API on that registry; its size
+//! on disk per patient.
 //!
 //! Two plugin deployments (SQLite, PostgreSQL) get the same registry from
 //! [`population::build`]; a sidecar is then started on each of their databases, beside
