@@ -223,6 +223,13 @@ pub struct Paginated<T> {
     pub page_size: u32,
 }
 
+impl<T> Paginated<T> {
+    /// A page from a service, in the API's list shape.
+    pub fn of(page: crate::store::Page<T>, req: crate::store::PageRequest) -> Paginated<T> {
+        Paginated { items: page.items, total: page.total, page: req.page, page_size: req.page_size }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::describe_device;

@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{page_request, Admin, ApiQuery};
-use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::Id;
 use crate::error::{ApiError, ErrorBody};
@@ -56,7 +55,7 @@ async fn list_audit(
         return Err(ApiError::validation("action", "must be at most 64 characters"));
     }
     let query = AuditQuery { user_id: q.user_id, action: q.action, from: q.from, to: q.to };
-    Ok(Json(paginated(service::list(&app, query, page).await?, page)))
+    Ok(Json(Paginated::of(service::list(&app, query, page).await?, page)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -9,7 +9,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{page_request, Admin, ApiJson, ApiPath, ApiQuery};
-use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{ExportPolicy, Id};
 use crate::error::{ApiError, ErrorBody};
@@ -45,7 +44,7 @@ async fn list_groups(
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<Paginated<Group>>, ApiError> {
     let page = page_request(p)?;
-    Ok(Json(paginated(service::list(&app, page).await?, page)))
+    Ok(Json(Paginated::of(service::list(&app, page).await?, page)))
 }
 
 /// Create a research group.

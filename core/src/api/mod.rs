@@ -30,8 +30,6 @@ use utoipa_axum::routes;
 
 use crate::app::{ClientAddr, SharedApp};
 use crate::error::ApiError;
-use crate::model::Paginated;
-use crate::store::{Page, PageRequest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -323,9 +321,4 @@ impl IntoResponse for JsonBytes {
     fn into_response(self) -> Response {
         ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.0).into_response()
     }
-}
-
-/// Wraps a page from a service in the list shape of the API.
-pub fn paginated<T>(page: Page<T>, req: PageRequest) -> Paginated<T> {
-    Paginated { items: page.items, total: page.total, page: req.page, page_size: req.page_size }
 }

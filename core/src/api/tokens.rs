@@ -10,7 +10,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{page_request, ApiJson, ApiPath, ApiQuery, SessionAdmin, SessionCaller};
-use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, TokenScope};
 use crate::error::{ApiError, ErrorBody};
@@ -99,7 +98,7 @@ async fn list_tokens(
     ApiQuery(q): ApiQuery<TokenListQuery>,
 ) -> Result<Json<Paginated<ApiToken>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
-    Ok(Json(paginated(service::list_all(&app, q.user_id, page).await?, page)))
+    Ok(Json(Paginated::of(service::list_all(&app, q.user_id, page).await?, page)))
 }
 
 /// Revoke any user's API token (admins).

@@ -9,7 +9,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{explicit_null, page_request, search_text, Admin, ApiJson, ApiPath, ApiQuery, SessionCaller};
-use super::paginated;
 use crate::app::SharedApp;
 use crate::domain::{Id, Role, UserStatus};
 use crate::error::{ApiError, ErrorBody};
@@ -49,7 +48,7 @@ async fn list_users(
     ApiQuery(q): ApiQuery<UserListQuery>,
 ) -> Result<Json<Paginated<User>>, ApiError> {
     let page = page_request(PageParams { page: q.page, page_size: q.page_size })?;
-    Ok(Json(paginated(service::list(&app, search_text(q.q.as_deref())?, page).await?, page)))
+    Ok(Json(Paginated::of(service::list(&app, search_text(q.q.as_deref())?, page).await?, page)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -133,7 +133,7 @@ pub async fn list(
 
 /// A list's answer as the API writes it (a patient is 250 to 400 bytes of JSON).
 fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
-    let value = Paginated { items: found.items, total: found.total, page: page.page, page_size: page.page_size };
+    let value = Paginated::of(found, page);
     let mut buf = Vec::with_capacity(64 + 400 * value.items.len());
     value.write_json(&mut buf);
     Bytes::from(buf)

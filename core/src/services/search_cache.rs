@@ -120,18 +120,23 @@ pub struct Turn<'a> {
 
 impl Turns {
     pub async fn take(&self, key: &SearchKey) -> Turn<'_> {
-        let lock = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        let mut turn = Turn { turns: self, key: key.clone(), lock, guard: None };
+        let mut turn = self.waiter(key);
         turn.guard = Some(turn.lock.clone().lock_owned().await);
         turn
     }
 
     /// The key's turn if nobody holds it.
     pub fn try_take(&self, key: &SearchKey) -> Option<Turn<'_>> {
-        let lock = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
-        let mut turn = Turn { turns: self, key: key.clone(), lock, guard: None };
+        let mut turn = self.waiter(key);
         turn.guard = Some(turn.lock.clone().try_lock_owned().ok()?);
         Some(turn)
+    }
+
+    /// A place in the key's queue, not yet the turn: dropped (given up), it leaves the
+    /// map as a turn does.
+    fn waiter(&self, key: &SearchKey) -> Turn<'_> {
+        let lock = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        Turn { turns: self, key: key.clone(), lock, guard: None }
     }
 
     #[cfg(test)]

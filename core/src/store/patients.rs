@@ -391,6 +391,17 @@ impl Window {
     }
 }
 
+/// A scope as a condition on the counters' `group_key`, written into the SQL (an
+/// integer, or `TRUE`), so that a statement's plan is kept per connection; `None` for
+/// a scope that sees nothing.
+fn counters_condition(scope: Scope) -> Option<String> {
+    match scope {
+        Scope::All => Some("TRUE".to_string()),
+        Scope::Group(g) => Some(format!("group_key = {g}")),
+        Scope::Nothing => None,
+    }
+}
+
 pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     match scope {
         Scope::All => ("all", None),
@@ -638,14 +649,10 @@ impl Db {
     /// the plan; with parameters PostgreSQL planned `$1 = 'all' OR …` on every run, and
     /// that, more than the few hundred rows, was its cost.
     pub async fn patient_generation(&mut self, scope: Scope) -> StoreResult<i64> {
-        let filter = match scope {
-            Scope::All => String::new(),
-            Scope::Group(g) => format!(" WHERE group_key = {g}"),
-            Scope::Nothing => return Ok(0),
-        };
+        let Some(scope) = counters_condition(scope) else { return Ok(0) };
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(gen), 0) AS BIGINT) FROM ( \
-             SELECT gen FROM patient_counts{filter} UNION ALL SELECT gen FROM patient_count_deltas{filter}) g"
+             SELECT gen FROM patient_counts WHERE {scope} UNION ALL SELECT gen FROM patient_count_deltas WHERE {scope}) g"
         );
         Ok(on_db!(self, |c| sqlx::query_scalar(&sql).fetch_one(c).await)?)
     }
@@ -863,11 +870,7 @@ impl Db {
         ids: Option<&[Id]>,
     ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
         use sqlx::Row;
-        let scope = match scope {
-            Scope::Group(g) => format!("group_key = {g}"),
-            Scope::All => "TRUE".to_string(),
-            Scope::Nothing => return Ok(None),
-        };
+        let Some(scope) = counters_condition(scope) else { return Ok(None) };
         let sql = format!(
             "WITH counted AS (SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
              SELECT group_key, status, n, gen FROM patient_counts \
@@ -1138,7 +1141,7 @@ mod tests {
     /// A row is read by its columns' names: the patient's columns after another column
     /// (as in the first-page statement) or in another order give the same patient.
     #[tokio::test]
-    async fn patient_rows_are_read_by_position_or_by_name() {
+    async fn patient_rows_are_read_by_name_in_any_column_order() {
         use sqlx::{Connection, FromRow};
         let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.expect("SQLite");
         let in_order = "SELECT 'counts' AS counts, 7 AS id, 'IPP-7' AS external_id, 'o-7' AS orthanc_patient_id, NULL AS dicom_study_uid, \
