@@ -626,17 +626,15 @@ impl Db {
     /// fold between two reads cannot be seen half done: a few hundred rows, whatever the
     /// registry's size.
     pub async fn patient_counts(&mut self, scope: Scope) -> StoreResult<PatientCounts> {
-        let (kind, group) = scope_args(scope);
-        let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(
+        // The scope written in, as in `patient_generation`: planned once per connection.
+        let Some(scope) = counters_condition(scope) else { return Ok(PatientCounts::default()) };
+        let sql = format!(
             "SELECT status, CAST(SUM(n) AS BIGINT), CAST(SUM(gen) AS BIGINT) FROM ( \
-             SELECT group_key, status, n, gen FROM patient_counts \
-             UNION ALL SELECT group_key, status, n, gen FROM patient_count_deltas) counted \
-             WHERE ($1 = 'all' OR ($1 = 'group' AND group_key = $2)) GROUP BY status ORDER BY status"
-        )
-        .bind(kind)
-        .bind(group)
-        .fetch_all(c)
-        .await)?;
+             SELECT status, n, gen FROM patient_counts WHERE {scope} \
+             UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {scope}) counted \
+             GROUP BY status ORDER BY status"
+        );
+        let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(&sql).fetch_all(c).await)?;
         Ok(PatientCounts {
             generation: rows.iter().map(|r| r.2).sum(),
             by_status: rows.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
