@@ -517,12 +517,13 @@ impl Db {
         Ok(inserted)
     }
 
-    /// Refreshes the query planner's statistics of the patients table. PostgreSQL's
-    /// autovacuum does it by itself some time after a bulk change; a registry loaded in
-    /// bulk and measured at once (the bench) needs it now, or PostgreSQL plans with no
-    /// statistics at all.
-    pub async fn analyze_patients(&mut self) -> StoreResult<()> {
-        on_db!(self, |c| sqlx::query("ANALYZE patients").execute(c).await.map(|_| ()))?;
+    /// Vacuums the patients table and refreshes its planner statistics, as PostgreSQL's
+    /// autovacuum does by itself some time after a bulk change; a registry loaded in
+    /// bulk and measured at once (the bench) needs it now: without statistics PostgreSQL
+    /// plans blind, and without the visibility map an index-only scan (a page deep in a
+    /// list passing over its offset) fetches every row anyway.
+    pub async fn vacuum_analyze_patients(&mut self) -> StoreResult<()> {
+        on_db!(self, |c| sqlx::query("VACUUM (ANALYZE) patients").execute(c).await.map(|_| ()))?;
         Ok(())
     }
 
@@ -797,14 +798,25 @@ impl Db {
         let (with, from, filter) = self.filter_sql(f, text_index, filtered && walk, inline, args);
         let limit = push_arg(args, Arg::Int(w.limit), inline);
         let offset = push_arg(args, Arg::Int(w.offset), inline);
+        let order = f.sort.order_by(w.reversed);
+        if !self.is_sqlite() && w.offset > 0 && f.search.is_none() && f.pseudonym.is_none() {
+            // PostgreSQL passes over the offset's rows with the sort's index alone
+            // (index-only: the ids, no table row), then reads the window's rows. Read
+            // whole, each row passed over was fetched from the table: page 10,000 of a
+            // million took 0.77 s, 0.09 s this way (a vacuumed table: with its
+            // visibility map unset, index-only scans fetch the rows anyway).
+            return format!(
+                concat!(
+                    "SELECT ",
+                    patient_columns!(),
+                    " FROM patients WHERE id IN (SELECT id FROM {} {} ORDER BY {} LIMIT {} OFFSET {}) ORDER BY {}"
+                ),
+                from, filter, order, limit, offset, order
+            );
+        }
         format!(
             concat!("{}SELECT ", patient_columns!(), " FROM {} {} ORDER BY {} LIMIT {} OFFSET {}"),
-            with,
-            from,
-            filter,
-            f.sort.order_by(w.reversed),
-            limit,
-            offset
+            with, from, filter, order, limit, offset
         )
     }
 
