@@ -29,6 +29,7 @@ const PAGE_SIZE: u32 = 50;
 /// One request the bench repeats, and who sends it.
 struct Case {
     label: String,
+    /// One path, or several (one per line) that the clients go through in turn.
     path: String,
     scoped: bool,
     /// Whether two more clients create patients (ungrouped, as the admin) all along: a
@@ -165,7 +166,7 @@ async fn measure(
     only: &Selection,
 ) -> anyhow::Result<()> {
     let cases: Vec<Case> = cases(&contenders[0], patients).await?.into_iter().filter(|c| only.wants(&c.label)).collect();
-    let paths = cases.iter().map(|c| c.path.clone()).collect::<Vec<_>>().join(" ");
+    let paths = cases.iter().map(|c| c.path.lines().next().unwrap_or_default().to_string()).collect::<Vec<_>>().join(" ");
     hold(contenders.iter().map(|c| (&c.admin, paths.clone())), &script.display().to_string()).await?;
     if !cases.is_empty() {
         lists(md, contenders, &cases, seconds, script, work).await?;
@@ -182,15 +183,17 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
     type Cell = (Load, Option<Load>);
     let mut rows: Vec<(String, i64, Vec<Cell>)> = Vec::new();
     for case in cases {
-        let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, &case.path).await?;
-        eprintln!("  {} ({} matches): {}", case.label, matches, case.path);
+        // A case of several paths (one per line) counts its first one.
+        let first = case.path.lines().next().unwrap_or_default();
+        let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, first).await?;
+        eprintln!("  {} ({} matches): {}", case.label, matches, first);
         let mut loads = Vec::new();
         for c in contenders {
             let t = if case.scoped { &c.scoped } else { &c.admin };
-            let expected = total_of(t, &case.path).await?;
+            let expected = total_of(t, first).await?;
             // Patients created by the cases with writes change the totals as they run.
             if expected != matches && !case.writing {
-                bail!("{} counts {expected} for {}, {} counts {matches}", c.name, case.path, contenders[0].name);
+                bail!("{} counts {expected} for {}, {} counts {matches}", c.name, first, contenders[0].name);
             }
             let file = work.join(format!("case-{}.txt", rand::random::<u32>()));
             std::fs::write(&file, &case.path)?;
@@ -332,6 +335,16 @@ async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
     let total = total_of(&first.admin, &list("")).await?;
     let last = (total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
     cases.push(admin(&format!("last page (page {last})"), &format!("page={last}&")));
+    // Pages deep in the list, another one at each request (more pages than a cell sends
+    // requests): what clients paging through the whole registry cost, none of it an
+    // answer a node remembers.
+    let (from, to) = (last / 4, last * 3 / 4);
+    cases.push(Case {
+        label: format!("a page in the middle, another at each request (pages {from}–{to})"),
+        path: (from..=to).map(|p| list(&format!("page={p}&"))).collect::<Vec<_>>().join("\n"),
+        scoped: false,
+        writing: false,
+    });
     let common = list(&format!("q={}&", population::COMMON_NAME));
     let matches = total_of(&first.admin, &common).await?;
     let last = (matches + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
