@@ -39,6 +39,13 @@ struct Case {
     writing: bool,
 }
 
+impl Case {
+    /// The case's path, or the first of its paths: the one its total is read from.
+    fn first_path(&self) -> &str {
+        self.path.lines().next().unwrap_or_default()
+    }
+}
+
 /// One database with its two hosts.
 struct Contender {
     name: &'static str,
@@ -166,7 +173,7 @@ async fn measure(
     only: &Selection,
 ) -> anyhow::Result<()> {
     let cases: Vec<Case> = cases(&contenders[0], patients).await?.into_iter().filter(|c| only.wants(&c.label)).collect();
-    let paths = cases.iter().map(|c| c.path.lines().next().unwrap_or_default().to_string()).collect::<Vec<_>>().join(" ");
+    let paths = cases.iter().map(|c| c.first_path().to_string()).collect::<Vec<_>>().join(" ");
     hold(contenders.iter().map(|c| (&c.admin, paths.clone())), &script.display().to_string()).await?;
     if !cases.is_empty() {
         lists(md, contenders, &cases, seconds, script, work).await?;
@@ -183,8 +190,7 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
     type Cell = (Load, Option<Load>);
     let mut rows: Vec<(String, i64, Vec<Cell>)> = Vec::new();
     for case in cases {
-        // A case of several paths (one per line) counts its first one.
-        let first = case.path.lines().next().unwrap_or_default();
+        let first = case.first_path();
         let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, first).await?;
         eprintln!("  {} ({} matches): {}", case.label, matches, first);
         let mut loads = Vec::new();

@@ -372,24 +372,17 @@ impl Store {
     /// (a semaphore held until the `Db` is committed, rolled back or dropped), and only
     /// another process's writer is waited for by the busy handler.
     pub async fn begin(&self) -> StoreResult<Db> {
-        let turn = match &self.pool {
-            Pool::Sqlite(_) => match tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writer.clone().acquire_owned()).await {
-                Ok(Ok(turn)) => Some(turn),
-                // As SQLite's own busy timeout would: the database counts as unavailable.
-                Ok(Err(_)) | Err(_) => return Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)),
-            },
-            Pool::Postgres(_) => None,
-        };
-        self.acquire(async {
-            Ok(Db(
-                match &self.pool {
-                    Pool::Sqlite(pool) => Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN IMMEDIATE").await?)),
-                    Pool::Postgres(pool) => Inner::Postgres(Handle::Tx(pool.begin().await?)),
-                },
-                turn,
-            ))
-        })
-        .await
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let turn = match tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.writer.clone().acquire_owned()).await {
+                    Ok(Ok(turn)) => turn,
+                    // As SQLite's own busy timeout would: the database counts as unavailable.
+                    Ok(Err(_)) | Err(_) => return Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)),
+                };
+                self.acquire(async { Ok(Db(Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN IMMEDIATE").await?)), Some(turn))) }).await
+            }
+            Pool::Postgres(pool) => self.acquire(async { Ok(Db(Inner::Postgres(Handle::Tx(pool.begin().await?)), None)) }).await,
+        }
     }
 
     /// Runs `get` (taking a connection) within the acquire timeout of the moment, and

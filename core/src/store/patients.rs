@@ -402,6 +402,17 @@ fn counters_condition(scope: Scope) -> Option<String> {
     }
 }
 
+/// Per status, the patients and the generation of the counters and deltas that
+/// `condition` ([`counters_condition`]) selects: `status`, `n`, `gen`, one row a status.
+fn counted_sql(condition: &str) -> String {
+    format!(
+        "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
+         SELECT status, n, gen FROM patient_counts WHERE {condition} \
+         UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {condition}) counted \
+         GROUP BY status"
+    )
+}
+
 pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     match scope {
         Scope::All => ("all", None),
@@ -631,12 +642,7 @@ impl Db {
     pub async fn patient_counts(&mut self, scope: Scope) -> StoreResult<PatientCounts> {
         // The scope written in, as in `patient_generation`: planned once per connection.
         let Some(scope) = counters_condition(scope) else { return Ok(PatientCounts::default()) };
-        let sql = format!(
-            "SELECT status, CAST(SUM(n) AS BIGINT), CAST(SUM(gen) AS BIGINT) FROM ( \
-             SELECT status, n, gen FROM patient_counts WHERE {scope} \
-             UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {scope}) counted \
-             GROUP BY status ORDER BY status"
-        );
+        let sql = format!("SELECT status, CAST(n AS BIGINT), CAST(gen AS BIGINT) FROM ({}) c ORDER BY status", counted_sql(&scope));
         let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(&sql).fetch_all(c).await)?;
         Ok(PatientCounts {
             generation: rows.iter().map(|r| r.2).sum(),
@@ -886,12 +892,11 @@ impl Db {
         use sqlx::Row;
         let Some(scope) = counters_condition(scope) else { return Ok(None) };
         let sql = format!(
-            "WITH counted AS (SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
-             SELECT group_key, status, n, gen FROM patient_counts \
-             UNION ALL SELECT group_key, status, n, gen FROM patient_count_deltas) d WHERE {scope} GROUP BY status), \
+            "WITH counted AS ({}), \
              page AS ({page_sql}) \
              SELECT (SELECT COALESCE(json_agg(json_build_array(status, n, gen) ORDER BY status), '[]')::text FROM counted) AS counts, page.* \
-             FROM (SELECT 1) AS one LEFT JOIN page ON TRUE {order}"
+             FROM (SELECT 1) AS one LEFT JOIN page ON TRUE {order}",
+            counted_sql(&scope)
         );
         let super::Inner::Postgres(h) = &mut self.0 else { return Ok(None) };
         let query = sqlx::query(&sql);
