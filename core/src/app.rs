@@ -40,6 +40,11 @@ pub struct App {
     pub pages: crate::services::page_cache::PageCache,
     /// One search of a key at a time on this node.
     pub search_turns: crate::services::search_cache::Turns,
+    /// Sort keys of every `ListAnchorRows`-th patient of long lists, valid while their
+    /// scope's generation in the database is unchanged: where deep pages start reading.
+    pub anchors: crate::services::anchors::AnchorCache,
+    /// One read of a list's anchors at a time on this node.
+    pub anchor_turns: crate::services::anchors::AnchorTurns,
     /// The DICOM store; `None` only in tests of the account side.
     pub pacs: Option<Arc<dyn Pacs>>,
     /// Which program hosts the core.
@@ -152,6 +157,8 @@ impl App {
             searches: Default::default(),
             pages: Default::default(),
             search_turns: Default::default(),
+            anchors: Default::default(),
+            anchor_turns: Default::default(),
             registry_sizes: crate::metrics::RegistryCount::new(Duration::from_secs(u64::from(config.registry_count_seconds))),
             abort: Abort::default(),
             store,

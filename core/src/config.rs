@@ -67,6 +67,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `/api/metrics` counts the registry's rows at most once per this many seconds.
     pub registry_count_seconds: u32,
+    /// A node remembers the sort key of every this-many-th patient of a long list
+    /// (`services::anchors`): a page deeper than that in the list is read from the
+    /// nearest key before it, skipping fewer rows than this.
+    pub list_anchor_rows: u32,
     /// Count every answer by route and status (and its latency) for `/api/metrics`;
     /// false only to measure what that costs.
     pub request_metrics: bool,
@@ -109,6 +113,7 @@ impl Default for Config {
             protect_orthanc_api: true,
             log_format: LogFormat::Text,
             registry_count_seconds: 60,
+            list_anchor_rows: 500,
             request_metrics: true,
             shutdown_drain_seconds: 30,
         }
@@ -196,6 +201,7 @@ const KEYS: &[Key] = &[
     key!("ShutdownDrainSeconds", "COHORT_SHUTDOWN_DRAIN_SECONDS", |c, r| c.shutdown_drain_seconds = int(r, 0, 3600)? as u32),
     key!("RequestMetrics", "COHORT_REQUEST_METRICS", |c, r| c.request_metrics = boolean(r)?),
     key!("RegistryCountSeconds", "COHORT_REGISTRY_COUNT_SECONDS", |c, r| c.registry_count_seconds = int(r, 1, 86_400)? as u32),
+    key!("ListAnchorRows", "COHORT_LIST_ANCHOR_ROWS", |c, r| c.list_anchor_rows = int(r, 2, 1_000_000)? as u32),
 ];
 
 /// Environment variables with this prefix are the test harness's, not configuration.

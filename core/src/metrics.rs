@@ -131,6 +131,9 @@ pub struct Metrics {
     pub export_bytes: AtomicU64,
     /// Instance files the sidecar read in Orthanc's storage directory (not over HTTP).
     pub orthanc_storage_reads: AtomicU64,
+    /// Reads of a long list's anchors, and pages read from one (`services::anchors`).
+    pub list_anchor_reads: AtomicU64,
+    pub list_pages_from_anchors: AtomicU64,
     /// The change follower's progress.
     pub follower: FollowerFigures,
 }
@@ -309,6 +312,18 @@ impl Metrics {
             "cohort_orthanc_storage_reads_total",
             "Instance files the sidecar read in Orthanc's storage directory (OrthancStorageDirectory) instead of over HTTP.",
             self.orthanc_storage_reads.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_list_anchor_reads_total",
+            "Reads of the sort keys of every ListAnchorRows-th patient of a long list (one pass over the list).",
+            self.list_anchor_reads.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_list_pages_from_anchors_total",
+            "Pages deep in a list read from the nearest remembered sort key before them instead of with an offset.",
+            self.list_pages_from_anchors.load(Ordering::Relaxed),
         );
         self.render_follower(out);
     }

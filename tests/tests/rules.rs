@@ -777,6 +777,96 @@ async fn remembered_list_answers_follow_every_write(backend: Backend) {
 }
 per_backend!(remembered_list_answers_follow_every_write);
 
+/// Pages read from a long list's anchors so far, on every node of this process.
+fn pages_from_anchors() -> u64 {
+    cohort_core::metrics::global().list_pages_from_anchors.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A page deep in a long list is read from the nearest remembered sort key before it
+/// (`services::anchors`, here every 3 patients): in every order, with and without a
+/// status, for an admin and a group's member, with ties on both dates, names missing,
+/// first names missing and names differing only by case, before and after writes on
+/// another node and in the database, its pages are exactly the ones a node without
+/// anchors reads with an offset.
+async fn deep_pages_from_anchors_are_the_offset_pages(backend: Backend) {
+    let a = serve(backend, |c| c.list_anchor_rows = 3).await;
+    let b = serve_on(&a.db_url, |c| c.list_anchor_rows = 1_000_000).await;
+    let (admin_a, admin_b) = (a.admin().await, b.admin().await);
+    let g1 = admin_a.post("/api/groups", &json!({"name": "Un"})).await.expect_status(201)["id"].as_i64().expect("id");
+    let statuses = ["to_interpret", "in_progress", "validated", "archived"];
+    let names = ["Martin", "Bernard", "Élise", "martin", "Dubois"];
+    let mut ids = Vec::new();
+    for i in 0..48 {
+        let last_name = if i % 11 == 4 { Value::Null } else { json!(names[i % names.len()]) };
+        let first_name = if i % 4 == 1 { Value::Null } else { json!(["Léa", "Jean", "Anne"][i % 3]) };
+        let group = if i % 2 == 0 { json!(g1) } else { Value::Null };
+        let body = json!({"external_id": format!("DP-{:02}", (i * 7) % 48), "last_name": last_name, "first_name": first_name,
+            "status": statuses[i % 4], "group_id": group});
+        ids.push(admin_a.post("/api/patients", &body).await.expect_status(201)["id"].as_i64().expect("id"));
+    }
+    // A bulk import's ties: a third of the patients share both dates.
+    let tied = "UPDATE patients SET created_at = (SELECT MIN(created_at) FROM patients), \
+                updated_at = (SELECT MIN(updated_at) FROM patients) WHERE id % 3 = 0";
+    assert_eq!(run_sql(backend, &a.db_url, tied).await, 16);
+    a.user(&admin_a, "un@rules.test", json!({"group_id": g1})).await;
+    let (member_a, member_b) = (a.client(), b.client());
+    member_a.login("un@rules.test", "user-password-1").await.expect_status(200);
+    member_b.login("un@rules.test", "user-password-1").await.expect_status(200);
+
+    let check = |label: &'static str| {
+        let (admin_a, admin_b, member_a, member_b) = (&admin_a, &admin_b, &member_a, &member_b);
+        async move {
+            for field in ["created_at", "updated_at", "last_name", "external_id", "status"] {
+                for dir in ["", "-"] {
+                    for status in ["", "&status=validated"] {
+                        let path = format!("/api/patients?sort={dir}{field}{status}");
+                        for (who, on_a, on_b) in [("admin", admin_a, admin_b), ("member", member_a, member_b)] {
+                            let (expected, total) = full(on_b, &path).await;
+                            assert!(total >= 6, "{label}: {who} {path}: {total}");
+                            let (paged, totals) = all_pages(on_a, &path).await;
+                            assert_eq!(paged, expected, "{label}: {who} {path}, pages of 4");
+                            assert!(totals.iter().all(|t| *t == total), "{label}: {who} {path}: {totals:?}");
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let before = pages_from_anchors();
+    check("created").await;
+    // An admin's list without a status alone: pages 2 to 11 of 12 in each of 10 orders.
+    let read = pages_from_anchors() - before;
+    assert!(read >= 100, "pages read from anchors: {read}");
+
+    // Writes on the other node (a rename to the head of the name order, a move into the
+    // group, a status change, a deletion) and in the database by another program.
+    admin_b.put(&format!("/api/patients/{}", ids[7]), &json!({"last_name": "Aaron", "first_name": null})).await.expect_status(200);
+    admin_b.put(&format!("/api/patients/{}", ids[9]), &json!({"group_id": g1})).await.expect_status(200);
+    admin_b.put(&format!("/api/patients/{}", ids[13]), &json!({"status": "validated"})).await.expect_status(200);
+    admin_b.req(Method::DELETE, &format!("/api/patients/{}", ids[20])).send().await.expect_status(204);
+    let touched = "UPDATE patients SET updated_at = (SELECT MAX(updated_at) FROM patients) WHERE id % 5 = 0";
+    assert!(run_sql(backend, &a.db_url, touched).await >= 9);
+    let before = pages_from_anchors();
+    check("after writes").await;
+    assert!(pages_from_anchors() > before, "the anchors were read again after the writes");
+
+    // A write between the counts a request read and its page: the anchors of the
+    // counts' generation are not used, as the page's own statement reads the counts.
+    use cohort_core::services::anchors::deep_page;
+    use cohort_core::store::patients::{PatientFilter, PatientSort, Scope};
+    let filter =
+        PatientFilter { scope: Scope::All, search: None, pseudonym: None, status: None, sort: PatientSort::UpdatedAt { desc: true } };
+    let page = cohort_core::store::PageRequest { page: 5, page_size: 4 };
+    let mut db = a.app.store.conn().await.expect("connection");
+    let counts = db.patient_counts(Scope::All).await.expect("counts");
+    let (db, found) = deep_page(&a.app, db, &filter, page, &counts).await.expect("page");
+    assert_eq!(found.map(|(_, rows)| rows.len()), Some(4), "from the anchors of this generation");
+    assert_eq!(run_sql(backend, &a.db_url, &format!("UPDATE patients SET status = status WHERE id = {}", ids[0])).await, 1);
+    let (_, found) = deep_page(&a.app, db, &filter, page, &counts).await.expect("page");
+    assert!(found.is_none(), "a write came after the counts");
+}
+per_backend!(deep_pages_from_anchors_are_the_offset_pages);
+
 /// PostgreSQL breaks a deadlock by failing one of its transactions (SQLSTATE 40P01), as
 /// it did between an import's closing transaction and the change follower refreshing
 /// the same studies: a registration transaction so chosen is run again by

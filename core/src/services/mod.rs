@@ -2,6 +2,7 @@
 //! by object, does its work on one database transaction together with its audit row,
 //! and returns API models or an [`ApiError`](crate::error::ApiError).
 
+pub mod anchors;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;

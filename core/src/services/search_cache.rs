@@ -106,27 +106,33 @@ pub struct SearchResult {
 /// snapshot is then at least as new as the generation it will be kept under), and it
 /// searches itself otherwise. So the requests that arrive during one search are all
 /// served by the next, and searches of one key never run side by side.
-#[derive(Debug, Default)]
-pub struct Turns(Mutex<HashMap<SearchKey, Arc<tokio::sync::Mutex<()>>>>);
+#[derive(Debug)]
+pub struct Turns<K = SearchKey>(Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>);
+
+impl<K> Default for Turns<K> {
+    fn default() -> Self {
+        Turns(Mutex::new(HashMap::new()))
+    }
+}
 
 /// A key's turn, held until dropped; the key leaves the map with its last waiter (a
 /// request given up while waiting included).
-pub struct Turn<'a> {
-    turns: &'a Turns,
-    key: SearchKey,
+pub struct Turn<'a, K: Eq + Hash + Clone = SearchKey> {
+    turns: &'a Turns<K>,
+    key: K,
     lock: Arc<tokio::sync::Mutex<()>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl Turns {
-    pub async fn take(&self, key: &SearchKey) -> Turn<'_> {
+impl<K: Eq + Hash + Clone> Turns<K> {
+    pub async fn take(&self, key: &K) -> Turn<'_, K> {
         let mut turn = self.waiter(key);
         turn.guard = Some(turn.lock.clone().lock_owned().await);
         turn
     }
 
     /// The key's turn if nobody holds it.
-    pub fn try_take(&self, key: &SearchKey) -> Option<Turn<'_>> {
+    pub fn try_take(&self, key: &K) -> Option<Turn<'_, K>> {
         let mut turn = self.waiter(key);
         turn.guard = Some(turn.lock.clone().try_lock_owned().ok()?);
         Some(turn)
@@ -134,7 +140,7 @@ impl Turns {
 
     /// A place in the key's queue, not yet the turn: dropped (given up), it leaves the
     /// map as a turn does.
-    fn waiter(&self, key: &SearchKey) -> Turn<'_> {
+    fn waiter(&self, key: &K) -> Turn<'_, K> {
         let lock = self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         Turn { turns: self, key: key.clone(), lock, guard: None }
     }
@@ -145,7 +151,7 @@ impl Turns {
     }
 }
 
-impl Drop for Turn<'_> {
+impl<K: Eq + Hash + Clone> Drop for Turn<'_, K> {
     fn drop(&mut self) {
         let mut keys = self.turns.0.lock().unwrap_or_else(|e| e.into_inner());
         self.guard.take();
