@@ -144,23 +144,18 @@ pub async fn deep_page(
             return Ok((db, None));
         }
     }
-    let _turn = match app.anchor_turns.try_take(&key) {
-        Some(turn) => turn,
-        None => {
-            // Another request is reading these anchors: wait for them without a
-            // connection, then read from them if no write came since.
-            drop(db);
-            let turn = app.anchor_turns.take(&key).await;
-            db = app.store.conn().await?;
-            if let Some((generation, anchors)) = app.anchors.get_any(&key) {
-                if known.as_ref().is_none_or(|(g, _)| *g != generation) {
-                    let found = from_anchor(&mut db, filter, page, generation, &anchors).await?;
-                    return Ok((db, found));
-                }
+    let (back, _turn, waited) = app.anchor_turns.take_with(&key, db, &app.store).await?;
+    db = back;
+    if waited {
+        // Another request was reading these anchors: read from them if no write came
+        // since (the page's statement checks).
+        if let Some((generation, anchors)) = app.anchors.get_any(&key) {
+            if known.as_ref().is_none_or(|(g, _)| *g != generation) {
+                let found = from_anchor(&mut db, filter, page, generation, &anchors).await?;
+                return Ok((db, found));
             }
-            turn
         }
-    };
+    }
     let read_at = Instant::now();
     let Some((read, keys)) = db.list_anchors(filter, every).await? else { return Ok((db, None)) };
     crate::metrics::global().list_anchor_reads.fetch_add(1, Ordering::Relaxed);

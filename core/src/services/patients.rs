@@ -194,17 +194,10 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
                 None => {
                     // One search of this key at a time (see `Turns`); the one before
                     // this request's turn serves it if it started after the counts.
-                    let _turn = match app.search_turns.try_take(&key) {
-                        Some(turn) => turn,
-                        None => {
-                            // Not waiting with a connection: others need it, and the
-                            // search before this one may take a while.
-                            drop(db);
-                            let turn = app.search_turns.take(&key).await;
-                            db = app.store.conn().await?;
-                            turn
-                        }
-                    };
+                    // Not waiting with a connection: others need it, and the search
+                    // before this one may take a while.
+                    let (back, _turn, _) = app.search_turns.take_with(&key, db, &app.store).await?;
+                    db = back;
                     match app.searches.get_any(&key) {
                         Some((_, found)) if found.at >= counted_at => found,
                         _ => {

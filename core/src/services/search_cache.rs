@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::domain::{Id, PatientStatus};
 use crate::store::patients::{PatientSort, Scope};
+use crate::store::{Db, Store, StoreResult};
 
 /// Searches matching at most this many patients keep their ordered ids (a page is then
 /// read by id); larger ones are walked in sort order, where their matches are dense.
@@ -136,6 +137,19 @@ impl<K: Eq + Hash + Clone> Turns<K> {
         let mut turn = self.waiter(key);
         turn.guard = Some(turn.lock.clone().try_lock_owned().ok()?);
         Some(turn)
+    }
+
+    /// The key's turn for a request holding connection `db`, given back with it (or
+    /// another in its place), and whether the request waited. One that waits gives its
+    /// connection back to the pool first (others need it, and the work before its turn
+    /// may take a while) and takes one again once its turn comes.
+    pub async fn take_with(&self, key: &K, db: Db, store: &Store) -> StoreResult<(Db, Turn<'_, K>, bool)> {
+        if let Some(turn) = self.try_take(key) {
+            return Ok((db, turn, false));
+        }
+        drop(db);
+        let turn = self.take(key).await;
+        Ok((store.conn().await?, turn, true))
     }
 
     /// A place in the key's queue, not yet the turn: dropped (given up), it leaves the
