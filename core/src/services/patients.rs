@@ -171,13 +171,11 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
     }
     let counts = db.patient_counts(filter.scope).await?;
     let universe = counts.total(status);
-    if filter.search.is_none() && filter.pseudonym.is_none() {
-        // A page deep in the list: from the nearest anchor before it (see `anchors`).
-        let (back, found) = super::anchors::deep_page(app, db, filter, page, &counts).await?;
-        db = back;
-        if let Some((counts, rows)) = found {
-            return done(rows, counts.total(status), counts.generation);
-        }
+    // A page deep in a list without a search: from the nearest anchor before it.
+    let (back, found) = super::anchors::deep_page(app, db, filter, page, &counts).await?;
+    db = back;
+    if let Some((counts, rows)) = found {
+        return done(rows, counts.total(status), counts.generation);
     }
     let (total, rows) = match (&filter.search, key) {
         (None, _) => (universe, db.list_patients(filter, page, ListPlan { total: universe, universe }).await?),

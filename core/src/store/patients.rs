@@ -394,6 +394,15 @@ pub struct PatientCounts {
 }
 
 impl PatientCounts {
+    /// From counted rows (`status`, `n`, `gen`, as [`counted_sql`] gives them): the
+    /// generation sums them all, statuses without patients are left out.
+    fn of_rows(rows: Vec<(String, i64, i64)>) -> PatientCounts {
+        PatientCounts {
+            generation: rows.iter().map(|r| r.2).sum(),
+            by_status: rows.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
+        }
+    }
+
     /// Patients of the scope, of one status or all.
     pub fn total(&self, status: Option<PatientStatus>) -> i64 {
         self.by_status.iter().filter(|(s, _)| status.is_none_or(|st| st.as_str() == s)).map(|(_, n)| n).sum()
@@ -444,6 +453,27 @@ fn counted_sql(condition: &str) -> String {
          UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {condition}) counted \
          GROUP BY status"
     )
+}
+
+/// A scalar subquery over the CTE `counted` ([`counted_sql`]): its rows as one JSON
+/// text, `[[status, n, gen], …]` (`[]` for none), which [`counts_of_json`] reads back.
+fn counts_json_sql(sqlite: bool) -> &'static str {
+    if sqlite {
+        "(SELECT json_group_array(json_array(status, n, gen)) FROM (SELECT status, n, gen FROM counted ORDER BY status))"
+    } else {
+        "(SELECT COALESCE(json_agg(json_build_array(status, n, gen) ORDER BY status), '[]')::text FROM counted)"
+    }
+}
+
+/// The counts [`counts_json_sql`] wrote.
+fn counts_of_json(json: &str) -> StoreResult<PatientCounts> {
+    let rows = serde_json::from_str(json).map_err(|e| super::StoreError::Corrupt(format!("patient counts: {e}")))?;
+    Ok(PatientCounts::of_rows(rows))
+}
+
+/// The expressions of an order's terms, named `s0`, `s1`, … (a sort key's columns).
+fn key_columns(terms: &[Term]) -> String {
+    terms.iter().enumerate().map(|(i, t)| format!("{} AS s{i}", t.expr)).collect::<Vec<_>>().join(", ")
 }
 
 pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
@@ -677,10 +707,7 @@ impl Db {
         let Some(scope) = counters_condition(scope) else { return Ok(PatientCounts::default()) };
         let sql = format!("SELECT status, CAST(n AS BIGINT), CAST(gen AS BIGINT) FROM ({}) c ORDER BY status", counted_sql(&scope));
         let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(&sql).fetch_all(c).await)?;
-        Ok(PatientCounts {
-            generation: rows.iter().map(|r| r.2).sum(),
-            by_status: rows.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
-        })
+        Ok(PatientCounts::of_rows(rows))
     }
 
     /// The generation of a scope alone (as [`Db::patient_counts`] sums it): what a node
@@ -927,20 +954,13 @@ impl Db {
     ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
         use sqlx::Row;
         let Some(scope) = counters_condition(scope) else { return Ok(None) };
-        let corrupt = |e: &dyn std::fmt::Display| super::StoreError::Corrupt(format!("patient counts: {e}"));
-        let counts_of = |json: &str| -> StoreResult<PatientCounts> {
-            let counted: Vec<(String, i64, i64)> = serde_json::from_str(json).map_err(|e| corrupt(&e))?;
-            Ok(PatientCounts {
-                generation: counted.iter().map(|r| r.2).sum(),
-                by_status: counted.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
-            })
-        };
+        let counts_json = counts_json_sql(self.is_sqlite());
         match &mut self.0 {
             super::Inner::Postgres(h) => {
                 let sql = format!(
                     "WITH counted AS ({}), \
                      page AS ({page_sql}) \
-                     SELECT (SELECT COALESCE(json_agg(json_build_array(status, n, gen) ORDER BY status), '[]')::text FROM counted) AS counts, page.* \
+                     SELECT {counts_json} AS counts, page.* \
                      FROM (SELECT 1) AS one LEFT JOIN page ON TRUE {order}",
                     counted_sql(&scope)
                 );
@@ -950,7 +970,7 @@ impl Db {
                 };
                 let counts: &str = rows.first().map(|r| r.try_get("counts")).transpose()?.unwrap_or("[]");
                 // One row with the counts and no patient when the page is empty.
-                Ok(Some((counts_of(counts)?, pg_patient_rows(&rows)?)))
+                Ok(Some((counts_of_json(counts)?, pg_patient_rows(&rows)?)))
             }
             super::Inner::Sqlite(h) => {
                 if ids.is_some() {
@@ -958,18 +978,18 @@ impl Db {
                 }
                 let sql = format!(
                     concat!(
-                        "WITH counted AS ({}) SELECT \
-                         (SELECT json_group_array(json_array(status, n, gen)) FROM (SELECT status, n, gen FROM counted ORDER BY status)), \
+                        "WITH counted AS ({}) SELECT {}, \
                          (SELECT json_group_array(json_array(",
                         patient_columns!(),
                         ") {}) FROM ({}))"
                     ),
                     counted_sql(&scope),
+                    counts_json,
                     order,
                     page_sql
                 );
                 let (counts, rows): (String, String) = bind_args!(sqlx::query_as(&sql), args).fetch_one(h.conn()).await?;
-                Ok(Some((counts_of(&counts)?, rows_of_json(&rows)?)))
+                Ok(Some((counts_of_json(&counts)?, rows_of_json(&rows)?)))
             }
         }
     }
@@ -994,38 +1014,24 @@ impl Db {
             // A value that could not be written in (none can without a search).
             return Ok(None);
         }
-        let keys = terms.iter().enumerate().map(|(i, t)| format!("{} AS s{i}", t.expr)).collect::<Vec<_>>().join(", ");
+        let keys = key_columns(&terms);
         let names = (0..terms.len()).map(|i| format!("s{i}")).collect::<Vec<_>>().join(", ");
-        let (array, agg, counts, text) = if sqlite {
-            (
-                "json_array",
-                "json_group_array",
-                "json_group_array(json_array(status, n, gen)) FROM (SELECT status, n, gen FROM counted ORDER BY status) c",
-                "",
-            )
-        } else {
-            ("json_build_array", "json_agg", "json_agg(json_build_array(status, n, gen) ORDER BY status) FROM counted", "::text")
-        };
+        let (array, agg, text) = if sqlite { ("json_array", "json_group_array", "") } else { ("json_build_array", "json_agg", "::text") };
         let sql = format!(
-            "WITH counted AS ({}) SELECT \
-             COALESCE((SELECT {counts}){text}, '[]'), \
+            "WITH counted AS ({}) SELECT {}, \
              COALESCE((SELECT {agg}({array}({names}) ORDER BY rn) FROM \
                (SELECT {keys}, row_number() OVER (ORDER BY {}) AS rn FROM patients {filter}) r WHERE rn % {every} = 1){text}, '[]')",
             counted_sql(&scope),
+            counts_json_sql(sqlite),
             f.sort.order_by(false),
         );
         let (counts, anchors): (String, String) = on_db!(self, |c| sqlx::query_as(&sql).fetch_one(c).await)?;
-        let corrupt = |what: &str, e: &dyn std::fmt::Display| super::StoreError::Corrupt(format!("list {what}: {e}"));
-        let counted: Vec<(String, i64, i64)> = serde_json::from_str(&counts).map_err(|e| corrupt("counts", &e))?;
-        let anchors: Vec<SortKey> = serde_json::from_str(&anchors).map_err(|e| corrupt("anchors", &e))?;
+        let corrupt = |e: &dyn std::fmt::Display| super::StoreError::Corrupt(format!("list anchors: {e}"));
+        let anchors: Vec<SortKey> = serde_json::from_str(&anchors).map_err(|e| corrupt(&e))?;
         if anchors.iter().any(|k| k.len() != terms.len()) {
-            return Err(corrupt("anchors", &"a key of another length than the order's"));
+            return Err(corrupt(&"a key of another length than the order's"));
         }
-        let counts = PatientCounts {
-            generation: counted.iter().map(|r| r.2).sum(),
-            by_status: counted.into_iter().filter(|r| r.1 != 0).map(|r| (r.0, r.1)).collect(),
-        };
-        Ok(Some((counts, anchors)))
+        Ok(Some((counts_of_json(&counts)?, anchors)))
     }
 
     /// The scope's counts and the `limit` rows of `f`'s list (no search) that follow the
@@ -1137,7 +1143,7 @@ impl Db {
             }
         }
         let n = push_arg(args, Arg::Int(skip.saturating_add(limit)), false);
-        let columns = terms.iter().enumerate().map(|(i, t)| format!("{} AS s{i}", t.expr)).collect::<Vec<_>>().join(", ");
+        let columns = key_columns(&terms);
         // PostgreSQL reads a row-value comparison, `(a, b) >= (x, y)`, as one index range
         // when its columns follow the index in one direction: the parts from the first
         // term that is not the flag on are one, when none of their values is NULL. Its
