@@ -137,8 +137,12 @@ pub struct Transfer {
 
 /// `curl` GET to /dev/null, or a streamed POST of `upload` with `content_type`.
 pub fn curl(url: &str, headers: &[String], upload: Option<(&Path, &str)>) -> anyhow::Result<Transfer> {
+    // An upload's answer is kept to say why it was refused (a bench that stops on a 503
+    // says which dependency or limit answered); a download, measured, goes nowhere.
+    let body = upload.map(|_| tempfile::NamedTempFile::new()).transpose().context("a file for curl's answer")?;
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}"]);
+    cmd.args(["-s", "-o"]).arg(body.as_ref().map_or(Path::new("/dev/null"), |b| b.path()));
+    cmd.args(["-w", "%{http_code} %{size_download} %{size_upload} %{time_total}"]);
     for h in headers {
         cmd.arg("-H").arg(h);
     }
@@ -153,6 +157,10 @@ pub fn curl(url: &str, headers: &[String], upload: Option<(&Path, &str)>) -> any
         bail!("unexpected curl output: {text}");
     }
     let status: u16 = f[0].parse()?;
+    if let Some(body) = body.as_ref().filter(|_| status >= 400) {
+        let text = std::fs::read(body.path()).unwrap_or_default();
+        eprintln!("    {url} answered {status}: {}", String::from_utf8_lossy(&text[..text.len().min(500)]));
+    }
     let down: f64 = f[1].parse()?;
     let up: f64 = f[2].parse()?;
     Ok(Transfer { status, bytes: down.max(up) as u64, seconds: f[3].parse()? })
