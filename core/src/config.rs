@@ -21,7 +21,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
-    /// At most this many database connections (`None`: 16 on PostgreSQL, 8 on SQLite).
+    /// At most this many database connections (`None`: `store::postgres_connections()` on
+    /// PostgreSQL, 8 on SQLite).
     pub database_connections: Option<u32>,
     /// HS256 secret; generated and kept in the `settings` table when absent.
     pub jwt_secret: Option<String>,

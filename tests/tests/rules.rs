@@ -862,8 +862,24 @@ async fn deep_pages_from_anchors_are_the_offset_pages(backend: Backend) {
     let (db, found) = deep_page(&a.app, db, &filter, page, &counts).await.expect("page");
     assert_eq!(found.map(|(_, rows)| rows.len()), Some(4), "from the anchors of this generation");
     assert_eq!(run_sql(backend, &a.db_url, &format!("UPDATE patients SET status = status WHERE id = {}", ids[0])).await, 1);
-    let (_, found) = deep_page(&a.app, db, &filter, page, &counts).await.expect("page");
+    let (mut db, found) = deep_page(&a.app, db, &filter, page, &counts).await.expect("page");
     assert!(found.is_none(), "a write came after the counts");
+
+    // Before the counts are read, from the anchors the node knows: their statement gives
+    // the counts of the moment, with the page only while no write came since the anchors.
+    use cohort_core::services::anchors::known_deep_page;
+    let stale = known_deep_page(&a.app, &mut db, &filter, page).await.expect("page").expect("anchors are known");
+    let now = db.patient_counts(Scope::All).await.expect("counts");
+    assert_eq!((stale.0.generation, stale.0.total(None)), (now.generation, now.total(None)), "the counts of the moment");
+    assert!(stale.1.is_none(), "anchors of an earlier generation give no page");
+    let (mut db, found) = deep_page(&a.app, db, &filter, page, &now).await.expect("page");
+    let (_, rows) = found.expect("the anchors read again for this generation");
+    let (counts, again) = known_deep_page(&a.app, &mut db, &filter, page).await.expect("page").expect("anchors are known");
+    assert_eq!(counts.generation, now.generation);
+    let ids_of = |rows: &[cohort_core::store::patients::PatientRow]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(again.as_deref().map(ids_of), Some(ids_of(&rows)), "the same page, from the anchors of this generation");
+    let shallow = cohort_core::store::PageRequest { page: 1, page_size: 4 };
+    assert!(known_deep_page(&a.app, &mut db, &filter, shallow).await.expect("page").is_none(), "the first page is not deep");
 }
 per_backend!(deep_pages_from_anchors_are_the_offset_pages);
 

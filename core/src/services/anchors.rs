@@ -15,9 +15,12 @@
 //! million patients), so they belong to that generation. A page read from an anchor
 //! comes in one statement with the counts as well, and is used only if their generation
 //! is the anchors': then the anchor is still the row at its position, and the page is
-//! exactly the one `OFFSET` would read. Any write to a patient of the scope, by any
-//! node, changes the generation; the page is then read the usual way, and the anchors
-//! read again, but not more than a fifth of the time a key's reads take
+//! exactly the one `OFFSET` would read. A node that knows a list's anchors reads a deep
+//! page from them before it reads the counts ([`known_deep_page`]): one statement per
+//! page, whose counts the usual way goes on with if their generation has moved on.
+//! Any write to a patient of the scope, by any node, changes the generation; the page
+//! is then read the usual way, and the anchors read again, but not more than a fifth of
+//! the time a key's reads take
 //! ([`REREAD_AFTER`]): while patients are written all the time, deep pages are read with
 //! `OFFSET`, as before. The rows of a page are read at each request, through the
 //! caller's scope: an anchor is a position, never a patient shown.
@@ -138,7 +141,7 @@ pub async fn deep_page(
     if let Some((generation, anchors)) = &known {
         if *generation == counts.generation {
             let found = from_anchor(&mut db, filter, page, *generation, anchors).await?;
-            return Ok((db, found));
+            return Ok((db, found.and_then(page_of)));
         }
         if !anchors.may_reread() {
             return Ok((db, None));
@@ -152,7 +155,7 @@ pub async fn deep_page(
         if let Some((generation, anchors)) = app.anchors.get_any(&key) {
             if known.as_ref().is_none_or(|(g, _)| *g != generation) {
                 let found = from_anchor(&mut db, filter, page, generation, &anchors).await?;
-                return Ok((db, found));
+                return Ok((db, found.and_then(page_of)));
             }
         }
     }
@@ -162,26 +165,53 @@ pub async fn deep_page(
     let anchors = Arc::new(Anchors::new(every, keys, read.total(filter.status), read_at, read_at.elapsed()));
     app.anchors.put(key, read.generation, anchors.clone());
     let found = from_anchor(&mut db, filter, page, read.generation, &anchors).await?;
-    Ok((db, found))
+    Ok((db, found.and_then(page_of)))
 }
 
-/// The page read from `anchors` (of `generation`) with the counts, if they are still of
-/// that generation.
+/// Before the scope's counts are read: a page deep in `filter`'s list (no search) read
+/// from the anchors this node knows for it, whatever their generation, in the statement
+/// that reads the counts as well. The rows come only if the counts are of the anchors'
+/// generation; otherwise the counts alone, for the caller to go on with (through
+/// [`deep_page`]). A page in the middle of a list then costs one statement, not two.
+/// `None` (nothing read) if no anchors are known or the page is not deep in the list
+/// the anchors saw.
+pub async fn known_deep_page(
+    app: &App,
+    db: &mut Db,
+    filter: &PatientFilter,
+    page: PageRequest,
+) -> ApiResult<Option<(PatientCounts, Option<Vec<PatientRow>>)>> {
+    if filter.search.is_some() || filter.pseudonym.is_some() || filter.scope == Scope::Nothing {
+        return Ok(None);
+    }
+    let key = ListKey { scope: filter.scope, status: filter.status, sort: filter.sort };
+    let Some((generation, anchors)) = app.anchors.get_any(&key) else { return Ok(None) };
+    from_anchor(db, filter, page, generation, &anchors).await
+}
+
+/// The counts and, if they are still of `generation` (the anchors'), the page read
+/// from `anchors`; `None` for a page not deep in the list the anchors saw.
 async fn from_anchor(
     db: &mut Db,
     filter: &PatientFilter,
     page: PageRequest,
     generation: i64,
     anchors: &Anchors,
-) -> ApiResult<Option<(PatientCounts, Vec<PatientRow>)>> {
+) -> ApiResult<Option<(PatientCounts, Option<Vec<PatientRow>>)>> {
     let Some((key, skip)) = anchors.seek(page.offset(), page.limit()) else { return Ok(None) };
-    match db.counts_and_page_after(filter, key, skip, page.limit()).await? {
+    match db.counts_and_page_after(filter, key, (skip, anchors.every), page.limit()).await? {
         Some((counts, rows)) if counts.generation == generation => {
             crate::metrics::global().list_pages_from_anchors.fetch_add(1, Ordering::Relaxed);
-            Ok(Some((counts, rows)))
+            Ok(Some((counts, Some(rows))))
         }
-        _ => Ok(None),
+        Some((counts, _)) => Ok(Some((counts, None))),
+        None => Ok(None),
     }
+}
+
+/// The page of [`from_anchor`]'s answer, if it has one.
+fn page_of((counts, rows): (PatientCounts, Option<Vec<PatientRow>>)) -> Option<(PatientCounts, Vec<PatientRow>)> {
+    rows.map(|rows| (counts, rows))
 }
 
 #[cfg(test)]

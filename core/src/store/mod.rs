@@ -272,6 +272,16 @@ fn make_private(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// PostgreSQL connections a node opens at most by default: four per core of this
+/// machine, at least 8 and at most 64. More connections than that do not answer more
+/// requests a second, they make each wait longer: on 2 cores at a million patients, 32
+/// clients paging through the middle of the registry got p99 18–21 ms with 8
+/// connections, 25–45 ms with 16, at the same rate (docs/benchmarks.md).
+pub fn postgres_connections() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(4)).unwrap_or(u32::MAX).clamp(8, 64)
+}
+
 impl Store {
     /// Opens the database named by `url` (`sqlite://file.db`, created if missing, or
     /// `postgres://...`). Does not migrate; see [`Store::migrate`].
@@ -280,7 +290,7 @@ impl Store {
     }
 
     /// [`Store::connect`] with at most `connections` in the pool (`DatabaseConnections`;
-    /// default 16 on PostgreSQL, 8 on SQLite).
+    /// default [`postgres_connections`] on PostgreSQL, 8 on SQLite).
     pub async fn connect_with(url: &str, connections: Option<u32>) -> StoreResult<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // PostgreSQL's own plan cache: a statement run often gets a generic plan
@@ -290,7 +300,7 @@ impl Store {
             // time (`patients::Db::keeps_plan`).
             let options = PgConnectOptions::from_str(url)?.application_name("cohort");
             let pool = PgPoolOptions::new()
-                .max_connections(connections.unwrap_or(16))
+                .max_connections(connections.unwrap_or_else(postgres_connections))
                 .min_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)

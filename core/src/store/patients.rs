@@ -1048,18 +1048,28 @@ impl Db {
     /// (a row-value comparison, `(a, b) > (x, y)`, is a range on `a` alone for SQLite,
     /// and the name order's terms go in two directions). `None` for a search or a scope
     /// that sees nothing.
+    ///
+    /// `skip` is below `spacing` (the anchors'). On PostgreSQL each part reads
+    /// `spacing + limit - 1` rows, whatever `skip`: the statement's only values are then
+    /// the key's and `skip`, and PostgreSQL keeps a generic plan for it after five runs
+    /// (with the number of rows a value, no generic plan costs as little as one made with
+    /// the values, and planning took as long as running: at a million patients, 1,900
+    /// statements/s planned each time, 2,600–3,000/s with the plan kept).
     pub async fn counts_and_page_after(
         &mut self,
         f: &PatientFilter,
         key: &[serde_json::Value],
-        skip: i64,
+        (skip, spacing): (i64, i64),
         limit: i64,
     ) -> StoreResult<Option<(PatientCounts, Vec<PatientRow>)>> {
         if f.search.is_some() || f.pseudonym.is_some() || f.scope == Scope::Nothing {
             return Ok(None);
         }
+        if !(0..spacing).contains(&skip) || limit < 1 {
+            return Err(super::StoreError::Corrupt(format!("list anchor: {skip} rows to skip with anchors {spacing} rows apart")));
+        }
         let mut args = Vec::new();
-        let Some(sql) = self.page_after_sql(f, key, skip, limit, &mut args)? else { return Ok(None) };
+        let Some(sql) = self.page_after_sql(f, key, (skip, spacing), limit, &mut args)? else { return Ok(None) };
         let order = format!("ORDER BY {}", f.sort.order_by(false));
         self.counts_with_rows(f.scope, &sql, &order, None, &args).await
     }
@@ -1070,7 +1080,7 @@ impl Db {
         &self,
         f: &PatientFilter,
         key: &[serde_json::Value],
-        skip: i64,
+        (skip, spacing): (i64, i64),
         limit: i64,
         args: &mut Vec<Arg>,
     ) -> StoreResult<Option<String>> {
@@ -1142,7 +1152,10 @@ impl Db {
                 _ => return Err(bad("a value of another type than its term's")),
             }
         }
-        let n = push_arg(args, Arg::Int(skip.saturating_add(limit)), false);
+        // The rows each part reads (see `counts_and_page_after`): written in on
+        // PostgreSQL, as is the page's size (integers, never a caller's text).
+        let n = if sqlite { skip.saturating_add(limit) } else { spacing.saturating_add(limit - 1) };
+        let n = push_arg(args, Arg::Int(n), !sqlite);
         let columns = key_columns(&terms);
         // PostgreSQL reads a row-value comparison, `(a, b) >= (x, y)`, as one index range
         // when its columns follow the index in one direction: the parts from the first
@@ -1173,18 +1186,22 @@ impl Db {
             let order = terms[from..].iter().map(Term::sql).collect::<Vec<_>>().join(", ");
             let part = parts.len();
             parts.push(format!(
-                "SELECT * FROM (SELECT {part} AS part, id, {columns} FROM patients WHERE {conditions} ORDER BY {order} LIMIT {n}) AS p{part}"
+                "SELECT * FROM (SELECT id, {columns} FROM patients WHERE {conditions} ORDER BY {order} LIMIT {n}) AS p{part}"
             ));
         }
+        // The parts' rows in the list's order: each part's rows come after all of the
+        // part before's, so the order's terms alone order them. PostgreSQL then reads
+        // a single part's rows in the order they come, without sorting them (a third
+        // more statements per second than ordering by the part first).
         let order =
             terms.iter().enumerate().map(|(i, t)| format!("s{i} {}", if t.desc { "DESC" } else { "ASC" })).collect::<Vec<_>>().join(", ");
-        let limit = push_arg(args, Arg::Int(limit), false);
+        let limit = push_arg(args, Arg::Int(limit), !sqlite);
         let skip = push_arg(args, Arg::Int(skip), false);
         Ok(Some(format!(
             concat!(
                 "SELECT ",
                 patient_columns!(),
-                " FROM patients WHERE id IN (SELECT id FROM ({}) AS seek ORDER BY part, {} LIMIT {} OFFSET {})"
+                " FROM (SELECT id FROM ({}) AS seek ORDER BY {} LIMIT {} OFFSET {}) AS k JOIN patients USING (id)"
             ),
             parts.join(" UNION ALL "),
             order,
