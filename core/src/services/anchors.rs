@@ -78,11 +78,9 @@ impl Anchors {
     }
 
     /// The anchor to read the page at `offset` (of `limit` rows) from and how many rows
-    /// to skip after it; `None` for a page within `every` rows of either end of the list,
-    /// which the usual read reaches as cheaply (backwards from the end for the last).
+    /// to skip after it; `None` for a page that is not [`deep`] in the list they saw.
     fn seek(&self, offset: i64, limit: i64) -> Option<(&SortKey, i64)> {
-        let deep = offset >= self.every && self.total - (offset + limit) >= self.every;
-        if !deep || self.every < 1 {
+        if !deep(offset, limit, self.total, self.every) {
             return None;
         }
         let at = offset / self.every;
@@ -94,6 +92,13 @@ impl Anchors {
     fn may_reread(&self) -> bool {
         self.read_at.elapsed() >= self.took * REREAD_AFTER
     }
+}
+
+/// Whether the page at `offset` (of `limit` rows) of a list of `total` is deep enough to
+/// be read from anchors `every` rows apart: at least `every` rows from either end, which
+/// the usual read reaches as cheaply (backwards from the end for the last pages).
+fn deep(offset: i64, limit: i64, total: i64, every: i64) -> bool {
+    every >= 1 && offset >= every && total - (offset + limit) >= every
 }
 
 impl Held for Arc<Anchors> {
@@ -131,9 +136,7 @@ pub async fn deep_page(
         return Ok((db, None));
     }
     let every = i64::from(app.config.list_anchor_rows);
-    let total = counts.total(filter.status);
-    let (offset, limit) = (page.offset(), page.limit());
-    if offset < every || total - (offset + limit) < every {
+    if !deep(page.offset(), page.limit(), counts.total(filter.status), every) {
         return Ok((db, None));
     }
     let key = ListKey { scope: filter.scope, status: filter.status, sort: filter.sort };

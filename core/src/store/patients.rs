@@ -223,7 +223,15 @@ struct Term {
 
 impl Term {
     fn sql(&self) -> String {
-        format!("{} {}", self.expr, if self.desc { "DESC" } else { "ASC" })
+        format!("{} {}", self.expr, self.direction())
+    }
+
+    fn direction(&self) -> &'static str {
+        if self.desc {
+            "DESC"
+        } else {
+            "ASC"
+        }
     }
 }
 
@@ -474,6 +482,11 @@ fn counts_of_json(json: &str) -> StoreResult<PatientCounts> {
 /// The expressions of an order's terms, named `s0`, `s1`, … (a sort key's columns).
 fn key_columns(terms: &[Term]) -> String {
     terms.iter().enumerate().map(|(i, t)| format!("{} AS s{i}", t.expr)).collect::<Vec<_>>().join(", ")
+}
+
+/// The order of `terms` over [`key_columns`]' names.
+fn key_order(terms: &[Term]) -> String {
+    terms.iter().enumerate().map(|(i, t)| format!("s{i} {}", t.direction())).collect::<Vec<_>>().join(", ")
 }
 
 pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
@@ -1193,8 +1206,7 @@ impl Db {
         // part before's, so the order's terms alone order them. PostgreSQL then reads
         // a single part's rows in the order they come, without sorting them (a third
         // more statements per second than ordering by the part first).
-        let order =
-            terms.iter().enumerate().map(|(i, t)| format!("s{i} {}", if t.desc { "DESC" } else { "ASC" })).collect::<Vec<_>>().join(", ");
+        let order = key_order(&terms);
         let limit = push_arg(args, Arg::Int(limit), !sqlite);
         let skip = push_arg(args, Arg::Int(skip), false);
         Ok(Some(format!(
