@@ -56,6 +56,15 @@ pub struct ListKey {
     pub sort: PatientSort,
 }
 
+impl ListKey {
+    /// The list `filter` reads, if it may have anchors: not a search, and a scope that
+    /// sees something.
+    fn of(filter: &PatientFilter) -> Option<ListKey> {
+        let list = filter.search.is_none() && filter.pseudonym.is_none() && filter.scope != Scope::Nothing;
+        list.then_some(ListKey { scope: filter.scope, status: filter.status, sort: filter.sort })
+    }
+}
+
 /// A list's anchors: the sort keys of its rows at positions 0, `every`, 2·`every`, …
 #[derive(Debug)]
 pub struct Anchors {
@@ -132,14 +141,11 @@ pub async fn deep_page(
     page: PageRequest,
     counts: &PatientCounts,
 ) -> ApiResult<(Db, Option<(PatientCounts, Vec<PatientRow>)>)> {
-    if filter.search.is_some() || filter.pseudonym.is_some() || filter.scope == Scope::Nothing {
-        return Ok((db, None));
-    }
+    let Some(key) = ListKey::of(filter) else { return Ok((db, None)) };
     let every = i64::from(app.config.list_anchor_rows);
     if !deep(page.offset(), page.limit(), counts.total(filter.status), every) {
         return Ok((db, None));
     }
-    let key = ListKey { scope: filter.scope, status: filter.status, sort: filter.sort };
     let known = app.anchors.get_any(&key);
     if let Some((generation, anchors)) = &known {
         if *generation == counts.generation {
@@ -184,11 +190,7 @@ pub async fn known_deep_page(
     filter: &PatientFilter,
     page: PageRequest,
 ) -> ApiResult<Option<(PatientCounts, Option<Vec<PatientRow>>)>> {
-    if filter.search.is_some() || filter.pseudonym.is_some() || filter.scope == Scope::Nothing {
-        return Ok(None);
-    }
-    let key = ListKey { scope: filter.scope, status: filter.status, sort: filter.sort };
-    let Some((generation, anchors)) = app.anchors.get_any(&key) else { return Ok(None) };
+    let Some((generation, anchors)) = ListKey::of(filter).and_then(|key| app.anchors.get_any(&key)) else { return Ok(None) };
     from_anchor(db, filter, page, generation, &anchors).await
 }
 

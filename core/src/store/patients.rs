@@ -1173,8 +1173,10 @@ impl Db {
         let merge = sqlite && first == 0;
         // Otherwise the rows each part reads (see `counts_and_page_after`): written in
         // on PostgreSQL, as is the page's size (integers, never a caller's text).
-        let n = if sqlite { skip.saturating_add(limit) } else { spacing.saturating_add(limit - 1) };
-        let n = (!merge).then(|| push_arg(args, Arg::Int(n), !sqlite));
+        let n = (!merge).then(|| {
+            let n = if sqlite { skip.saturating_add(limit) } else { spacing.saturating_add(limit - 1) };
+            push_arg(args, Arg::Int(n), !sqlite)
+        });
         let columns = key_columns(&terms);
         // PostgreSQL reads a row-value comparison, `(a, b) >= (x, y)`, as one index range
         // when its columns follow the index in one direction: the parts from the first
@@ -1197,18 +1199,17 @@ impl Db {
                 },
             };
             let conditions = base.iter().chain(&same[..r]).chain(std::iter::once(range)).cloned().collect::<Vec<_>>().join(" AND ");
-            // Ordered by the terms from the range's on (a flag's "after" is an equality):
-            // SQLite sorts in a temporary tree when told to order by a column an
-            // equality fixes.
+            let select = format!("SELECT id, {columns} FROM patients WHERE {conditions}");
+            let Some(n) = &n else {
+                parts.push(select);
+                continue;
+            };
+            // A limited part is ordered by the terms from the range's on (a flag's
+            // "after" is an equality): SQLite sorts in a temporary tree when told to
+            // order by a column an equality fixes.
             let from = if terms[r].kind == Kind::Flag { r + 1 } else { r };
             let order = terms[from..].iter().map(Term::sql).collect::<Vec<_>>().join(", ");
-            let part = parts.len();
-            parts.push(match &n {
-                None => format!("SELECT id, {columns} FROM patients WHERE {conditions}"),
-                Some(n) => {
-                    format!("SELECT * FROM (SELECT id, {columns} FROM patients WHERE {conditions} ORDER BY {order} LIMIT {n}) AS p{part}")
-                }
-            });
+            parts.push(format!("SELECT * FROM ({select} ORDER BY {order} LIMIT {n}) AS p{}", parts.len()));
         }
         // The parts' rows in the list's order: each part's rows come after all of the
         // part before's, so the order's terms alone order them. PostgreSQL then reads
