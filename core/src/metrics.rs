@@ -134,6 +134,10 @@ pub struct Metrics {
     /// Reads of a long list's anchors, and pages read from one (`services::anchors`).
     pub list_anchor_reads: AtomicU64,
     pub list_pages_from_anchors: AtomicU64,
+    /// A remembered search's matches read in full, and patched from the patients written
+    /// since (`services::patients`, `search_cache::patched`).
+    pub searches_read: AtomicU64,
+    pub searches_patched: AtomicU64,
     /// The change follower's progress.
     pub follower: FollowerFigures,
 }
@@ -324,6 +328,18 @@ impl Metrics {
             "cohort_list_pages_from_anchors_total",
             "Pages deep in a list read from the nearest remembered sort key before them instead of with an offset.",
             self.list_pages_from_anchors.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_searches_read_total",
+            "Searches whose matches were read in full (none remembered, the change log pruned past them, or too many changes since).",
+            self.searches_read.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_searches_patched_total",
+            "Remembered searches brought up to date by reading only the patients written since.",
+            self.searches_patched.load(Ordering::Relaxed),
         );
         self.render_follower(out);
     }

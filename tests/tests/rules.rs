@@ -777,6 +777,120 @@ async fn remembered_list_answers_follow_every_write(backend: Backend) {
 }
 per_backend!(remembered_list_answers_follow_every_write);
 
+/// Remembered searches patched from the change log so far, on every node of this process.
+fn searches_patched() -> u64 {
+    cohort_core::metrics::global().searches_patched.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A node remembers a search's matches in a time order with the position of the change
+/// log they were read at, and once the generation moves it reads only the patients
+/// written since (`search_cache::patched`). After creations, renames in and out of the
+/// search, status changes, group moves, deletions and updates by another program, made
+/// on another node one at a time or several between two reads, its answers (every page,
+/// both directions, a status filter, a group's member) are exactly what a node
+/// remembering nothing reads. A log pruned past a remembered search (its changes gone,
+/// and the rows left naming few patients) makes the node read the search in full.
+async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
+    let TwoNodes { a, b: _b, admin_a, admin_b, g1, g2 } = two_nodes(backend).await;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let group = [Value::Null, json!(g1), json!(g2)][i % 3].clone();
+        let last_name = if i % 2 == 0 { format!("Martin-{i}") } else { format!("Bernard-{i}") };
+        let status = if i % 4 == 3 { "validated" } else { "to_interpret" };
+        let body = json!({"external_id": format!("CL-{i:02}"), "last_name": last_name, "status": status, "group_id": group});
+        ids.push(admin_a.post("/api/patients", &body).await.expect_status(201)["id"].as_i64().expect("id"));
+    }
+    a.user(&admin_a, "un@rules.test", json!({"group_id": g1})).await;
+    let member = a.client();
+    member.login("un@rules.test", "user-password-1").await.expect_status(200);
+    let paths = [
+        "/api/patients?q=martin",
+        "/api/patients?q=martin&sort=updated_at",
+        "/api/patients?q=martin&sort=-created_at&status=to_interpret",
+        "/api/patients?q=martin&sort=created_at",
+    ];
+    // What node `a` answers for each path, and what a node started now answers.
+    let answers = |c: Client| async move {
+        let mut all = Vec::new();
+        for path in paths {
+            let (items, total) = full(&c, path).await;
+            assert_eq!(items.len() as i64, total, "{path}");
+            let (paged, totals) = all_pages(&c, path).await;
+            assert_eq!(paged, items, "{path}: pages of 4");
+            assert!(totals.iter().all(|t| *t == total), "{path}: {totals:?}");
+            all.push(items);
+        }
+        all
+    };
+    let check = |label: &'static str| {
+        let (a, admin_a, member) = (&a, admin_a.clone(), member.clone());
+        async move {
+            let fresh = serve_on(&a.db_url, |_| {}).await;
+            let fresh_member = fresh.client();
+            fresh_member.login("un@rules.test", "user-password-1").await.expect_status(200);
+            assert_eq!(answers(admin_a).await, answers(fresh.admin().await).await, "{label}: admin");
+            assert_eq!(answers(member).await, answers(fresh_member).await, "{label}: member");
+        }
+    };
+    check("created").await;
+    let patched_before = searches_patched();
+    let put = |id: i64, body: Value| {
+        let admin_b = admin_b.clone();
+        async move {
+            admin_b.put(&format!("/api/patients/{id}"), &body).await.expect_status(200);
+        }
+    };
+    // One write at a time, each read in between.
+    let new = json!({"external_id": "CL-NEW", "last_name": "Martinez", "group_id": g1});
+    ids.push(admin_b.post("/api/patients", &new).await.expect_status(201)["id"].as_i64().expect("id"));
+    check("a match created").await;
+    put(ids[0], json!({"last_name": "Durand"})).await;
+    check("a match renamed out").await;
+    put(ids[1], json!({"last_name": "Martin"})).await;
+    check("a patient renamed in").await;
+    put(ids[2], json!({"status": "validated"})).await;
+    check("a match's status").await;
+    put(ids[4], json!({"group_id": g1})).await;
+    check("a match moved into the member's group").await;
+    admin_b.req(Method::DELETE, &format!("/api/patients/{}", ids[6])).send().await.expect_status(204);
+    check("a match deleted").await;
+    // Several writes between two reads, one patient written twice, and an update by
+    // another program that moves a match to the front of the update order.
+    put(ids[8], json!({"last_name": "Dupont"})).await;
+    put(ids[8], json!({"last_name": "Martin-8"})).await;
+    put(ids[10], json!({"group_id": Value::Null})).await;
+    put(ids[3], json!({"last_name": "Martine"})).await;
+    let body = json!({"external_id": "CL-NEW2", "last_name": "Bernard"});
+    admin_b.post("/api/patients", &body).await.expect_status(201);
+    let sql = format!("UPDATE patients SET updated_at = updated_at + INTERVAL '1 day' WHERE id = {}", ids[12]);
+    let sql = match backend {
+        Backend::Sqlite => format!("UPDATE patients SET updated_at = '2999-01-01T00:00:00+00:00' WHERE id = {}", ids[12]),
+        Backend::Postgres => sql,
+    };
+    assert_eq!(run_sql(backend, &a.db_url, &sql).await, 1);
+    check("several writes").await;
+    assert!(searches_patched() >= patched_before + 7, "the node patched its searches");
+
+    // A rename into the search, then the log pruned past it: its rows left all name one
+    // other patient (id -1), so only the pruned position tells the node to read again.
+    put(ids[5], json!({"last_name": "Martin-5"})).await;
+    let flood = match backend {
+        Backend::Sqlite => {
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 40000) \
+             INSERT INTO patient_changes (patient_id) SELECT -1 FROM n"
+        }
+        Backend::Postgres => "INSERT INTO patient_changes (patient_id) SELECT -1 FROM generate_series(1, 40000)",
+    };
+    assert_eq!(run_sql(backend, &a.db_url, flood).await, 40000);
+    if matches!(backend, Backend::Postgres) {
+        run_sql(backend, &a.db_url, "SELECT patient_counts_compact()").await;
+    }
+    let left = run_sql(backend, &a.db_url, "DELETE FROM patient_changes WHERE patient_id <> -1").await;
+    assert_eq!(left, 0, "the rename's change was pruned");
+    check("the log pruned past the remembered searches").await;
+}
+per_backend!(remembered_searches_are_patched_from_the_change_log);
+
 /// Pages read from a long list's anchors so far, on every node of this process.
 fn pages_from_anchors() -> u64 {
     cohort_core::metrics::global().list_pages_from_anchors.load(std::sync::atomic::Ordering::Relaxed)

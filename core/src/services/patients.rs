@@ -1,6 +1,7 @@
 //! The patient registry: visibility, listing, manual records, status workflow and
 //! deletion. Every route that touches a patient goes through [`visible_patient`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use chrono::NaiveDate;
 use serde_json::json;
 
 use super::page_cache::PageKey;
-use super::search_cache::{Ids, SearchKey, SearchResult, IDS_MAX};
+use super::search_cache::{patched, Ids, SearchKey, SearchResult, Since, IDS_MAX};
 use super::{action, Outcome, Principal};
 use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
@@ -202,38 +203,99 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
                     // Not waiting with a connection: others need it, and the search
                     // before this one may take a while.
                     let (back, _turn, _) = app.search_turns.take_with(&key, db, &app.store).await?;
-                    db = back;
                     match app.searches.get_any(&key) {
-                        Some((_, found)) if found.at >= counted_at => found,
-                        _ => {
+                        Some((_, found)) if found.at >= counted_at => {
+                            db = back;
+                            found
+                        }
+                        before => {
+                            // In one snapshot: the generation the result is kept under,
+                            // the change log's position and the matches, so that the
+                            // result is exactly that generation's and the next patch
+                            // starts where this one ended.
+                            drop(back);
                             let at = Instant::now();
-                            // The ordered ids first (their number is the total), up to
-                            // one more than are kept: only a search matching more is
-                            // counted.
-                            let ids = db.matching_patient_ids(filter, IDS_MAX + 1).await?;
-                            let found = if ids.len() as i64 <= IDS_MAX {
-                                SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))), at }
-                            } else {
-                                drop(ids);
-                                SearchResult { total: db.count_patient_matches(filter).await?, ids: None, at }
+                            db = app.store.read_snapshot().await?;
+                            let generation = db.patient_generation(filter.scope).await?;
+                            let patch = match before {
+                                Some((_, before)) => patch_search(&mut db, filter, &before, at).await?,
+                                None => None,
                             };
-                            app.searches.put(key, counts.generation, found.clone());
+                            let found = match patch {
+                                Some(found) => found,
+                                None => read_search(&mut db, filter, at).await?,
+                            };
+                            app.searches.put(key, generation, found.clone());
                             found
                         }
                     }
                 }
             };
-            match &found.ids {
+            let page = match &found.ids {
                 Some(ids) => {
                     let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
                     keep_visible(&mut rows, filter.scope, status);
                     (found.total, rows)
                 }
                 None => (found.total, db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?),
-            }
+            };
+            // Ends the read snapshot, if the search was read in one.
+            db.commit().await?;
+            page
         }
     };
     done(rows, total, counts.generation)
+}
+
+/// Patients written since a remembered search's snapshot, past which its matches are read
+/// in full rather than patched: reading this many by id costs about what reading a
+/// common name's matches does.
+const CHANGES_MAX: i64 = 5_000;
+
+/// All of a search's matches, in `db`'s snapshot: their ordered ids and sort keys with
+/// the change log's position (a time order, at most [`IDS_MAX`] matches), their ids
+/// alone (another order), or only their number (more).
+async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiResult<SearchResult> {
+    crate::metrics::global().searches_read.fetch_add(1, Ordering::Relaxed);
+    // The ordered ids first (their number is the total), up to one more than are kept:
+    // only a search matching more is counted.
+    let (ids, since) = match filter.sort.time_column() {
+        Some(_) => {
+            let mark = db.change_mark().await?;
+            match db.matching_patient_keys(filter, None, IDS_MAX + 1).await? {
+                Some((ids, keys)) => (ids, Some(Arc::new(Since { keys, mark }))),
+                None => (db.matching_patient_ids(filter, IDS_MAX + 1).await?, None),
+            }
+        }
+        None => (db.matching_patient_ids(filter, IDS_MAX + 1).await?, None),
+    };
+    Ok(if ids.len() as i64 <= IDS_MAX {
+        SearchResult { total: ids.len() as i64, ids: Some(Arc::new(Ids::new(ids))), since, at }
+    } else {
+        drop(ids);
+        SearchResult { total: db.count_patient_matches(filter).await?, ids: None, since: None, at }
+    })
+}
+
+/// A remembered search's matches brought to `db`'s snapshot by reading only the patients
+/// written since its own (`search_cache::patched`); `None` when it cannot be (no keys
+/// remembered, the change log pruned past its snapshot, more than [`CHANGES_MAX`]
+/// patients written since, or more than [`IDS_MAX`] matches after).
+async fn patch_search(db: &mut Db, filter: &PatientFilter, before: &SearchResult, at: Instant) -> ApiResult<Option<SearchResult>> {
+    let (Some(ids), Some(since)) = (&before.ids, &before.since) else { return Ok(None) };
+    let mark = db.change_mark().await?;
+    let Some(changed) = db.changed_since(&since.mark, CHANGES_MAX).await? else { return Ok(None) };
+    let Some((fresh, fresh_keys)) = db.matching_patient_keys(filter, Some(&changed), changed.len() as i64).await? else {
+        return Ok(None);
+    };
+    let Some((ids, keys)) = patched(ids, &since.keys, &changed, &fresh, &fresh_keys, filter.sort.descending()) else {
+        return Ok(None);
+    };
+    if ids.len() as i64 > IDS_MAX {
+        return Ok(None);
+    }
+    crate::metrics::global().searches_patched.fetch_add(1, Ordering::Relaxed);
+    Ok(Some(SearchResult { total: ids.len() as i64, ids: Some(Arc::new(ids)), since: Some(Arc::new(Since { keys, mark })), at }))
 }
 
 /// The ids of `page` among a search's remembered ordered ids.

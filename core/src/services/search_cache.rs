@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::domain::{Id, PatientStatus};
-use crate::store::patients::{PatientSort, Scope};
+use crate::store::patients::{ChangeMark, Keys, PatientSort, Scope};
 use crate::store::{Db, Store, StoreResult};
 
 /// Searches matching at most this many patients keep their ordered ids (a page is then
@@ -77,6 +77,14 @@ impl Ids {
         }
     }
 
+    /// The id at position `i` (< `len()`).
+    pub fn get(&self, i: usize) -> Id {
+        match self {
+            Ids::Narrow(v) => Id::from(v[i]),
+            Ids::Wide(v) => v[i],
+        }
+    }
+
     /// The ids at positions `start..end` (clamped to the list).
     pub fn slice(&self, start: usize, end: usize) -> Vec<Id> {
         let end = end.min(self.len());
@@ -94,6 +102,10 @@ pub struct SearchResult {
     pub total: i64,
     /// All matching ids in the key's sort order, when there are at most [`IDS_MAX`].
     pub ids: Option<Arc<Ids>>,
+    /// For `ids` in a time order: their sort keys and where the log of changed patients
+    /// stood in the snapshot they were read in, so that a later generation's matches can
+    /// be found by reading only the patients changed since ([`patched`]).
+    pub since: Option<Arc<Since>>,
     /// Taken just before the statements that found it were sent (see [`Turns`]).
     pub at: Instant,
 }
@@ -184,8 +196,64 @@ pub trait Held {
 
 impl Held for SearchResult {
     fn bytes(&self) -> usize {
-        self.ids.as_ref().map_or(0, |ids| ids.bytes())
+        self.ids.as_ref().map_or(0, |ids| ids.bytes()) + self.since.as_ref().map_or(0, |s| s.keys.bytes())
     }
+}
+
+/// The sort keys of a search's ids (position by position) and the change log's position
+/// in the snapshot both were read in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub keys: Keys,
+    pub mark: ChangeMark,
+}
+
+/// A search's matches at a later snapshot, from its matches at an earlier one (`ids`,
+/// `keys`), the patients written in between (`changed`: created, changed or deleted;
+/// read from the change log in the later snapshot) and those of them that match in the
+/// later snapshot, with their keys, in the list's order (`fresh`, `fresh_keys`). Every
+/// changed patient leaves its old place and the matching ones are merged in at theirs,
+/// by (key, id) in the order's direction: what the database would answer in the later
+/// snapshot, since a patient not written in between matches as it did and keeps its
+/// key. `None` if the keys are not of one kind (a remembered list from another
+/// database: never, in practice).
+pub fn patched(ids: &Ids, keys: &Keys, changed: &[Id], fresh: &[Id], fresh_keys: &Keys, desc: bool) -> Option<(Ids, Keys)> {
+    let changed: std::collections::HashSet<Id> = changed.iter().copied().collect();
+    let kept = (0..ids.len()).filter(|&i| !changed.contains(&ids.get(i)));
+    match (keys, fresh_keys) {
+        (Keys::Micros(old), Keys::Micros(new)) => {
+            let (ids, keys) =
+                merge(kept.map(|i| (old[i], ids.get(i))), fresh.iter().copied().zip(new.iter().copied()).map(|(id, k)| (k, id)), desc);
+            Some((Ids::new(ids), Keys::Micros(keys)))
+        }
+        (Keys::Text(old), Keys::Text(new)) => {
+            let (ids, keys) = merge(
+                kept.map(|i| (old[i].clone(), ids.get(i))),
+                fresh.iter().copied().zip(new.iter().cloned()).map(|(id, k)| (k, id)),
+                desc,
+            );
+            Some((Ids::new(ids), Keys::Text(keys)))
+        }
+        _ => None,
+    }
+}
+
+/// Two lists sorted by (key, id) in one direction, as one.
+fn merge<K: Ord>(a: impl Iterator<Item = (K, Id)>, b: impl Iterator<Item = (K, Id)>, desc: bool) -> (Vec<Id>, Vec<K>) {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let (mut ids, mut keys) = (Vec::new(), Vec::new());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => (x <= y) != desc,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let (k, id) = if take_a { a.next() } else { b.next() }.expect("peeked");
+        ids.push(id);
+        keys.push(k);
+    }
+    (ids, keys)
 }
 
 /// A list's answer, as written (`page_cache`).
@@ -275,12 +343,57 @@ mod tests {
     #[test]
     fn an_entry_serves_only_its_generation() {
         let cache = SearchCache::default();
-        cache.put(key("martin"), 7, SearchResult { total: 3, ids: ids(vec![1, 2, 3]), at: Instant::now() });
+        cache.put(key("martin"), 7, SearchResult { total: 3, ids: ids(vec![1, 2, 3]), since: None, at: Instant::now() });
         assert_eq!(cache.get(&key("martin"), 7).map(|r| r.total), Some(3));
         assert!(cache.get(&key("martin"), 8).is_none(), "a write happened since");
         assert!(cache.get(&key("bernard"), 7).is_none());
         let scoped = SearchKey { scope: Scope::Group(1), ..key("martin") };
         assert!(cache.get(&scoped, 7).is_none(), "another scope");
+    }
+
+    /// The list a database would answer: `rows` (id, key, matches) sorted by (key, id).
+    fn answer(rows: &[(Id, i64, bool)], desc: bool) -> (Vec<Id>, Vec<i64>) {
+        let mut m: Vec<(i64, Id)> = rows.iter().filter(|r| r.2).map(|r| (r.1, r.0)).collect();
+        m.sort();
+        if desc {
+            m.reverse();
+        }
+        (m.iter().map(|r| r.1).collect(), m.iter().map(|r| r.0).collect())
+    }
+
+    #[test]
+    fn a_patch_gives_what_a_new_search_would() {
+        for desc in [false, true] {
+            // Before: ids 1..=40, keys with ties; every third matches.
+            let mut rows: Vec<(Id, i64, bool)> = (1..=40).map(|id| (id, (id * 7) % 13, id % 3 == 0)).collect();
+            let (ids, keys) = answer(&rows, desc);
+            let (ids, keys) = (Ids::new(ids), Keys::Micros(keys));
+            // Written since: a match deleted, a match that stops matching, one that
+            // starts, a match whose key moves (to a tie and past the ends), new patients
+            // (matching or not), and a patient written twice.
+            rows.retain(|r| r.0 != 3);
+            rows[5].2 = false;
+            rows[6].2 = true;
+            rows[10].1 = 99;
+            rows[11].1 = -5;
+            rows[12].1 = rows[1].1;
+            rows.extend([(41, 0, true), (42, 4, false), (43, 12, true), (44, 12, true)]);
+            let changed = vec![3, rows[5].0, rows[6].0, rows[10].0, rows[11].0, rows[12].0, 41, 42, 43, 44, 41];
+            let set: std::collections::HashSet<Id> = changed.iter().copied().collect();
+            let fresh_rows: Vec<_> = rows.iter().filter(|r| set.contains(&r.0)).copied().collect();
+            let (fresh, fresh_keys) = answer(&fresh_rows, desc);
+            let (got_ids, got_keys) = patched(&ids, &keys, &changed, &fresh, &Keys::Micros(fresh_keys), desc).expect("one kind");
+            let (want_ids, want_keys) = answer(&rows, desc);
+            assert_eq!(got_ids.slice(0, usize::MAX), want_ids, "desc {desc}");
+            assert_eq!(got_keys, Keys::Micros(want_keys));
+        }
+        // Texts compare byte by byte, as SQLite does, and the id breaks ties.
+        let keys = Keys::Text(vec!["2026-01-02".into(), "2026-01-01".into()]);
+        let (ids, keys) =
+            patched(&Ids::new(vec![5, 6]), &keys, &[7], &[7], &Keys::Text(vec!["2026-01-01".into()]), true).expect("one kind");
+        assert_eq!(ids.slice(0, 9), vec![5, 7, 6]);
+        assert_eq!(keys, Keys::Text(vec!["2026-01-02".into(), "2026-01-01".into(), "2026-01-01".into()]));
+        assert!(patched(&Ids::new(vec![1]), &Keys::Micros(vec![1]), &[], &[], &Keys::Text(vec![]), false).is_none());
     }
 
     #[test]
@@ -299,7 +412,7 @@ mod tests {
     fn the_cache_stays_within_its_bounds() {
         let cache = SearchCache::default();
         for i in 0..(ENTRIES_MAX + 10) {
-            cache.put(key(&i.to_string()), 1, SearchResult { total: 1, ids: ids(vec![1]), at: Instant::now() });
+            cache.put(key(&i.to_string()), 1, SearchResult { total: 1, ids: ids(vec![1]), since: None, at: Instant::now() });
         }
         let inner = cache.lock();
         assert!(inner.entries.len() <= ENTRIES_MAX);
@@ -308,9 +421,9 @@ mod tests {
         // The largest entries: at most IDS_BUDGET_BYTES of them, wide or narrow.
         let big = (1..=IDS_MAX).collect::<Vec<Id>>();
         for i in 0..30 {
-            cache.put(key(&format!("big{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(big.clone()), at: Instant::now() });
+            cache.put(key(&format!("big{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(big.clone()), since: None, at: Instant::now() });
             let wide = big.iter().map(|id| id + i64::from(u32::MAX)).collect();
-            cache.put(key(&format!("wide{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(wide), at: Instant::now() });
+            cache.put(key(&format!("wide{i}")), 1, SearchResult { total: IDS_MAX, ids: ids(wide), since: None, at: Instant::now() });
             let inner = cache.lock();
             assert!(inner.bytes_held <= IDS_BUDGET_BYTES);
             assert_eq!(inner.bytes_held, inner.entries.values().map(|(_, r)| Held::bytes(r)).sum::<usize>());

@@ -395,6 +395,26 @@ impl Store {
         }
     }
 
+    /// A read-only transaction whose statements all see one snapshot of the database
+    /// (PostgreSQL: `REPEATABLE READ`; SQLite: a deferred transaction, whose snapshot is
+    /// taken by its first read), for reads that must agree with each other, such as a
+    /// search's matches and the position of the change log they were read at. It takes
+    /// no writer turn; end it with [`Db::commit`] (dropped, it is rolled back).
+    pub async fn read_snapshot(&self) -> StoreResult<Db> {
+        self.acquire(async {
+            Ok(Db(
+                match &self.pool {
+                    Pool::Sqlite(pool) => Inner::Sqlite(Handle::Tx(pool.begin_with("BEGIN DEFERRED").await?)),
+                    Pool::Postgres(pool) => {
+                        Inner::Postgres(Handle::Tx(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?))
+                    }
+                },
+                None,
+            ))
+        })
+        .await
+    }
+
     /// Runs `get` (taking a connection) within the acquire timeout of the moment, and
     /// records whether the database answered (see [`Outage`]). A timed-out `get` is
     /// dropped, which gives its pool slot back.

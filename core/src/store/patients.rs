@@ -263,6 +263,27 @@ impl PatientSort {
         self.terms(reversed).iter().map(Term::sql).collect::<Vec<_>>().join(", ")
     }
 
+    /// The time column an order is by, for the orders whose keys a node compares itself
+    /// (`search_cache::patched`); names and texts compare by the database's collation.
+    pub fn time_column(self) -> Option<&'static str> {
+        match self {
+            PatientSort::CreatedAt { .. } => Some("created_at"),
+            PatientSort::UpdatedAt { .. } => Some("updated_at"),
+            PatientSort::LastName { .. } | PatientSort::ExternalId { .. } | PatientSort::Status { .. } => None,
+        }
+    }
+
+    /// Whether the order is descending.
+    pub fn descending(self) -> bool {
+        match self {
+            PatientSort::CreatedAt { desc }
+            | PatientSort::UpdatedAt { desc }
+            | PatientSort::LastName { desc }
+            | PatientSort::ExternalId { desc }
+            | PatientSort::Status { desc } => desc,
+        }
+    }
+
     /// Whether the index that serves a group or status filter also yields this order.
     fn follows_filter_index(self) -> bool {
         matches!(self, PatientSort::UpdatedAt { .. } | PatientSort::Status { .. })
@@ -272,6 +293,46 @@ impl PatientSort {
 /// The sort key of one row of a list: its values of the order's terms, as the database
 /// wrote them in JSON (see [`Db::list_anchors`]).
 pub type SortKey = Box<[serde_json::Value]>;
+
+/// Where the log of changed patients stood in a read snapshot (migration 0011): on
+/// SQLite the last position written (one writer at a time, so positions are in commit
+/// order); on PostgreSQL the snapshot itself (`pg_current_snapshot()` as text), since
+/// transactions commit in any order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeMark {
+    Seq(i64),
+    Snapshot(String),
+}
+
+/// The sort keys of a time-ordered list, position by position, as its database compares
+/// them: microseconds since the epoch (PostgreSQL's `timestamptz`), or the stored text
+/// (SQLite, which compares it byte by byte). The id breaks ties in both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keys {
+    Micros(Vec<i64>),
+    Text(Vec<Box<str>>),
+}
+
+impl Keys {
+    pub fn len(&self) -> usize {
+        match self {
+            Keys::Micros(v) => v.len(),
+            Keys::Text(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Memory held by the keys (a text's: its bytes and its pointer).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Keys::Micros(v) => v.len() * 8,
+            Keys::Text(v) => v.iter().map(|k| k.len() + 16).sum(),
+        }
+    }
+}
 
 /// Filters of a patient list.
 #[derive(Clone, Debug)]
@@ -829,6 +890,107 @@ impl Db {
             let q = bind_args!(sqlx::query_scalar(&sql).persistent(persistent), &args);
             q.fetch_all(c).await
         })?)
+    }
+
+    /// Like [`Db::matching_patient_ids`], with each match's sort key, for a list a node
+    /// may patch later (`search_cache::patched`): `None` unless the order is by a time
+    /// ([`PatientSort::time_column`]). With `only`, just the matches among those ids,
+    /// each read by id (the patch of a remembered search). Run it in the snapshot of
+    /// [`Db::change_mark`] (a [`super::Store::read_snapshot`]).
+    pub async fn matching_patient_keys(
+        &mut self,
+        f: &PatientFilter,
+        only: Option<&[Id]>,
+        limit: i64,
+    ) -> StoreResult<Option<(Vec<Id>, Keys)>> {
+        let Some(column) = f.sort.time_column() else { return Ok(None) };
+        if only.is_some_and(|ids| ids.is_empty()) {
+            return Ok(Some((Vec::new(), if self.is_sqlite() { Keys::Text(Vec::new()) } else { Keys::Micros(Vec::new()) })));
+        }
+        let mut args = Vec::new();
+        let (with, from, mut filter) = self.filter_sql(f, only.is_none(), false, false, &mut args);
+        if let Some(ids) = only {
+            // Integers written in, as in `patients_by_ids`.
+            let list = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+            filter = if filter.is_empty() { format!("WHERE id IN ({list})") } else { format!("{filter} AND id IN ({list})") };
+        }
+        args.push(Arg::Int(limit));
+        let order = f.sort.order_by(false);
+        let limit = args.len();
+        let persistent = only.is_none() && self.keeps_plan(f);
+        if self.is_sqlite() {
+            // The text SQLite compares (BINARY), compared the same way here.
+            let sql = format!("{with}SELECT id, {column} FROM {from} {filter} ORDER BY {order} LIMIT ${limit}");
+            let rows: Vec<(Id, String)> = on_db!(self, |c| {
+                let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
+                q.fetch_all(c).await
+            })?;
+            let (ids, keys): (Vec<Id>, Vec<Box<str>>) = rows.into_iter().map(|(id, k)| (id, k.into_boxed_str())).unzip();
+            Ok(Some((ids, Keys::Text(keys))))
+        } else {
+            // Microseconds since the epoch: what PostgreSQL stores and compares.
+            let sql = format!(
+                "{with}SELECT id, CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT) FROM {from} {filter} ORDER BY {order} LIMIT ${limit}"
+            );
+            let rows: Vec<(Id, i64)> = on_db!(self, |c| {
+                let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
+                q.fetch_all(c).await
+            })?;
+            let (ids, keys) = rows.into_iter().unzip();
+            Ok(Some((ids, Keys::Micros(keys))))
+        }
+    }
+
+    /// Where the log of changed patients stands in this snapshot (migration 0011).
+    pub async fn change_mark(&mut self) -> StoreResult<ChangeMark> {
+        Ok(match &mut self.0 {
+            super::Inner::Sqlite(h) => ChangeMark::Seq(
+                sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) AS INTEGER) FROM patient_changes").fetch_one(h.conn()).await?,
+            ),
+            super::Inner::Postgres(h) => {
+                ChangeMark::Snapshot(sqlx::query_scalar("SELECT CAST(pg_current_snapshot() AS TEXT)").fetch_one(h.conn()).await?)
+            }
+        })
+    }
+
+    /// The patients written (created, changed or deleted) since `mark`, as seen from
+    /// this snapshot, each once; `None` when the log no longer holds all of them (pruned
+    /// since) or they are more than `limit`.
+    pub async fn changed_since(&mut self, mark: &ChangeMark, limit: i64) -> StoreResult<Option<Vec<Id>>> {
+        let ids: Vec<Id> = match (&mut self.0, mark) {
+            (super::Inner::Sqlite(h), ChangeMark::Seq(seq)) => {
+                let pruned: i64 = sqlx::query_scalar("SELECT seq FROM patient_changes_pruned").fetch_one(h.conn()).await?;
+                if pruned > *seq {
+                    return Ok(None);
+                }
+                sqlx::query_scalar("SELECT DISTINCT patient_id FROM patient_changes WHERE seq > $1 LIMIT $2")
+                    .bind(seq)
+                    .bind(limit + 1)
+                    .fetch_all(h.conn())
+                    .await?
+            }
+            (super::Inner::Postgres(h), ChangeMark::Snapshot(snapshot)) => {
+                let pruned: bool =
+                    sqlx::query_scalar("SELECT xid >= pg_snapshot_xmin(CAST($1 AS pg_snapshot)) FROM patient_changes_pruned")
+                        .bind(snapshot)
+                        .fetch_one(h.conn())
+                        .await?;
+                if pruned {
+                    return Ok(None);
+                }
+                sqlx::query_scalar(
+                    "SELECT DISTINCT patient_id FROM patient_changes \
+                     WHERE xid >= pg_snapshot_xmin(CAST($1 AS pg_snapshot)) AND NOT pg_visible_in_snapshot(xid, CAST($1 AS pg_snapshot)) \
+                     LIMIT $2",
+                )
+                .bind(snapshot)
+                .bind(limit + 1)
+                .fetch_all(h.conn())
+                .await?
+            }
+            _ => return Err(super::StoreError::Corrupt("a change mark of the other database".into())),
+        };
+        Ok((ids.len() as i64 <= limit).then_some(ids))
     }
 
     /// The patients of `ids`, in that order (ids no longer in the registry are left out).
