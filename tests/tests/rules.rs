@@ -871,9 +871,28 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
     check("several writes").await;
     assert!(searches_patched() >= patched_before + 7, "the node patched its searches");
 
-    // A rename into the search, then the log pruned past it: its rows left all name one
-    // other patient (id -1), so only the pruned position tells the node to read again.
+    // A rename into the search, and the log pruned of it (as the fold does when a
+    // transaction that started long before commits: the rows after it in the log can
+    // then be few): only the pruned position tells the node to read the search again.
     put(ids[5], json!({"last_name": "Martin-5"})).await;
+    let prune_last = match backend {
+        Backend::Sqlite => [
+            "UPDATE patient_changes_pruned SET seq = (SELECT MAX(seq) FROM patient_changes)",
+            "DELETE FROM patient_changes WHERE seq = (SELECT seq FROM patient_changes_pruned)",
+        ],
+        Backend::Postgres => [
+            "UPDATE patient_changes_pruned SET xid = (SELECT xid FROM patient_changes ORDER BY seq DESC LIMIT 1)",
+            "DELETE FROM patient_changes WHERE xid = (SELECT xid FROM patient_changes_pruned)",
+        ],
+    };
+    for sql in prune_last {
+        assert_eq!(run_sql(backend, &a.db_url, sql).await, 1, "{sql}");
+    }
+    check("the log pruned of a change").await;
+
+    // The log's own pruning: past 32,768 changes the oldest go and the pruned position
+    // moves past them (on PostgreSQL in the counters' fold).
+    put(ids[7], json!({"last_name": "Martin-7"})).await;
     let flood = match backend {
         Backend::Sqlite => {
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 40000) \
@@ -886,8 +905,16 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
         run_sql(backend, &a.db_url, "SELECT patient_counts_compact()").await;
     }
     let left = run_sql(backend, &a.db_url, "DELETE FROM patient_changes WHERE patient_id <> -1").await;
-    assert_eq!(left, 0, "the rename's change was pruned");
-    check("the log pruned past the remembered searches").await;
+    assert_eq!(left, 0, "the changes before the flood were pruned");
+    let moved = match backend {
+        Backend::Sqlite => "UPDATE patient_changes_pruned SET one = one WHERE seq >= (SELECT MIN(seq) FROM patient_changes) - 1",
+        Backend::Postgres => {
+            "UPDATE patient_changes_pruned SET one = one \
+             WHERE xid >= (SELECT xid FROM patient_changes WHERE patient_id = -1 ORDER BY seq LIMIT 1)"
+        }
+    };
+    assert_eq!(run_sql(backend, &a.db_url, moved).await, 1, "the pruned position moved");
+    check("the log pruned").await;
 }
 per_backend!(remembered_searches_are_patched_from_the_change_log);
 

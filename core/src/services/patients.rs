@@ -162,21 +162,27 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
     // the ids were found at; otherwise the way below, which reads it first.
+    // The counts it read go on with the way below.
+    let mut read = None;
     if let Some((generation, SearchResult { total, ids: Some(ids), .. })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
         if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
             if counts.generation == generation {
                 keep_visible(&mut rows, filter.scope, status);
                 return done(rows, total, generation);
             }
+            read = Some(counts);
         }
     }
     // A page deep in a list without a search, from the anchors this node knows: the
     // statement reads the counts too, which the way below goes on with if the anchors'
     // generation has passed.
-    let counts = match super::anchors::known_deep_page(app, &mut db, filter, page).await? {
-        Some((counts, Some(rows))) => return done(rows, counts.total(status), counts.generation),
-        Some((counts, None)) => counts,
-        None => db.patient_counts(filter.scope).await?,
+    let counts = match read {
+        Some(counts) => counts,
+        None => match super::anchors::known_deep_page(app, &mut db, filter, page).await? {
+            Some((counts, Some(rows))) => return done(rows, counts.total(status), counts.generation),
+            Some((counts, None)) => counts,
+            None => db.patient_counts(filter.scope).await?,
+        },
     };
     let universe = counts.total(status);
     // A page deep in a list without a search: from the nearest anchor before it.
@@ -195,42 +201,8 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
         (Some(_), Some(key)) => {
             // After the counts came back: a search sent later sees at least their snapshot.
             let counted_at = Instant::now();
-            let found = match app.searches.get(&key, counts.generation) {
-                Some(found) => found,
-                None => {
-                    // One search of this key at a time (see `Turns`); the one before
-                    // this request's turn serves it if it started after the counts.
-                    // Not waiting with a connection: others need it, and the search
-                    // before this one may take a while.
-                    let (back, _turn, _) = app.search_turns.take_with(&key, db, &app.store).await?;
-                    match app.searches.get_any(&key) {
-                        Some((_, found)) if found.at >= counted_at => {
-                            db = back;
-                            found
-                        }
-                        before => {
-                            // In one snapshot: the generation the result is kept under,
-                            // the change log's position and the matches, so that the
-                            // result is exactly that generation's and the next patch
-                            // starts where this one ended.
-                            drop(back);
-                            let at = Instant::now();
-                            db = app.store.read_snapshot().await?;
-                            let generation = db.patient_generation(filter.scope).await?;
-                            let patch = match before {
-                                Some((_, before)) => patch_search(&mut db, filter, &before, at).await?,
-                                None => None,
-                            };
-                            let found = match patch {
-                                Some(found) => found,
-                                None => read_search(&mut db, filter, at).await?,
-                            };
-                            app.searches.put(key, generation, found.clone());
-                            found
-                        }
-                    }
-                }
-            };
+            let (back, found) = search_result(app, db, filter, key, counts.generation, counted_at).await?;
+            db = back;
             let page = match &found.ids {
                 Some(ids) => {
                     let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
@@ -245,6 +217,64 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
         }
     };
     done(rows, total, counts.generation)
+}
+
+/// What a search matches, at least as new as the scope's counts read (at `generation`)
+/// just before `counted_at`, with the connection to go on with. Remembered at that
+/// generation: as remembered. Remembered earlier, in a time order: brought up to date
+/// by this request from the patients written since (`patch_search`), side by side with
+/// others doing the same: a patch reads a few rows, and waiting for another's cost more
+/// than making one (32 clients waiting in turns for each other's patches while patients
+/// were created: p50 12–30 ms). Otherwise read in full, one read of a key at a time.
+async fn search_result(
+    app: &App,
+    mut db: Db,
+    filter: &PatientFilter,
+    key: SearchKey,
+    generation: i64,
+    counted_at: Instant,
+) -> ApiResult<(Db, SearchResult)> {
+    if let Some(found) = app.searches.get(&key, generation) {
+        return Ok((db, found));
+    }
+    if let Some((_, before)) = app.searches.get_any(&key) {
+        if let Some((generation, found)) = patch_search(&mut db, filter, &before, Instant::now()).await? {
+            app.searches.put_newer(key, generation, found.clone());
+            return Ok((db, found));
+        }
+    }
+    // One read of this key at a time (see `Turns`); the one before this request's turn
+    // serves it if it started after the counts. Not waiting with a connection: others
+    // need it, and the read before this one may take a while. A request served by it
+    // gives the turn back before taking a connection again: the requests that waited
+    // together pass the turn on one after the other, and each waiting for a connection
+    // while holding it made them wait for each other's.
+    let (kept, turn) = match app.search_turns.try_take(&key) {
+        Some(turn) => (Some(db), turn),
+        None => {
+            drop(db);
+            (None, app.search_turns.take(&key).await)
+        }
+    };
+    if let Some((_, found)) = app.searches.get_any(&key).filter(|(_, found)| found.at >= counted_at) {
+        drop(turn);
+        let db = match kept {
+            Some(db) => db,
+            None => app.store.conn().await?,
+        };
+        return Ok((db, found));
+    }
+    // In one snapshot: the generation the result is kept under, the change log's
+    // position and the matches, so that the result is exactly that generation's and the
+    // next patch starts where this one ended.
+    drop(kept);
+    let at = Instant::now();
+    let mut db = app.store.read_snapshot().await?;
+    let generation = db.patient_generation(filter.scope).await?;
+    let found = read_search(&mut db, filter, at).await?;
+    app.searches.put_newer(key, generation, found.clone());
+    drop(turn);
+    Ok((db, found))
 }
 
 /// Patients written since a remembered search's snapshot, past which its matches are read
@@ -262,7 +292,7 @@ async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiRes
     let (ids, since) = match filter.sort.time_column() {
         Some(_) => {
             let mark = db.change_mark().await?;
-            match db.matching_patient_keys(filter, None, IDS_MAX + 1).await? {
+            match db.matching_patient_keys(filter, IDS_MAX + 1).await? {
                 Some((ids, keys)) => (ids, Some(Arc::new(Since { keys, mark }))),
                 None => (db.matching_patient_ids(filter, IDS_MAX + 1).await?, None),
             }
@@ -277,25 +307,24 @@ async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiRes
     })
 }
 
-/// A remembered search's matches brought to `db`'s snapshot by reading only the patients
-/// written since its own (`search_cache::patched`); `None` when it cannot be (no keys
-/// remembered, the change log pruned past its snapshot, more than [`CHANGES_MAX`]
-/// patients written since, or more than [`IDS_MAX`] matches after).
-async fn patch_search(db: &mut Db, filter: &PatientFilter, before: &SearchResult, at: Instant) -> ApiResult<Option<SearchResult>> {
+/// A remembered search's matches brought up to date by reading only the patients
+/// written since its snapshot (`search_cache::patched`), with the generation they are
+/// of; `None` when they cannot be (no keys remembered, the change log pruned past its
+/// snapshot, more than [`CHANGES_MAX`] changes since, or more than [`IDS_MAX`] matches
+/// after).
+async fn patch_search(db: &mut Db, filter: &PatientFilter, before: &SearchResult, at: Instant) -> ApiResult<Option<(i64, SearchResult)>> {
     let (Some(ids), Some(since)) = (&before.ids, &before.since) else { return Ok(None) };
-    let mark = db.change_mark().await?;
-    let Some(changed) = db.changed_since(&since.mark, CHANGES_MAX).await? else { return Ok(None) };
-    let Some((fresh, fresh_keys)) = db.matching_patient_keys(filter, Some(&changed), changed.len() as i64).await? else {
-        return Ok(None);
-    };
-    let Some((ids, keys)) = patched(ids, &since.keys, &changed, &fresh, &fresh_keys, filter.sort.descending()) else {
+    let Some(changes) = db.changes_since(filter, &since.mark, CHANGES_MAX).await? else { return Ok(None) };
+    let desc = filter.sort.descending();
+    let Some((ids, keys)) = patched(ids, &since.keys, &changes.changed, &changes.fresh, &changes.fresh_keys, desc) else {
         return Ok(None);
     };
     if ids.len() as i64 > IDS_MAX {
         return Ok(None);
     }
     crate::metrics::global().searches_patched.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(SearchResult { total: ids.len() as i64, ids: Some(Arc::new(ids)), since: Some(Arc::new(Since { keys, mark })), at }))
+    let since = Some(Arc::new(Since { keys, mark: changes.mark }));
+    Ok(Some((changes.generation, SearchResult { total: ids.len() as i64, ids: Some(Arc::new(ids)), since, at })))
 }
 
 /// The ids of `page` among a search's remembered ordered ids.

@@ -312,11 +312,25 @@ impl<K: Eq + Hash, V: Held + Clone> GenerationCache<K, V> {
     /// Remembers `value`, read at `generation` (read before the value, or in the same
     /// statement). A value larger than the whole budget is not kept.
     pub fn put(&self, key: K, generation: i64, value: V) {
+        self.put_if(key, generation, value, |_| true)
+    }
+
+    /// As [`GenerationCache::put`], unless the key's value is of a later generation (a
+    /// scope's generation only grows: a later one was read in a later snapshot), as when
+    /// requests bring one remembered search up to date side by side.
+    pub fn put_newer(&self, key: K, generation: i64, value: V) {
+        self.put_if(key, generation, value, |present| present <= generation)
+    }
+
+    fn put_if(&self, key: K, generation: i64, value: V, replaces: impl Fn(i64) -> bool) {
         let added = value.bytes();
         if added > self.bytes_max {
             return;
         }
         let mut inner = self.lock();
+        if inner.entries.get(&key).is_some_and(|(present, _)| !replaces(*present)) {
+            return;
+        }
         if inner.entries.len() >= self.entries_max || inner.bytes_held + added > self.bytes_max {
             inner.entries.clear();
             inner.bytes_held = 0;
@@ -346,6 +360,11 @@ mod tests {
         cache.put(key("martin"), 7, SearchResult { total: 3, ids: ids(vec![1, 2, 3]), since: None, at: Instant::now() });
         assert_eq!(cache.get(&key("martin"), 7).map(|r| r.total), Some(3));
         assert!(cache.get(&key("martin"), 8).is_none(), "a write happened since");
+        // A value of an earlier generation does not replace a later one.
+        cache.put_newer(key("martin"), 6, SearchResult { total: 9, ids: None, since: None, at: Instant::now() });
+        assert_eq!(cache.get_any(&key("martin")).map(|(g, r)| (g, r.total)), Some((7, 3)));
+        cache.put_newer(key("martin"), 8, SearchResult { total: 4, ids: None, since: None, at: Instant::now() });
+        assert_eq!(cache.get_any(&key("martin")).map(|(g, r)| (g, r.total)), Some((8, 4)));
         assert!(cache.get(&key("bernard"), 7).is_none());
         let scoped = SearchKey { scope: Scope::Group(1), ..key("martin") };
         assert!(cache.get(&scoped, 7).is_none(), "another scope");
