@@ -119,12 +119,15 @@ pub async fn list(
         page_size: page.page_size,
     });
     let mut db = app.store.conn().await?;
+    let mut known = None;
     if let Some((generation, answer)) = key.as_ref().and_then(|k| app.pages.get_any(k)) {
-        if db.patient_generation(filter.scope).await? == generation {
+        let now = db.patient_generation(filter.scope).await?;
+        if now == generation {
             return Ok(answer);
         }
+        known = Some(now);
     }
-    let (found, generation) = read_page(app, db, &filter, page).await?;
+    let (found, generation) = read_page(app, db, &filter, page, known).await?;
     let answer = answer(found, page);
     if let Some(key) = key {
         app.pages.put(key, generation, answer.clone());
@@ -144,8 +147,15 @@ fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
 /// of the scope read before the page or with it. Totals come from the counters (no
 /// search), or from a count remembered by this node while the scope's generation stays
 /// the same (a search; see `search_cache`); a search matching few patients also
-/// remembers their ordered ids and reads a page by id.
-async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequest) -> ApiResult<(Page<Patient>, i64)> {
+/// remembers their ordered ids and reads a page by id. `known`: the scope's generation,
+/// if the caller has just read it.
+async fn read_page(
+    app: &App,
+    mut db: Db,
+    filter: &PatientFilter,
+    page: PageRequest,
+    known: Option<i64>,
+) -> ApiResult<(Page<Patient>, i64)> {
     let status = filter.status;
     let sort = filter.sort;
     let done = |rows: Vec<PatientRow>, total: i64, generation: i64| {
@@ -159,10 +169,17 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
         (Some(search), None) => Some(SearchKey { scope: filter.scope, status, search: search.clone(), sort }),
         _ => None,
     };
+    // A search, the scope's generation just read (a remembered answer found of an
+    // earlier one, as when patients are being created): its matches at least as new,
+    // and the page, without reading the counts again.
+    if let (Some(key), Some(generation)) = (&key, known) {
+        let (db, found) = search_result(app, db, filter, key.clone(), generation, Instant::now()).await?;
+        let rows = page_of_search(db, filter, page, &found, None).await?;
+        return done(rows, found.total, generation);
+    }
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
-    // the ids were found at; otherwise the way below, which reads it first.
-    // The counts it read go on with the way below.
+    // the ids were found at; otherwise the way below, which goes on with those counts.
     let mut read = None;
     if let Some((generation, SearchResult { total, ids: Some(ids), .. })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
         if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
@@ -201,54 +218,67 @@ async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequ
         (Some(_), Some(key)) => {
             // After the counts came back: a search sent later sees at least their snapshot.
             let counted_at = Instant::now();
-            let (back, found) = search_result(app, db, filter, key, counts.generation, counted_at).await?;
-            db = back;
-            let page = match &found.ids {
-                Some(ids) => {
-                    let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
-                    keep_visible(&mut rows, filter.scope, status);
-                    (found.total, rows)
-                }
-                None => (found.total, db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?),
-            };
-            // Ends the read snapshot, if the search was read in one.
-            db.commit().await?;
-            page
+            let (db, found) = search_result(app, db, filter, key, counts.generation, counted_at).await?;
+            (found.total, page_of_search(db, filter, page, &found, Some(universe)).await?)
         }
     };
     done(rows, total, counts.generation)
 }
 
+/// A page of a search's matches: read by id from its remembered ids (and rechecked), or
+/// in sort order from the database (given the scope's and status's patients, when
+/// known). Ends `db`'s read snapshot, if it is one.
+async fn page_of_search(
+    mut db: Db,
+    filter: &PatientFilter,
+    page: PageRequest,
+    found: &SearchResult,
+    universe: Option<i64>,
+) -> ApiResult<Vec<PatientRow>> {
+    let rows = match &found.ids {
+        Some(ids) => {
+            let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
+            keep_visible(&mut rows, filter.scope, filter.status);
+            rows
+        }
+        None => {
+            let universe = match universe {
+                Some(n) => n,
+                None => db.patient_counts(filter.scope).await?.total(filter.status),
+            };
+            db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?
+        }
+    };
+    db.commit().await?;
+    Ok(rows)
+}
+
 /// What a search matches, at least as new as the scope's counts read (at `generation`)
-/// just before `counted_at`, with the connection to go on with. Remembered at that
-/// generation: as remembered. Remembered earlier, in a time order: brought up to date
-/// by this request from the patients written since (`patch_search`), side by side with
-/// others doing the same: a patch reads a few rows, and waiting for another's cost more
-/// than making one (32 clients waiting in turns for each other's patches while patients
-/// were created: p50 12–30 ms). Otherwise read in full, one read of a key at a time.
+/// just before `counted_at`, with the connection to go on with. A result remembered at
+/// that generation or a later one serves (a scope's generation only grows, and a
+/// snapshot sees every write an earlier one saw: one with as large a generation saw all
+/// of the scope's writes the counts did). Otherwise one request at a time brings the
+/// key's result up to date (`Turns`): from the patients written since, in a time order
+/// (`patch_search`), else by reading the search in full. The requests that waited for
+/// it are served by what it found if its generation is at least theirs, or if it was
+/// read after their counts; each of the others brings it up to date in turn.
 async fn search_result(
     app: &App,
-    mut db: Db,
+    db: Db,
     filter: &PatientFilter,
     key: SearchKey,
     generation: i64,
     counted_at: Instant,
 ) -> ApiResult<(Db, SearchResult)> {
-    if let Some(found) = app.searches.get(&key, generation) {
+    let serves = |(g, found): &(i64, SearchResult)| *g >= generation || found.at >= counted_at;
+    if let Some((_, found)) = app.searches.get_any(&key).filter(|(g, _)| *g >= generation) {
         return Ok((db, found));
     }
-    if let Some((_, before)) = app.searches.get_any(&key) {
-        if let Some((generation, found)) = patch_search(&mut db, filter, &before, Instant::now()).await? {
-            app.searches.put_newer(key, generation, found.clone());
-            return Ok((db, found));
-        }
-    }
-    // One read of this key at a time (see `Turns`); the one before this request's turn
-    // serves it if it started after the counts. Not waiting with a connection: others
-    // need it, and the read before this one may take a while. A request served by it
-    // gives the turn back before taking a connection again: the requests that waited
-    // together pass the turn on one after the other, and each waiting for a connection
-    // while holding it made them wait for each other's.
+    // Not waiting with a connection: others need it, and the read before this one may
+    // take a while. A request served by it gives the turn back before taking a
+    // connection again: the requests that waited together pass the turn on one after
+    // the other, and each waiting for a connection while holding it made them wait for
+    // each other's.
     let (kept, turn) = match app.search_turns.try_take(&key) {
         Some(turn) => (Some(db), turn),
         None => {
@@ -256,7 +286,8 @@ async fn search_result(
             (None, app.search_turns.take(&key).await)
         }
     };
-    if let Some((_, found)) = app.searches.get_any(&key).filter(|(_, found)| found.at >= counted_at) {
+    let before = app.searches.get_any(&key);
+    if let Some((_, found)) = before.clone().filter(serves) {
         drop(turn);
         let db = match kept {
             Some(db) => db,
@@ -264,10 +295,21 @@ async fn search_result(
         };
         return Ok((db, found));
     }
+    let mut db = match kept {
+        Some(db) => db,
+        None => app.store.conn().await?,
+    };
+    if let Some((_, before)) = before {
+        if let Some((generation, found)) = patch_search(&mut db, filter, &before, Instant::now()).await? {
+            app.searches.put_newer(key, generation, found.clone());
+            drop(turn);
+            return Ok((db, found));
+        }
+    }
     // In one snapshot: the generation the result is kept under, the change log's
     // position and the matches, so that the result is exactly that generation's and the
     // next patch starts where this one ended.
-    drop(kept);
+    drop(db);
     let at = Instant::now();
     let mut db = app.store.read_snapshot().await?;
     let generation = db.patient_generation(filter.scope).await?;

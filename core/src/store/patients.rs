@@ -334,7 +334,8 @@ fn in_list_order<K: Ord>(mut rows: Vec<(K, Id)>, desc: bool) -> (Vec<Id>, Vec<K>
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Keys {
     Micros(Vec<i64>),
-    Text(Vec<Box<str>>),
+    /// Shared: a patch copies a list's keys, and a count is cheaper to copy than a text.
+    Text(Vec<std::sync::Arc<str>>),
 }
 
 impl Keys {
@@ -349,11 +350,11 @@ impl Keys {
         self.len() == 0
     }
 
-    /// Memory held by the keys (a text's: its bytes and its pointer).
+    /// Memory held by the keys (a text's: its bytes, its counts and its pointer).
     pub fn bytes(&self) -> usize {
         match self {
             Keys::Micros(v) => v.len() * 8,
-            Keys::Text(v) => v.iter().map(|k| k.len() + 16).sum(),
+            Keys::Text(v) => v.iter().map(|k| k.len() + 32).sum(),
         }
     }
 }
@@ -941,7 +942,7 @@ impl Db {
                 let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
                 q.fetch_all(c).await
             })?;
-            let (ids, keys): (Vec<Id>, Vec<Box<str>>) = rows.into_iter().map(|(id, k)| (id, k.into_boxed_str())).unzip();
+            let (ids, keys): (Vec<Id>, Vec<std::sync::Arc<str>>) = rows.into_iter().map(|(id, k)| (id, k.into())).unzip();
             Ok(Some((ids, Keys::Text(keys))))
         } else {
             // Microseconds since the epoch: what PostgreSQL stores and compares.
@@ -1037,7 +1038,7 @@ impl Db {
         let desc = f.sort.descending();
         let matches = rows.into_iter().filter(|r| r.0 == 2);
         let (fresh, fresh_keys) = if sqlite {
-            let (ids, keys) = in_list_order(matches.map(|r| (r.3.unwrap_or_default().into_boxed_str(), r.1)).collect(), desc);
+            let (ids, keys) = in_list_order(matches.map(|r| (std::sync::Arc::<str>::from(r.3.unwrap_or_default()), r.1)).collect(), desc);
             (ids, Keys::Text(keys))
         } else {
             let (ids, keys) = in_list_order(matches.map(|r| (r.2.unwrap_or_default(), r.1)).collect(), desc);
