@@ -945,15 +945,14 @@ impl Db {
             let (ids, keys): (Vec<Id>, Vec<std::sync::Arc<str>>) = rows.into_iter().map(|(id, k)| (id, k.into())).unzip();
             Ok(Some((ids, Keys::Text(keys))))
         } else {
-            // Microseconds since the epoch: what PostgreSQL stores and compares.
-            let sql = format!(
-                "{with}SELECT id, CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT) FROM {from} {filter} ORDER BY {order} LIMIT ${limit}"
-            );
-            let rows: Vec<(Id, i64)> = on_db!(self, |c| {
+            // Microseconds since the epoch: what PostgreSQL stores and compares (decoded
+            // from the timestamp itself: exact whatever the server's version).
+            let sql = format!("{with}SELECT id, {column} FROM {from} {filter} ORDER BY {order} LIMIT ${limit}");
+            let rows: Vec<(Id, DateTime<Utc>)> = on_db!(self, |c| {
                 let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
                 q.fetch_all(c).await
             })?;
-            let (ids, keys) = rows.into_iter().unzip();
+            let (ids, keys) = rows.into_iter().map(|(id, t)| (id, t.timestamp_micros())).unzip();
             Ok(Some((ids, Keys::Micros(keys))))
         }
     }
@@ -986,7 +985,7 @@ impl Db {
                 args.push(Arg::Int(*seq));
                 (
                     "SELECT patient_id FROM patient_changes WHERE seq > $1 ORDER BY seq",
-                    "NULL, (SELECT COALESCE(MAX(seq), 0) FROM patient_changes)",
+                    "NULL, (SELECT COALESCE(MAX(seq), 0) FROM patient_changes), NULL",
                     "(SELECT seq > $1 FROM patient_changes_pruned)",
                 )
             }
@@ -998,7 +997,7 @@ impl Db {
                 (
                     "SELECT patient_id FROM patient_changes WHERE xid >= pg_snapshot_xmin(CAST($1 AS pg_snapshot)) \
                      AND NOT pg_visible_in_snapshot(xid, CAST($1 AS pg_snapshot)) ORDER BY xid",
-                    "CAST(pg_current_snapshot() AS TEXT), CAST(NULL AS BIGINT)",
+                    "CAST(pg_current_snapshot() AS TEXT), CAST(NULL AS BIGINT), CAST(NULL AS TIMESTAMPTZ)",
                     "(SELECT CASE WHEN xid >= pg_snapshot_xmin(CAST($1 AS pg_snapshot)) THEN 1 ELSE 0 END FROM patient_changes_pruned)",
                 )
             }
@@ -1007,17 +1006,19 @@ impl Db {
         let (with, from, filter) = self.filter_sql(f, false, false, false, &mut args);
         debug_assert!(with.is_empty(), "no text index: the LIKE on the few rows read by id");
         let filter = if filter.is_empty() { "WHERE".to_string() } else { format!("{filter} AND") };
-        let key = if sqlite { format!("NULL, {column}") } else { format!("CAST(EXTRACT(EPOCH FROM {column}) * 1000000 AS BIGINT), NULL") };
-        // Rows: (0, generation, pruned, mark as text, mark as a number); (1, a changed
-        // patient); (2, a match among them, its key as a number or as text).
+        // The key as text (SQLite) or as a timestamp (PostgreSQL).
+        let key = if sqlite { format!("{column}, NULL, NULL") } else { format!("NULL, NULL, {column}") };
+        // Rows: (0, generation, pruned, mark as text, mark as a number, -); (1, a changed
+        // patient, -, -, -, -); (2, a match among them, -, its key as text, -, or as a
+        // timestamp).
         let sql = format!(
             "WITH changed AS MATERIALIZED ({log} LIMIT {over}) \
              SELECT CAST(0 AS BIGINT), ({generation}), CAST({pruned} AS BIGINT), {position} \
-             UNION ALL SELECT 1, patient_id, NULL, NULL, NULL FROM changed \
-             UNION ALL SELECT 2, id, {key}, NULL FROM {from} {filter} id IN (SELECT patient_id FROM changed)",
+             UNION ALL SELECT 1, patient_id, NULL, NULL, NULL, NULL FROM changed \
+             UNION ALL SELECT 2, id, NULL, {key} FROM {from} {filter} id IN (SELECT patient_id FROM changed)",
             over = limit.saturating_add(1),
         );
-        type Row = (i64, i64, Option<i64>, Option<String>, Option<i64>);
+        type Row = (i64, i64, Option<i64>, Option<String>, Option<i64>, Option<DateTime<Utc>>);
         // The text is the same for every request of a filter and limit: kept prepared.
         let rows: Vec<Row> = on_db!(self, |c| {
             let q = bind_args!(sqlx::query_as(&sql), &args);
@@ -1025,8 +1026,8 @@ impl Db {
         })?;
         let missing = || super::StoreError::Corrupt("the change log's position is missing".into());
         let (generation, pruned, mark) = match rows.iter().find(|r| r.0 == 0) {
-            Some((_, generation, pruned, Some(snapshot), _)) => (*generation, *pruned, ChangeMark::Snapshot(snapshot.clone())),
-            Some((_, generation, pruned, None, Some(seq))) => (*generation, *pruned, ChangeMark::Seq(*seq)),
+            Some((_, generation, pruned, Some(snapshot), _, _)) => (*generation, *pruned, ChangeMark::Snapshot(snapshot.clone())),
+            Some((_, generation, pruned, None, Some(seq), _)) => (*generation, *pruned, ChangeMark::Seq(*seq)),
             _ => return Err(missing()),
         };
         let mut changed: Vec<Id> = rows.iter().filter(|r| r.0 == 1).map(|r| r.1).collect();
@@ -1041,7 +1042,7 @@ impl Db {
             let (ids, keys) = in_list_order(matches.map(|r| (std::sync::Arc::<str>::from(r.3.unwrap_or_default()), r.1)).collect(), desc);
             (ids, Keys::Text(keys))
         } else {
-            let (ids, keys) = in_list_order(matches.map(|r| (r.2.unwrap_or_default(), r.1)).collect(), desc);
+            let (ids, keys) = in_list_order(matches.map(|r| (r.5.map_or(0, |t| t.timestamp_micros()), r.1)).collect(), desc);
             (ids, Keys::Micros(keys))
         };
         Ok(Some(Changes { generation, mark, changed, fresh, fresh_keys }))
