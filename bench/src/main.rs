@@ -135,7 +135,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if value("--only").as_deref() == Some("registry") {
         let mut md = Report::header();
-        let only = registry::Selection::parse(value("--cases").as_deref());
+        let rounds = value("--rounds").map(|v| v.parse::<u32>()).transpose().context("--rounds N")?.unwrap_or(1);
+        let only = registry::Selection::parse(value("--cases").as_deref(), rounds);
         md.push_str(&match value("--registry-db") {
             Some(url) => registry::run_on(&url, seconds, &script, work.path(), &only).await?,
             None => registry::run(registry_size, seconds, &script, work.path(), &only).await?,

@@ -54,18 +54,30 @@ struct Contender {
 }
 
 /// Which cases a run measures: all, or those whose label holds one of `only`'s
-/// comma-separated words (`--cases`; "creating" selects the creation case).
-#[derive(Clone, Debug, Default)]
-pub struct Selection(Option<Vec<String>>);
+/// comma-separated words (`--cases`; "creating" selects the creation case); and how many
+/// rounds of each list case (`--rounds`, 1 unless given): the contenders alternate
+/// within a round, and each cell is the round of median req/s.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    cases: Option<Vec<String>>,
+    rounds: u32,
+}
+
+impl Default for Selection {
+    fn default() -> Selection {
+        Selection { cases: None, rounds: 1 }
+    }
+}
 
 impl Selection {
-    pub fn parse(raw: Option<&str>) -> Selection {
-        Selection(raw.map(|r| r.split(',').map(|w| w.trim().to_lowercase()).filter(|w| !w.is_empty()).collect()))
+    pub fn parse(raw: Option<&str>, rounds: u32) -> Selection {
+        let cases = raw.map(|r| r.split(',').map(|w| w.trim().to_lowercase()).filter(|w| !w.is_empty()).collect());
+        Selection { cases, rounds: rounds.max(1) }
     }
 
     fn wants(&self, label: &str) -> bool {
         let label = label.to_lowercase();
-        self.0.as_ref().is_none_or(|words| words.iter().any(|w| label.contains(w.as_str())))
+        self.cases.as_ref().is_none_or(|words| words.iter().any(|w| label.contains(w.as_str())))
     }
 }
 
@@ -176,7 +188,7 @@ async fn measure(
     let paths = cases.iter().map(|c| c.first_path().to_string()).collect::<Vec<_>>().join(" ");
     hold(contenders.iter().map(|c| (&c.admin, paths.clone())), &script.display().to_string()).await?;
     if !cases.is_empty() {
-        lists(md, contenders, &cases, seconds, script, work).await?;
+        lists(md, contenders, &cases, seconds, only.rounds, script, work).await?;
     }
     if only.wants("creating patients") {
         creation(md, contenders, seconds, work)?;
@@ -184,8 +196,16 @@ async fn measure(
     Ok(())
 }
 
-async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], seconds: u32, script: &Path, work: &Path) -> anyhow::Result<()> {
-    eprintln!("==> lists and searches, 32 clients, {seconds} s each");
+async fn lists(
+    md: &mut String,
+    contenders: &[Contender],
+    cases: &[Case],
+    seconds: u32,
+    rounds: u32,
+    script: &Path,
+    work: &Path,
+) -> anyhow::Result<()> {
+    eprintln!("==> lists and searches, 32 clients, {seconds} s each, {rounds} round(s)");
     // Per case: label, matches, and per contender its lists and the creations meanwhile.
     type Cell = (Load, Option<Load>);
     let mut rows: Vec<(String, i64, Vec<Cell>)> = Vec::new();
@@ -193,8 +213,8 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
         let first = case.first_path();
         let matches = total_of(if case.scoped { &contenders[0].scoped } else { &contenders[0].admin }, first).await?;
         eprintln!("  {} ({} matches): {}", case.label, matches, first);
-        let mut loads = Vec::new();
-        for c in contenders {
+        let mut runs: Vec<Vec<Cell>> = contenders.iter().map(|_| Vec::new()).collect();
+        for (c, i) in (0..rounds).flat_map(|_| contenders.iter().zip(0..)) {
             let t = if case.scoped { &c.scoped } else { &c.admin };
             let expected = total_of(t, first).await?;
             // Patients created by the cases with writes change the totals as they run.
@@ -218,13 +238,22 @@ async fn lists(md: &mut String, contenders: &[Contender], cases: &[Case], second
             if let Some(w) = &written {
                 eprintln!("    {:<28} meanwhile {:.0} created/s, errors {}", c.name, w.rps, w.errors);
             }
-            loads.push((listed, written));
+            runs[i].push((listed, written));
         }
+        // Each contender's round of median req/s.
+        let loads: Vec<Cell> = runs
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
+                r.swap_remove(r.len() / 2)
+            })
+            .collect();
         rows.push((case.label.clone(), matches, loads));
     }
     let _ = writeln!(
         md,
-        "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell; admin unless the case says otherwise. Each cell: req/s, and p99 in ms (and, in the cases with writes, the patients created meanwhile per second by 2 more clients). Target: ≥ 1,000 req/s and p99 < 20 ms.\n"
+        "`GET /api/patients…&page_size={PAGE_SIZE}` with its exact `total`, one request repeated by 32 clients (`wrk`, 2 threads) for {seconds} s per cell{}; admin unless the case says otherwise. Each cell: req/s, and p99 in ms (and, in the cases with writes, the patients created meanwhile per second by 2 more clients). Target: ≥ 1,000 req/s and p99 < 20 ms.\n",
+        if rounds > 1 { format!(", the round of median req/s of {rounds} (the contenders alternating)") } else { String::new() }
     );
     let _ = write!(md, "| case | matches |");
     for c in contenders {
