@@ -63,13 +63,13 @@ mod tests {
     fn an_answer_serves_only_its_key_and_generation() {
         let cache = PageCache::default();
         cache.put(key(Scope::Group(1), 1), 7, bytes::Bytes::from_static(b"group 1"));
-        assert_eq!(cache.get(&key(Scope::Group(1), 1), 7).as_deref(), Some(&b"group 1"[..]));
-        assert!(cache.get(&key(Scope::Group(1), 1), 8).is_none(), "a write happened since");
-        assert!(cache.get(&key(Scope::Group(2), 1), 7).is_none(), "another group");
-        assert!(cache.get(&key(Scope::All, 1), 7).is_none(), "an admin's");
-        assert!(cache.get(&key(Scope::Group(1), 2), 7).is_none(), "another page");
+        assert_eq!(cache.get_since(&key(Scope::Group(1), 1), 7).as_deref(), Some(&b"group 1"[..]));
+        assert!(cache.get_since(&key(Scope::Group(1), 1), 8).is_none(), "a write happened since");
+        assert!(cache.get_since(&key(Scope::Group(2), 1), 7).is_none(), "another group");
+        assert!(cache.get_since(&key(Scope::All, 1), 7).is_none(), "an admin's");
+        assert!(cache.get_since(&key(Scope::Group(1), 2), 7).is_none(), "another page");
         let searched = PageKey { search: Some("martin".into()), ..key(Scope::Group(1), 1) };
-        assert!(cache.get(&searched, 7).is_none(), "a search");
+        assert!(cache.get_since(&searched, 7).is_none(), "a search");
     }
 
     #[test]
@@ -81,7 +81,7 @@ mod tests {
             let held = cache.get_any(&key(Scope::All, i)).map(|(_, b)| b.len());
             assert_eq!(held, Some(20_000));
         }
-        let kept = (0..2_000).filter(|i| cache.get(&key(Scope::All, *i), 1).is_some()).count();
+        let kept = (0..2_000).filter(|i| cache.get_since(&key(Scope::All, *i), 1).is_some()).count();
         assert!(kept > 0 && kept * 20_000 <= BUDGET_BYTES, "{kept} answers kept");
         cache.put(key(Scope::Group(9), 0), 1, bytes::Bytes::from(vec![b'x'; BUDGET_BYTES + 1]));
         assert!(cache.get_any(&key(Scope::Group(9), 0)).is_none(), "larger than the whole budget");

@@ -270,8 +270,7 @@ async fn search_result(
     generation: i64,
     counted_at: Instant,
 ) -> ApiResult<(Db, SearchResult)> {
-    let serves = |(g, found): &(i64, SearchResult)| *g >= generation || found.at >= counted_at;
-    if let Some((_, found)) = app.searches.get_any(&key).filter(|(g, _)| *g >= generation) {
+    if let Some(found) = app.searches.get_since(&key, generation) {
         return Ok((db, found));
     }
     // Not waiting with a connection: others need it, and the read before this one may
@@ -287,6 +286,7 @@ async fn search_result(
         }
     };
     let before = app.searches.get_any(&key);
+    let serves = |(g, found): &(i64, SearchResult)| *g >= generation || found.at >= counted_at;
     if let Some((_, found)) = before.clone().filter(serves) {
         drop(turn);
         let db = match kept {
@@ -331,14 +331,15 @@ async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiRes
     crate::metrics::global().searches_read.fetch_add(1, Ordering::Relaxed);
     // The ordered ids first (their number is the total), up to one more than are kept:
     // only a search matching more is counted.
-    let (ids, since) = match filter.sort.time_column() {
+    let keyed = match filter.sort.time_column() {
         Some(_) => {
             let mark = db.change_mark().await?;
-            match db.matching_patient_keys(filter, IDS_MAX + 1).await? {
-                Some((ids, keys)) => (ids, Some(Arc::new(Since { keys, mark }))),
-                None => (db.matching_patient_ids(filter, IDS_MAX + 1).await?, None),
-            }
+            db.matching_patient_keys(filter, IDS_MAX + 1).await?.map(|(ids, keys)| (ids, Some(Arc::new(Since { keys, mark }))))
         }
+        None => None,
+    };
+    let (ids, since) = match keyed {
+        Some(keyed) => keyed,
         None => (db.matching_patient_ids(filter, IDS_MAX + 1).await?, None),
     };
     Ok(if ids.len() as i64 <= IDS_MAX {

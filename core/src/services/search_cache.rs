@@ -297,9 +297,12 @@ impl<K: Eq + Hash, V: Held + Clone> GenerationCache<K, V> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The value of `key` if it was read at `generation`.
-    pub fn get(&self, key: &K, generation: i64) -> Option<V> {
-        self.lock().entries.get(key).filter(|(g, _)| *g == generation).map(|(_, v)| v.clone())
+    /// The value of `key` if it was read at `generation` or a later one: a scope's
+    /// generation only grows, and a later snapshot holds every write an earlier one did,
+    /// so a value read at as large a generation saw every write of the scope that a
+    /// reader of `generation` saw.
+    pub fn get_since(&self, key: &K, generation: i64) -> Option<V> {
+        self.lock().entries.get(key).filter(|(g, _)| *g >= generation).map(|(_, v)| v.clone())
     }
 
     /// The entry of `key` whatever its generation, with that generation: for a caller
@@ -358,16 +361,17 @@ mod tests {
     fn an_entry_serves_only_its_generation() {
         let cache = SearchCache::default();
         cache.put(key("martin"), 7, SearchResult { total: 3, ids: ids(vec![1, 2, 3]), since: None, at: Instant::now() });
-        assert_eq!(cache.get(&key("martin"), 7).map(|r| r.total), Some(3));
-        assert!(cache.get(&key("martin"), 8).is_none(), "a write happened since");
+        assert_eq!(cache.get_since(&key("martin"), 7).map(|r| r.total), Some(3));
+        assert_eq!(cache.get_since(&key("martin"), 6).map(|r| r.total), Some(3), "read after that generation");
+        assert!(cache.get_since(&key("martin"), 8).is_none(), "a write happened since");
         // A value of an earlier generation does not replace a later one.
         cache.put_newer(key("martin"), 6, SearchResult { total: 9, ids: None, since: None, at: Instant::now() });
         assert_eq!(cache.get_any(&key("martin")).map(|(g, r)| (g, r.total)), Some((7, 3)));
         cache.put_newer(key("martin"), 8, SearchResult { total: 4, ids: None, since: None, at: Instant::now() });
         assert_eq!(cache.get_any(&key("martin")).map(|(g, r)| (g, r.total)), Some((8, 4)));
-        assert!(cache.get(&key("bernard"), 7).is_none());
+        assert!(cache.get_since(&key("bernard"), 7).is_none());
         let scoped = SearchKey { scope: Scope::Group(1), ..key("martin") };
-        assert!(cache.get(&scoped, 7).is_none(), "another scope");
+        assert!(cache.get_since(&scoped, 7).is_none(), "another scope");
     }
 
     /// The list a database would answer: `rows` (id, key, matches) sorted by (key, id).

@@ -339,17 +339,6 @@ pub enum Keys {
 }
 
 impl Keys {
-    pub fn len(&self) -> usize {
-        match self {
-            Keys::Micros(v) => v.len(),
-            Keys::Text(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Memory held by the keys (a text's: its bytes, its counts and its pointer).
     pub fn bytes(&self) -> usize {
         match self {
@@ -935,9 +924,9 @@ impl Db {
         let order = f.sort.order_by(false);
         let limit = args.len();
         let persistent = self.keeps_plan(f);
+        let sql = format!("{with}SELECT id, {column} FROM {from} {filter} ORDER BY {order} LIMIT ${limit}");
         if self.is_sqlite() {
             // The text SQLite compares (BINARY), compared the same way here.
-            let sql = format!("{with}SELECT id, {column} FROM {from} {filter} ORDER BY {order} LIMIT ${limit}");
             let rows: Vec<(Id, String)> = on_db!(self, |c| {
                 let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
                 q.fetch_all(c).await
@@ -947,7 +936,6 @@ impl Db {
         } else {
             // Microseconds since the epoch: what PostgreSQL stores and compares (decoded
             // from the timestamp itself: exact whatever the server's version).
-            let sql = format!("{with}SELECT id, {column} FROM {from} {filter} ORDER BY {order} LIMIT ${limit}");
             let rows: Vec<(Id, DateTime<Utc>)> = on_db!(self, |c| {
                 let q = bind_args!(sqlx::query_as(&sql).persistent(persistent), &args);
                 q.fetch_all(c).await
