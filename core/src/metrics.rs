@@ -138,6 +138,9 @@ pub struct Metrics {
     /// since (`services::patients`, `search_cache::patched`).
     pub searches_read: AtomicU64,
     pub searches_patched: AtomicU64,
+    /// A search's page answered again as this node wrote it at an earlier generation,
+    /// none of its patients written since (`services::patients::read_page`).
+    pub search_pages_kept: AtomicU64,
     /// The change follower's progress.
     pub follower: FollowerFigures,
 }
@@ -340,6 +343,12 @@ impl Metrics {
             "cohort_searches_patched_total",
             "Remembered searches brought up to date by reading only the patients written since.",
             self.searches_patched.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_search_pages_kept_total",
+            "A search's pages answered as written at an earlier generation: the same ids and total after a patch, none of them written since.",
+            self.search_pages_kept.load(Ordering::Relaxed),
         );
         self.render_follower(out);
     }

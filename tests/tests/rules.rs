@@ -782,14 +782,21 @@ fn searches_patched() -> u64 {
     cohort_core::metrics::global().searches_patched.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A search's pages answered as a node wrote them at an earlier generation, so far.
+fn search_pages_kept() -> u64 {
+    cohort_core::metrics::global().search_pages_kept.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A node remembers a search's matches in a time order with the position of the change
 /// log they were read at, and once the generation moves it reads only the patients
 /// written since (`search_cache::patched`). After creations, renames in and out of the
 /// search, status changes, group moves, deletions and updates by another program, made
 /// on another node one at a time or several between two reads, its answers (every page,
 /// both directions, a status filter, a group's member) are exactly what a node
-/// remembering nothing reads. A log pruned past a remembered search (its changes gone,
-/// and the rows left naming few patients) makes the node read the search in full.
+/// remembering nothing reads; a page a patch leaves as it was, none of its patients
+/// written, is answered as written before (and one of whose patients was written, or
+/// that moved, is not). A log pruned past a remembered search (its changes gone, and the
+/// rows left naming few patients) makes the node read the search in full.
 async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
     let TwoNodes { a, b: _b, admin_a, admin_b, g1, g2 } = two_nodes(backend).await;
     let mut ids = Vec::new();
@@ -809,7 +816,8 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
         "/api/patients?q=martin&sort=-created_at&status=to_interpret",
         "/api/patients?q=martin&sort=created_at",
     ];
-    // What node `a` answers for each path, and what a node started now answers.
+    // What node `a` answers for each path, and what a node started now answers: the
+    // answers whole, patients' fields included.
     let answers = |c: Client| async move {
         let mut all = Vec::new();
         for path in paths {
@@ -818,7 +826,10 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
             let (paged, totals) = all_pages(&c, path).await;
             assert_eq!(paged, items, "{path}: pages of 4");
             assert!(totals.iter().all(|t| *t == total), "{path}: {totals:?}");
-            all.push(items);
+            all.push(c.get(&format!("{path}&page_size=200")).await.expect_status(200));
+            for page in 1..=(total + 3) / 4 {
+                all.push(c.get(&format!("{path}&page={page}&page_size=4")).await.expect_status(200));
+            }
         }
         all
     };
@@ -833,7 +844,7 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
         }
     };
     check("created").await;
-    let patched_before = searches_patched();
+    let (patched_before, kept_before) = (searches_patched(), search_pages_kept());
     let put = |id: i64, body: Value| {
         let admin_b = admin_b.clone();
         async move {
@@ -848,8 +859,12 @@ async fn remembered_searches_are_patched_from_the_change_log(backend: Backend) {
     check("a match renamed out").await;
     put(ids[1], json!({"last_name": "Martin"})).await;
     check("a patient renamed in").await;
+    // In the orders by creation, only the pages holding this patient change.
     put(ids[2], json!({"status": "validated"})).await;
     check("a match's status").await;
+    assert!(search_pages_kept() > kept_before, "the pages the write left as they were are answered as written");
+    put(ids[2], json!({"first_name": "Zoé"})).await;
+    check("a match's first name").await;
     put(ids[4], json!({"group_id": g1})).await;
     check("a match moved into the member's group").await;
     admin_b.req(Method::DELETE, &format!("/api/patients/{}", ids[6])).send().await.expect_status(204);

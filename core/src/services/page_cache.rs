@@ -21,8 +21,10 @@
 //! moved to another group asks with another key. Searches by pseudonym are not kept
 //! (the pseudonyms table has no generation).
 
-use super::search_cache::GenerationCache;
-use crate::domain::PatientStatus;
+use std::sync::Arc;
+
+use super::search_cache::{GenerationCache, Held};
+use crate::domain::{Id, PatientStatus};
 use crate::store::patients::{PatientSort, Scope};
 
 /// Answers kept, and their bytes over all entries: 16 MB at most (a page of 50 patients
@@ -43,7 +45,30 @@ pub struct PageKey {
     pub page_size: u32,
 }
 
-pub type PageCache = GenerationCache<PageKey, bytes::Bytes>;
+/// A list's answer as written, and, when it was written from a search's remembered ids,
+/// the ids of its page among them (before the rows the caller may not see were dropped):
+/// with the patients a patch of the search found written, they tell whether the answer
+/// still holds at the patch's generation (`services::patients::list`).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub bytes: bytes::Bytes,
+    pub search: Option<SearchPage>,
+}
+
+/// The total and page ids of the search result an answer was written from.
+#[derive(Clone, Debug)]
+pub struct SearchPage {
+    pub total: i64,
+    pub ids: Arc<[Id]>,
+}
+
+impl Held for Answer {
+    fn bytes(&self) -> usize {
+        self.bytes.len() + self.search.as_ref().map_or(0, |s| 8 * s.ids.len())
+    }
+}
+
+pub type PageCache = GenerationCache<PageKey, Answer>;
 
 impl Default for PageCache {
     fn default() -> PageCache {
@@ -62,8 +87,8 @@ mod tests {
     #[test]
     fn an_answer_serves_only_its_key_and_generation() {
         let cache = PageCache::default();
-        cache.put(key(Scope::Group(1), 1), 7, bytes::Bytes::from_static(b"group 1"));
-        assert_eq!(cache.get_since(&key(Scope::Group(1), 1), 7).as_deref(), Some(&b"group 1"[..]));
+        cache.put(key(Scope::Group(1), 1), 7, Answer { bytes: bytes::Bytes::from_static(b"group 1"), search: None });
+        assert_eq!(cache.get_since(&key(Scope::Group(1), 1), 7).map(|a| a.bytes).as_deref(), Some(&b"group 1"[..]));
         assert!(cache.get_since(&key(Scope::Group(1), 1), 8).is_none(), "a write happened since");
         assert!(cache.get_since(&key(Scope::Group(2), 1), 7).is_none(), "another group");
         assert!(cache.get_since(&key(Scope::All, 1), 7).is_none(), "an admin's");
@@ -75,15 +100,18 @@ mod tests {
     #[test]
     fn answers_stay_within_the_budget() {
         let cache = PageCache::default();
-        let page = bytes::Bytes::from(vec![b'x'; 20_000]);
+        let page =
+            Answer { bytes: bytes::Bytes::from(vec![b'x'; 20_000]), search: Some(SearchPage { total: 50, ids: Arc::from(vec![1; 50]) }) };
         for i in 0..2_000 {
             cache.put(key(Scope::All, i), 1, page.clone());
-            let held = cache.get_any(&key(Scope::All, i)).map(|(_, b)| b.len());
+            let held = cache.get_any(&key(Scope::All, i)).map(|(_, a)| a.bytes.len());
             assert_eq!(held, Some(20_000));
         }
+        // Each answer holds its bytes and its 50 ids.
         let kept = (0..2_000).filter(|i| cache.get_since(&key(Scope::All, *i), 1).is_some()).count();
-        assert!(kept > 0 && kept * 20_000 <= BUDGET_BYTES, "{kept} answers kept");
-        cache.put(key(Scope::Group(9), 0), 1, bytes::Bytes::from(vec![b'x'; BUDGET_BYTES + 1]));
+        assert!(kept > 0 && kept * 20_400 <= BUDGET_BYTES, "{kept} answers kept");
+        let whole = Answer { bytes: bytes::Bytes::from(vec![b'x'; BUDGET_BYTES + 1]), search: None };
+        cache.put(key(Scope::Group(9), 0), 1, whole);
         assert!(cache.get_any(&key(Scope::Group(9), 0)).is_none(), "larger than the whole budget");
     }
 }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use chrono::NaiveDate;
 use serde_json::json;
 
-use super::page_cache::PageKey;
-use super::search_cache::{patched, Ids, SearchKey, SearchResult, Since, IDS_MAX};
+use super::page_cache::{Answer, PageKey, SearchPage};
+use super::search_cache::{patched, Ids, SearchKey, SearchResult, Since, Written, IDS_MAX};
 use super::{action, Outcome, Principal};
 use crate::app::App;
 use crate::domain::{self, fold_for_search, Id, PatientStatus};
@@ -107,7 +107,7 @@ pub async fn list(
     let pseudonym = q.filter(|q| who.is_admin() && crate::deidentify::looks_like_pseudonym(q)).map(|q| q.trim().to_ascii_uppercase());
     let filter = PatientFilter { scope: scope_of(who), search, pseudonym, status, sort };
     if filter.scope == Scope::Nothing {
-        return Ok(answer(Page { items: Vec::new(), total: 0 }, page));
+        return Ok(written(Page { items: Vec::new(), total: 0 }, page));
     }
     // Not a pseudonym's search: that table has no generation.
     let key = filter.pseudonym.is_none().then(|| PageKey {
@@ -120,49 +120,52 @@ pub async fn list(
     });
     let mut db = app.store.conn().await?;
     let mut known = None;
-    if let Some((generation, answer)) = key.as_ref().and_then(|k| app.pages.get_any(k)) {
+    if let Some((then, answer)) = key.as_ref().and_then(|k| app.pages.get_any(k)) {
         let now = db.patient_generation(filter.scope).await?;
-        if now == generation {
-            return Ok(answer);
+        if now == then {
+            return Ok(answer.bytes);
         }
-        known = Some(now);
+        known = Some(Known { now, then, answer });
     }
-    let (found, generation) = read_page(app, db, &filter, page, known).await?;
-    let answer = answer(found, page);
+    let (answer, generation) = read_page(app, db, &filter, page, known).await?;
+    let bytes = answer.bytes.clone();
     if let Some(key) = key {
-        app.pages.put(key, generation, answer.clone());
+        app.pages.put(key, generation, answer);
     }
-    Ok(answer)
+    Ok(bytes)
+}
+
+/// The answer this node remembers for a request, read at generation `then`, and the
+/// scope's generation just read, `now`, a later one.
+struct Known {
+    now: i64,
+    then: i64,
+    answer: Answer,
 }
 
 /// A list's answer as the API writes it (a patient is 250 to 400 bytes of JSON).
-fn answer(found: Page<Patient>, page: PageRequest) -> Bytes {
+fn written(found: Page<Patient>, page: PageRequest) -> Bytes {
     let value = Paginated::of(found, page);
     let mut buf = Vec::with_capacity(64 + 400 * value.items.len());
     value.write_json(&mut buf);
     Bytes::from(buf)
 }
 
-/// A page of the patients `filter` selects, with the exact total, and the generation
-/// of the scope read before the page or with it. Totals come from the counters (no
-/// search), or from a count remembered by this node while the scope's generation stays
-/// the same (a search; see `search_cache`); a search matching few patients also
-/// remembers their ordered ids and reads a page by id. `known`: the scope's generation,
-/// if the caller has just read it.
-async fn read_page(
-    app: &App,
-    mut db: Db,
-    filter: &PatientFilter,
-    page: PageRequest,
-    known: Option<i64>,
-) -> ApiResult<(Page<Patient>, i64)> {
+/// The answer to a page of the patients `filter` selects, with the exact total, and the
+/// generation of the scope read before the page or with it. Totals come from the
+/// counters (no search), or from a count remembered by this node while the scope's
+/// generation stays the same (a search; see `search_cache`); a search matching few
+/// patients also remembers their ordered ids and reads a page by id. `known`: this
+/// node's answer of an earlier generation, and the scope's generation just read.
+async fn read_page(app: &App, mut db: Db, filter: &PatientFilter, page: PageRequest, known: Option<Known>) -> ApiResult<(Answer, i64)> {
     let status = filter.status;
     let sort = filter.sort;
-    let done = |rows: Vec<PatientRow>, total: i64, generation: i64| {
-        Ok((Page { items: rows.into_iter().map(Patient::from).collect(), total }, generation))
+    let done = |rows: Vec<PatientRow>, total: i64, generation: i64, ids: Option<Vec<Id>>| {
+        let bytes = written(Page { items: rows.into_iter().map(Patient::from).collect(), total }, page);
+        Ok((Answer { bytes, search: ids.map(|ids| SearchPage { total, ids: Arc::from(ids) }) }, generation))
     };
     if let Some((counts, rows)) = db.counts_and_first_page(filter, page).await? {
-        return done(rows, counts.total(status), counts.generation);
+        return done(rows, counts.total(status), counts.generation, None);
     }
     // A search this node may remember (not a pseudonym's: that table has no generation).
     let key = match (&filter.search, &filter.pseudonym) {
@@ -171,21 +174,33 @@ async fn read_page(
     };
     // A search, the scope's generation just read (a remembered answer found of an
     // earlier one, as when patients are being created): its matches at least as new,
-    // and the page, without reading the counts again.
-    if let (Some(key), Some(generation)) = (&key, known) {
-        let (db, found) = search_result(app, db, filter, key.clone(), generation, Instant::now()).await?;
-        let rows = page_of_search(db, filter, page, &found, None).await?;
-        return done(rows, found.total, generation);
+    // and the page, without reading the counts again. The answer remembered still
+    // holds if the page's ids and the total are the same and none of the page's
+    // patients was written since it was read (the search's patches name every patient
+    // written): a patient created elsewhere in the list, or another patient changed.
+    if let (Some(key), Some(known)) = (&key, known) {
+        let (db, found) = search_result(app, db, filter, key.clone(), known.now, Instant::now()).await?;
+        if let (Some(was), Some(ids), Some(since)) = (&known.answer.search, &found.ids, &found.since) {
+            let ids = ids_of_page(ids, page);
+            if was.total == found.total && *was.ids == ids[..] && since.written.untouched(known.then, &ids) {
+                db.commit().await?;
+                crate::metrics::global().search_pages_kept.fetch_add(1, Ordering::Relaxed);
+                return Ok((known.answer, known.now));
+            }
+        }
+        let (rows, ids) = page_of_search(db, filter, page, &found, None).await?;
+        return done(rows, found.total, known.now, ids);
     }
     // A search whose ordered ids this node remembers: the counts and the page's rows in
     // one statement (PostgreSQL), kept only if the generation read with them is the one
     // the ids were found at; otherwise the way below, which goes on with those counts.
     let mut read = None;
     if let Some((generation, SearchResult { total, ids: Some(ids), .. })) = key.as_ref().and_then(|k| app.searches.get_any(k)) {
-        if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids_of_page(&ids, page)).await? {
+        let ids = ids_of_page(&ids, page);
+        if let Some((counts, mut rows)) = db.counts_and_patients_by_ids(filter.scope, &ids).await? {
             if counts.generation == generation {
                 keep_visible(&mut rows, filter.scope, status);
-                return done(rows, total, generation);
+                return done(rows, total, generation, Some(ids));
             }
             read = Some(counts);
         }
@@ -196,7 +211,7 @@ async fn read_page(
     let counts = match read {
         Some(counts) => counts,
         None => match super::anchors::known_deep_page(app, &mut db, filter, page).await? {
-            Some((counts, Some(rows))) => return done(rows, counts.total(status), counts.generation),
+            Some((counts, Some(rows))) => return done(rows, counts.total(status), counts.generation, None),
             Some((counts, None)) => counts,
             None => db.patient_counts(filter.scope).await?,
         },
@@ -206,14 +221,14 @@ async fn read_page(
     let (back, found) = super::anchors::deep_page(app, db, filter, page, &counts).await?;
     db = back;
     if let Some((counts, rows)) = found {
-        return done(rows, counts.total(status), counts.generation);
+        return done(rows, counts.total(status), counts.generation, None);
     }
-    let (total, rows) = match (&filter.search, key) {
-        (None, _) => (universe, db.list_patients(filter, page, ListPlan { total: universe, universe }).await?),
+    let (total, (rows, ids)) = match (&filter.search, key) {
+        (None, _) => (universe, (db.list_patients(filter, page, ListPlan { total: universe, universe }).await?, None)),
         // The pseudonyms table has no generation: counted every time (rare).
         (Some(_), None) => {
             let total = db.count_patient_matches(filter).await?;
-            (total, db.list_patients(filter, page, ListPlan { total, universe }).await?)
+            (total, (db.list_patients(filter, page, ListPlan { total, universe }).await?, None))
         }
         (Some(_), Some(key)) => {
             // After the counts came back: a search sent later sees at least their snapshot.
@@ -222,35 +237,36 @@ async fn read_page(
             (found.total, page_of_search(db, filter, page, &found, Some(universe)).await?)
         }
     };
-    done(rows, total, counts.generation)
+    done(rows, total, counts.generation, ids)
 }
 
-/// A page of a search's matches: read by id from its remembered ids (and rechecked), or
-/// in sort order from the database (given the scope's and status's patients, when
-/// known). Ends `db`'s read snapshot, if it is one.
+/// A page of a search's matches: read by id from its remembered ids (and rechecked),
+/// with those ids, or in sort order from the database (given the scope's and status's
+/// patients, when known). Ends `db`'s read snapshot, if it is one.
 async fn page_of_search(
     mut db: Db,
     filter: &PatientFilter,
     page: PageRequest,
     found: &SearchResult,
     universe: Option<i64>,
-) -> ApiResult<Vec<PatientRow>> {
-    let rows = match &found.ids {
+) -> ApiResult<(Vec<PatientRow>, Option<Vec<Id>>)> {
+    let read = match &found.ids {
         Some(ids) => {
-            let mut rows = db.patients_by_ids(&ids_of_page(ids, page)).await?;
+            let ids = ids_of_page(ids, page);
+            let mut rows = db.patients_by_ids(&ids).await?;
             keep_visible(&mut rows, filter.scope, filter.status);
-            rows
+            (rows, Some(ids))
         }
         None => {
             let universe = match universe {
                 Some(n) => n,
                 None => db.patient_counts(filter.scope).await?.total(filter.status),
             };
-            db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?
+            (db.list_patients(filter, page, ListPlan { total: found.total, universe }).await?, None)
         }
     };
     db.commit().await?;
-    Ok(rows)
+    Ok(read)
 }
 
 /// What a search matches, at least as new as the scope's counts read (at `generation`)
@@ -299,8 +315,8 @@ async fn search_result(
         Some(db) => db,
         None => app.store.conn().await?,
     };
-    if let Some((_, before)) = before {
-        if let Some((generation, found)) = patch_search(&mut db, filter, &before, Instant::now()).await? {
+    if let Some((then, before)) = before {
+        if let Some((generation, found)) = patch_search(&mut db, filter, then, &before, Instant::now()).await? {
             app.searches.put_newer(key, generation, found.clone());
             drop(turn);
             return Ok((db, found));
@@ -334,7 +350,9 @@ async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiRes
     let keyed = match filter.sort.time_column() {
         Some(_) => {
             let mark = db.change_mark().await?;
-            db.matching_patient_keys(filter, IDS_MAX + 1).await?.map(|(ids, keys)| (ids, Some(Arc::new(Since { keys, mark }))))
+            db.matching_patient_keys(filter, IDS_MAX + 1)
+                .await?
+                .map(|(ids, keys)| (ids, Some(Arc::new(Since { keys, mark, written: Written::default() }))))
         }
         None => None,
     };
@@ -350,12 +368,18 @@ async fn read_search(db: &mut Db, filter: &PatientFilter, at: Instant) -> ApiRes
     })
 }
 
-/// A remembered search's matches brought up to date by reading only the patients
-/// written since its snapshot (`search_cache::patched`), with the generation they are
-/// of; `None` when they cannot be (no keys remembered, the change log pruned past its
-/// snapshot, more than [`CHANGES_MAX`] changes since, or more than [`IDS_MAX`] matches
-/// after).
-async fn patch_search(db: &mut Db, filter: &PatientFilter, before: &SearchResult, at: Instant) -> ApiResult<Option<(i64, SearchResult)>> {
+/// A remembered search's matches (of generation `then`) brought up to date by reading
+/// only the patients written since its snapshot (`search_cache::patched`), with the
+/// generation they are of; `None` when they cannot be (no keys remembered, the change
+/// log pruned past its snapshot, more than [`CHANGES_MAX`] changes since, or more than
+/// [`IDS_MAX`] matches after). The patients written are added to the search's history.
+async fn patch_search(
+    db: &mut Db,
+    filter: &PatientFilter,
+    then: i64,
+    before: &SearchResult,
+    at: Instant,
+) -> ApiResult<Option<(i64, SearchResult)>> {
     let (Some(ids), Some(since)) = (&before.ids, &before.since) else { return Ok(None) };
     let Some(changes) = db.changes_since(filter, &since.mark, CHANGES_MAX).await? else { return Ok(None) };
     let desc = filter.sort.descending();
@@ -366,7 +390,8 @@ async fn patch_search(db: &mut Db, filter: &PatientFilter, before: &SearchResult
         return Ok(None);
     }
     crate::metrics::global().searches_patched.fetch_add(1, Ordering::Relaxed);
-    let since = Some(Arc::new(Since { keys, mark: changes.mark }));
+    let written = since.written.then(then, changes.generation, &changes.changed);
+    let since = Some(Arc::new(Since { keys, mark: changes.mark, written }));
     Ok(Some((changes.generation, SearchResult { total: ids.len() as i64, ids: Some(Arc::new(ids)), since, at })))
 }
 

@@ -196,16 +196,78 @@ pub trait Held {
 
 impl Held for SearchResult {
     fn bytes(&self) -> usize {
-        self.ids.as_ref().map_or(0, |ids| ids.bytes()) + self.since.as_ref().map_or(0, |s| s.keys.bytes())
+        self.ids.as_ref().map_or(0, |ids| ids.bytes()) + self.since.as_ref().map_or(0, |s| s.keys.bytes() + s.written.bytes())
     }
 }
 
 /// The sort keys of a search's ids (position by position) and the change log's position
-/// in the snapshot both were read in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// in the snapshot both were read in, with the patients its last patches found written.
+#[derive(Clone, Debug)]
 pub struct Since {
     pub keys: Keys,
     pub mark: ChangeMark,
+    pub written: Written,
+}
+
+/// Patches kept in a [`Written`], and the patients they name, at most: an answer a
+/// node remembers is checked against them when the next request for it comes, a few
+/// writes later at most while it is asked for.
+const WRITTEN_PATCHES_MAX: usize = 64;
+const WRITTEN_IDS_MAX: usize = 4_096;
+
+/// The patients written between the generations of a remembered search's last patches,
+/// oldest patch first, each starting at the generation the one before it ended at (the
+/// last at the search's own): what tells whether a page answered at an earlier
+/// generation still holds (`services::patients`). Bounded: the oldest patches go first.
+#[derive(Clone, Debug, Default)]
+pub struct Written(Vec<Arc<Patch>>);
+
+/// The patients written (created, changed or deleted) after generation `after` of a
+/// scope and up to `upto`, in the later snapshot: sorted, each once.
+#[derive(Debug)]
+struct Patch {
+    after: i64,
+    upto: i64,
+    ids: Box<[Id]>,
+}
+
+impl Written {
+    /// These patches and one more, from generation `after` (the last one's end) to
+    /// `upto`; a patch that does not follow the last one starts the history again.
+    pub fn then(&self, after: i64, upto: i64, written: &[Id]) -> Written {
+        let mut ids = written.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let follows = self.0.last().is_some_and(|last| last.upto == after);
+        let mut patches: Vec<Arc<Patch>> = if follows { self.0.clone() } else { Vec::new() };
+        patches.push(Arc::new(Patch { after, upto, ids: ids.into_boxed_slice() }));
+        let mut held: usize = patches.iter().map(|p| p.ids.len()).sum();
+        let mut first = 0;
+        while patches.len() - first > 1 && (patches.len() - first > WRITTEN_PATCHES_MAX || held > WRITTEN_IDS_MAX) {
+            held -= patches[first].ids.len();
+            first += 1;
+        }
+        patches.drain(..first);
+        Written(patches)
+    }
+
+    /// Whether none of `ids` was written after generation `since` up to the last patch's
+    /// end: `false` when the patches kept do not reach back to `since`. The scope's
+    /// writes a snapshot at `since` had not seen are all in the patches that end after
+    /// it (a later snapshot holds every write an earlier one did, and each write raises
+    /// the generation).
+    pub fn untouched(&self, since: i64, ids: &[Id]) -> bool {
+        match self.0.first() {
+            Some(first) if first.after <= since => {
+                self.0.iter().filter(|p| p.upto > since).all(|p| ids.iter().all(|id| p.ids.binary_search(id).is_err()))
+            }
+            _ => false,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.iter().map(|p| 24 + 8 * p.ids.len()).sum()
+    }
 }
 
 /// A search's matches at a later snapshot, from its matches at an earlier one (`ids`,
@@ -254,13 +316,6 @@ fn merge<K: Ord>(a: impl Iterator<Item = (K, Id)>, b: impl Iterator<Item = (K, I
         keys.push(k);
     }
     (ids, keys)
-}
-
-/// A list's answer, as written (`page_cache`).
-impl Held for bytes::Bytes {
-    fn bytes(&self) -> usize {
-        self.len()
-    }
 }
 
 #[derive(Debug)]
@@ -417,6 +472,36 @@ mod tests {
         assert_eq!(ids.slice(0, 9), vec![5, 7, 6]);
         assert_eq!(keys, Keys::Text(vec!["2026-01-02".into(), "2026-01-01".into(), "2026-01-01".into()]));
         assert!(patched(&Ids::new(vec![1]), &Keys::Micros(vec![1]), &[], &[], &Keys::Text(vec![]), false).is_none());
+    }
+
+    #[test]
+    fn a_page_is_untouched_only_if_the_patches_reach_back_and_name_none_of_it() {
+        let none = Written::default();
+        assert!(!none.untouched(5, &[1]), "no patch: nothing known");
+        assert!(!none.untouched(5, &[]), "no patch: nothing known, even of no patient");
+        let w = none.then(10, 12, &[7, 3, 7]).then(12, 15, &[9]);
+        assert!(w.untouched(10, &[1, 2, 4]));
+        assert!(!w.untouched(10, &[1, 3]), "written in the first patch");
+        assert!(!w.untouched(11, &[3]), "written in a patch that ends after the answer");
+        assert!(w.untouched(12, &[3, 7]), "written before the answer's generation");
+        assert!(!w.untouched(13, &[9]));
+        assert!(w.untouched(15, &[9]));
+        assert!(!w.untouched(9, &[1]), "before the first patch");
+        // A patch that does not follow the last one starts the history again.
+        let gap = w.then(16, 17, &[4]);
+        assert!(!gap.untouched(12, &[1]) && gap.untouched(16, &[1]) && !gap.untouched(16, &[4]));
+        // Bounded: the oldest patches go first, by number and by patients named.
+        let mut long = Written::default();
+        for g in 0..(WRITTEN_PATCHES_MAX as i64 + 10) {
+            long = long.then(g, g + 1, &[g]);
+        }
+        assert_eq!(long.0.len(), WRITTEN_PATCHES_MAX);
+        assert!(!long.untouched(0, &[]) && long.untouched(10, &[5, 9]) && !long.untouched(10, &[10]));
+        let big: Vec<Id> = (0..WRITTEN_IDS_MAX as Id).collect();
+        let wide = long.then(long.0.last().expect("patches").upto, 1_000, &big);
+        assert_eq!(wide.0.len(), 1, "one patch over the budget is kept alone");
+        let two = wide.then(1_000, 1_001, &[1]);
+        assert_eq!((two.0.len(), two.untouched(1_000, &[2])), (1, true));
     }
 
     #[test]
