@@ -539,13 +539,25 @@ fn generation_sql(scope: Scope) -> Option<String> {
 
 /// Per status, the patients and the generation of the counters and deltas that
 /// `condition` ([`counters_condition`]) selects: `status`, `n`, `gen`, one row a status.
-fn counted_sql(condition: &str) -> String {
-    format!(
-        "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
-         SELECT status, n, gen FROM patient_counts WHERE {condition} \
-         UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {condition}) counted \
-         GROUP BY status"
-    )
+/// PostgreSQL groups their union in a hash table. SQLite would sort it: there each table
+/// is grouped in the order of its index by status (migration 0012; a group's counters
+/// by their primary key) and the eight rows at most merged.
+fn counted_sql(sqlite: bool, condition: &str) -> String {
+    if sqlite {
+        format!(
+            "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
+             SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM patient_counts WHERE {condition} GROUP BY status \
+             UNION ALL SELECT status, SUM(n), SUM(gen) FROM patient_count_deltas WHERE {condition} GROUP BY status) counted \
+             GROUP BY status"
+        )
+    } else {
+        format!(
+            "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
+             SELECT status, n, gen FROM patient_counts WHERE {condition} \
+             UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {condition}) counted \
+             GROUP BY status"
+        )
+    }
 }
 
 /// A scalar subquery over the CTE `counted` ([`counted_sql`]): its rows as one JSON
@@ -803,7 +815,10 @@ impl Db {
     pub async fn patient_counts(&mut self, scope: Scope) -> StoreResult<PatientCounts> {
         // The scope written in, as in `patient_generation`: planned once per connection.
         let Some(scope) = counters_condition(scope) else { return Ok(PatientCounts::default()) };
-        let sql = format!("SELECT status, CAST(n AS BIGINT), CAST(gen AS BIGINT) FROM ({}) c ORDER BY status", counted_sql(&scope));
+        let sql = format!(
+            "SELECT status, CAST(n AS BIGINT), CAST(gen AS BIGINT) FROM ({}) c ORDER BY status",
+            counted_sql(self.is_sqlite(), &scope)
+        );
         let rows: Vec<(String, i64, i64)> = on_db!(self, |c| sqlx::query_as(&sql).fetch_all(c).await)?;
         Ok(PatientCounts::of_rows(rows))
     }
@@ -1180,7 +1195,7 @@ impl Db {
                      page AS ({page_sql}) \
                      SELECT {counts_json} AS counts, page.* \
                      FROM (SELECT 1) AS one LEFT JOIN page ON TRUE {order}",
-                    counted_sql(&scope)
+                    counted_sql(false, &scope)
                 );
                 let rows = match ids {
                     Some(ids) => sqlx::query(&sql).bind(ids).fetch_all(h.conn()).await?,
@@ -1201,7 +1216,7 @@ impl Db {
                         patient_columns!(),
                         ") {}) FROM ({}))"
                     ),
-                    counted_sql(&scope),
+                    counted_sql(true, &scope),
                     counts_json,
                     order,
                     page_sql
@@ -1239,7 +1254,7 @@ impl Db {
             "WITH counted AS ({}) SELECT {}, \
              COALESCE((SELECT {agg}({array}({names}) ORDER BY rn) FROM \
                (SELECT {keys}, row_number() OVER (ORDER BY {}) AS rn FROM patients {filter}) r WHERE rn % {every} = 1){text}, '[]')",
-            counted_sql(&scope),
+            counted_sql(sqlite, &scope),
             counts_json_sql(sqlite),
             f.sort.order_by(false),
         );
