@@ -174,7 +174,8 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> 
     resp
 }
 
-/// One `/api` request, start to finish, on the Orthanc HTTP thread that received it.
+/// One `/api` request, start to finish: an image on the Orthanc HTTP thread that
+/// received it, every other request on the runtime (see [`Where`]).
 fn handle_api(request: RestRequest) -> Response<Bytes> {
     let Some(cohort) = COHORT.get() else {
         return sdk::internal_error_response();
@@ -193,12 +194,9 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
         }
         None => {}
     }
-    // The request and its answer's body both run here, on the Orthanc thread: a DICOM
-    // file is read by the thread that sends it, as Orthanc's own file route does, and a
-    // request that needs neither the database nor Orthanc's REST API (an image whose
-    // owner is cached) never waits for another thread.
+    let at = Where::of(req.method(), req.uri().path());
     let router = cohort.router.clone();
-    let answer = run(cohort, async move {
+    let answer = run(cohort, at, async move {
         let (parts, body) = match router.oneshot(req).await {
             Ok(r) => r.into_parts(),
             Err(never) => match never {},
@@ -228,23 +226,66 @@ enum RunError {
     #[error("the request panicked: {0}")]
     Panicked(String),
     #[error("{0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(tokio::task::JoinError),
 }
 
-/// Runs `work` to completion on the calling Orthanc HTTP thread, within the runtime
+impl RunError {
+    /// A task's end without its output: its panic's message, or why it was cancelled.
+    fn of(e: tokio::task::JoinError) -> RunError {
+        match e.try_into_panic() {
+            Ok(payload) => RunError::Panicked(sdk::panic_message(payload.as_ref()).to_string()),
+            Err(e) => RunError::Task(e),
+        }
+    }
+}
+
+/// Where a request runs.
+///
+/// An image (`GET /api/patients/images/…`) runs on the Orthanc HTTP thread that received
+/// it, answer included: its DICOM file is read by the thread that sends it, as Orthanc's
+/// own file route does, and when its owner and session are known it waits for no other
+/// thread (a hand-over to a runtime thread and back was two context switches, ~29 % of
+/// Orthanc's CPU on a 39 KB image under 32 clients).
+///
+/// Every other request queries the database, two to four statements, and runs as a task
+/// on the runtime's two workers, which drive its connection's I/O themselves. Run on the
+/// Orthanc thread, each statement's answer went from the worker that polls the sockets
+/// to the waiting thread (a wake-up per statement), and 32 clients kept 32 such threads
+/// runnable on two cores, each holding a pooled connection while it waited for a core:
+/// PostgreSQL at 1M patients, a common name searched while patients are created, 2,336–
+/// 3,070 req/s (p99 19.5–27.6 ms) on the thread and 4,370–4,464 (15.4–16.7 ms) as a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    OrthancThread,
+    Runtime,
+}
+
+impl Where {
+    fn of(method: &http::Method, path: &str) -> Where {
+        if *method == http::Method::GET && path.starts_with("/api/patients/images/") {
+            Where::OrthancThread
+        } else {
+            Where::Runtime
+        }
+    }
+}
+
+/// Runs `work` to completion, as [`Where`] says: as a task on the runtime that this
+/// thread waits for, or on the calling Orthanc HTTP thread within the runtime
 /// (`block_on`; its timers, I/O and spawned tasks are the runtime's), on this thread's
-/// [`STACK`]. No hand-over to a runtime thread and back: for a request that waits for
-/// nothing, that was two context switches, most of its cost. A panic in `work` is caught
-/// and comes back as an error. Should the stack not be mappable (memory exhausted), the
-/// work runs as a task on the runtime and the thread waits for it.
-fn run<T: Send + 'static>(cohort: &Cohort, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, RunError> {
+/// [`STACK`]. A panic in `work` is caught and comes back as an error. Should the stack
+/// not be mappable (memory exhausted), the work runs as a task.
+fn run<T: Send + 'static>(cohort: &Cohort, at: Where, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, RunError> {
+    if at == Where::Runtime {
+        return cohort.handle.block_on(cohort.handle.spawn(work)).map_err(RunError::of);
+    }
     let mut stack = match STACK.with(Cell::take) {
         Some(stack) => stack,
         None => match DefaultStack::new(RUNTIME_STACK) {
             Ok(stack) => stack,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot map a stack for a request; it runs on the runtime");
-                return Ok(cohort.handle.block_on(cohort.handle.spawn(work))?);
+                return cohort.handle.block_on(cohort.handle.spawn(work)).map_err(RunError::of);
             }
         },
     };
@@ -280,7 +321,8 @@ fn filter(request: FilterRequest) -> FilterDecision {
             user_agent: headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
         };
         let (app, token, csrf, method) = (cohort.app.clone(), token.to_string(), csrf.map(str::to_string), request.method.clone());
-        run(cohort, async move {
+        // One statement, then Orthanc's own work on this thread: kept here, as measured.
+        run(cohort, Where::OrthancThread, async move {
             let who = auth::authenticate(&app, &token, via, client).await.ok()?;
             let csrf_ok = via == Via::Cookie && csrf.is_some_and(|c| token_matches_hash(&c, &who.csrf_hash));
             Some(guard::Who { admin: who.is_admin(), csrf_ok, method_allowed: who.may_use(&method) })

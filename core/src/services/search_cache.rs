@@ -280,8 +280,13 @@ impl Written {
 /// key. `None` if the keys are not of one kind (a remembered list from another
 /// database: never, in practice).
 pub fn patched(ids: &Ids, keys: &Keys, changed: &[Id], fresh: &[Id], fresh_keys: &Keys, desc: bool) -> Option<(Ids, Keys)> {
-    let changed: std::collections::HashSet<Id> = changed.iter().copied().collect();
-    let kept = (0..ids.len()).filter(|&i| !changed.contains(&ids.get(i)));
+    // Sorted, and searched by halves: a patch names a few patients, and hashing each of a
+    // common name's 27k ids to look it up in a set was 3–6 % of a node's CPU while
+    // patients were created.
+    let mut changed = changed.to_vec();
+    changed.sort_unstable();
+    changed.dedup();
+    let kept = (0..ids.len()).filter(|&i| changed.binary_search(&ids.get(i)).is_err());
     match (keys, fresh_keys) {
         (Keys::Micros(old), Keys::Micros(new)) => {
             let (ids, keys) =
