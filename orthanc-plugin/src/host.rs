@@ -276,18 +276,16 @@ impl Where {
 /// [`STACK`]. A panic in `work` is caught and comes back as an error. Should the stack
 /// not be mappable (memory exhausted), the work runs as a task.
 fn run<T: Send + 'static>(cohort: &Cohort, at: Where, work: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, RunError> {
-    if at == Where::Runtime {
+    let stack = match at {
+        Where::Runtime => None,
+        Where::OrthancThread => STACK.with(Cell::take).or_else(|| {
+            DefaultStack::new(RUNTIME_STACK)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot map a stack for a request; it runs on the runtime"))
+                .ok()
+        }),
+    };
+    let Some(mut stack) = stack else {
         return cohort.handle.block_on(cohort.handle.spawn(work)).map_err(RunError::of);
-    }
-    let mut stack = match STACK.with(Cell::take) {
-        Some(stack) => stack,
-        None => match DefaultStack::new(RUNTIME_STACK) {
-            Ok(stack) => stack,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot map a stack for a request; it runs on the runtime");
-                return cohort.handle.block_on(cohort.handle.spawn(work)).map_err(RunError::of);
-            }
-        },
     };
     let out = corosensei::on_stack(&mut stack, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cohort.handle.block_on(work))));
     // Back on Orthanc's own stack; the next request of this thread reuses ours.

@@ -233,14 +233,13 @@ struct Patch {
 
 impl Written {
     /// These patches and one more, from generation `after` (the last one's end) to
-    /// `upto`; a patch that does not follow the last one starts the history again.
+    /// `upto`, naming `written` (sorted, each once, as `Changes::changed` is); a patch
+    /// that does not follow the last one starts the history again.
     pub fn then(&self, after: i64, upto: i64, written: &[Id]) -> Written {
-        let mut ids = written.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
+        debug_assert!(written.windows(2).all(|w| w[0] < w[1]), "sorted, each once");
         let follows = self.0.last().is_some_and(|last| last.upto == after);
         let mut patches: Vec<Arc<Patch>> = if follows { self.0.clone() } else { Vec::new() };
-        patches.push(Arc::new(Patch { after, upto, ids: ids.into_boxed_slice() }));
+        patches.push(Arc::new(Patch { after, upto, ids: written.into() }));
         let mut held: usize = patches.iter().map(|p| p.ids.len()).sum();
         let mut first = 0;
         while patches.len() - first > 1 && (patches.len() - first > WRITTEN_PATCHES_MAX || held > WRITTEN_IDS_MAX) {
@@ -272,7 +271,7 @@ impl Written {
 
 /// A search's matches at a later snapshot, from its matches at an earlier one (`ids`,
 /// `keys`), the patients written in between (`changed`: created, changed or deleted;
-/// read from the change log in the later snapshot) and those of them that match in the
+/// read from the change log in the later snapshot; sorted, each once) and those of them that match in the
 /// later snapshot, with their keys, in the list's order (`fresh`, `fresh_keys`). Every
 /// changed patient leaves its old place and the matching ones are merged in at theirs,
 /// by (key, id) in the order's direction: what the database would answer in the later
@@ -280,12 +279,10 @@ impl Written {
 /// key. `None` if the keys are not of one kind (a remembered list from another
 /// database: never, in practice).
 pub fn patched(ids: &Ids, keys: &Keys, changed: &[Id], fresh: &[Id], fresh_keys: &Keys, desc: bool) -> Option<(Ids, Keys)> {
-    // Sorted, and searched by halves: a patch names a few patients, and hashing each of a
-    // common name's 27k ids to look it up in a set was 3–6 % of a node's CPU while
-    // patients were created.
-    let mut changed = changed.to_vec();
-    changed.sort_unstable();
-    changed.dedup();
+    // Searched by halves: a patch names a few patients, and hashing each of a common
+    // name's 27k ids to look it up in a set was 3–6 % of a node's CPU while patients were
+    // created.
+    debug_assert!(changed.windows(2).all(|w| w[0] < w[1]), "sorted, each once");
     let kept = (0..ids.len()).filter(|&i| changed.binary_search(&ids.get(i)).is_err());
     match (keys, fresh_keys) {
         (Keys::Micros(old), Keys::Micros(new)) => {
@@ -461,7 +458,10 @@ mod tests {
             rows[11].1 = -5;
             rows[12].1 = rows[1].1;
             rows.extend([(41, 0, true), (42, 4, false), (43, 12, true), (44, 12, true)]);
-            let changed = vec![3, rows[5].0, rows[6].0, rows[10].0, rows[11].0, rows[12].0, 41, 42, 43, 44, 41];
+            let mut changed = vec![3, rows[5].0, rows[6].0, rows[10].0, rows[11].0, rows[12].0, 41, 42, 43, 44, 41];
+            // As the store gives them (`Changes::changed`): sorted, each once.
+            changed.sort_unstable();
+            changed.dedup();
             let set: std::collections::HashSet<Id> = changed.iter().copied().collect();
             let fresh_rows: Vec<_> = rows.iter().filter(|r| set.contains(&r.0)).copied().collect();
             let (fresh, fresh_keys) = answer(&fresh_rows, desc);
@@ -484,7 +484,7 @@ mod tests {
         let none = Written::default();
         assert!(!none.untouched(5, &[1]), "no patch: nothing known");
         assert!(!none.untouched(5, &[]), "no patch: nothing known, even of no patient");
-        let w = none.then(10, 12, &[7, 3, 7]).then(12, 15, &[9]);
+        let w = none.then(10, 12, &[3, 7]).then(12, 15, &[9]);
         assert!(w.untouched(10, &[1, 2, 4]));
         assert!(!w.untouched(10, &[1, 3]), "written in the first patch");
         assert!(!w.untouched(11, &[3]), "written in a patch that ends after the answer");

@@ -311,7 +311,7 @@ pub struct Changes {
     pub generation: i64,
     /// Where the change log stands.
     pub mark: ChangeMark,
-    /// The patients written since the old mark, each once.
+    /// The patients written since the old mark, sorted, each once.
     pub changed: Vec<Id>,
     /// Those of them the filter matches, in list order, and their keys.
     pub fresh: Vec<Id>,
@@ -543,21 +543,15 @@ fn generation_sql(scope: Scope) -> Option<String> {
 /// is grouped in the order of its index by status (migration 0012; a group's counters
 /// by their primary key) and the eight rows at most merged.
 fn counted_sql(sqlite: bool, condition: &str) -> String {
-    if sqlite {
-        format!(
-            "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
-             SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM patient_counts WHERE {condition} GROUP BY status \
-             UNION ALL SELECT status, SUM(n), SUM(gen) FROM patient_count_deltas WHERE {condition} GROUP BY status) counted \
-             GROUP BY status"
-        )
-    } else {
-        format!(
-            "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ( \
-             SELECT status, n, gen FROM patient_counts WHERE {condition} \
-             UNION ALL SELECT status, n, gen FROM patient_count_deltas WHERE {condition}) counted \
-             GROUP BY status"
-        )
-    }
+    let rows = |table: &str| match sqlite {
+        true => format!("SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM {table} WHERE {condition} GROUP BY status"),
+        false => format!("SELECT status, n, gen FROM {table} WHERE {condition}"),
+    };
+    format!(
+        "SELECT status, SUM(n) AS n, SUM(gen) AS gen FROM ({} UNION ALL {}) counted GROUP BY status",
+        rows("patient_counts"),
+        rows("patient_count_deltas")
+    )
 }
 
 /// A scalar subquery over the CTE `counted` ([`counted_sql`]): its rows as one JSON
