@@ -1392,6 +1392,11 @@ impl Db {
             push_arg(args, Arg::Int(n), !sqlite)
         });
         let columns = key_columns(&terms);
+        // PostgreSQL: the whole registry in the default order is read from its index
+        // alone, which holds the list's columns (migration 0013): no patient is then
+        // fetched by key. A filter walks another index, whose rows the page then joins.
+        let covered = !sqlite && base.is_empty() && matches!(f.sort, PatientSort::UpdatedAt { .. });
+        let read = if covered { concat!(patient_columns!(), ",") } else { "id," };
         // PostgreSQL reads a row-value comparison, `(a, b) >= (x, y)`, as one index range
         // when its columns follow the index in one direction: the parts from the first
         // term that is not the flag on are one, when none of their values is NULL. Its
@@ -1413,7 +1418,7 @@ impl Db {
                 },
             };
             let conditions = base.iter().chain(&same[..r]).chain(std::iter::once(range)).cloned().collect::<Vec<_>>().join(" AND ");
-            let select = format!("SELECT id, {columns} FROM patients WHERE {conditions}");
+            let select = format!("SELECT {read} {columns} FROM patients WHERE {conditions}");
             let Some(n) = &n else {
                 parts.push(select);
                 continue;
@@ -1433,6 +1438,11 @@ impl Db {
         let limit = push_arg(args, Arg::Int(limit), !sqlite);
         let skip = push_arg(args, Arg::Int(skip), false);
         let parts = parts.join(" UNION ALL ");
+        if covered {
+            // The walk's rows are the page's.
+            let page = format!("FROM ({parts}) AS seek ORDER BY {order} LIMIT {limit} OFFSET {skip}");
+            return Ok(Some(format!(concat!("SELECT ", patient_columns!(), " {}"), page)));
+        }
         let seek = if merge {
             format!("{parts} ORDER BY {order} LIMIT {limit} OFFSET {skip}")
         } else {
