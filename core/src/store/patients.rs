@@ -707,12 +707,17 @@ impl Db {
         Ok(())
     }
 
-    /// PostgreSQL: folds the deltas waiting, then vacuums the two small tables every
-    /// write churns (the counters and their deltas: each write appends a delta, every
-    /// 256th folds and deletes them), so the sum every list reads scans a few hundred
+    /// PostgreSQL: folds the deltas waiting, then vacuums the small tables every write
+    /// churns (the counters and their deltas: each write appends a delta, every 256th
+    /// folds and deletes them; the change log), so the sum every list reads scans a few hundred
     /// live rows, not the dead ones left since. Autovacuum does it too when it is on and
     /// keeping up; where it was off, a 1M-patient build left 163,066 dead deltas and the
-    /// sum took 51 ms. SQLite reuses the pages of deleted rows: nothing to do there.
+    /// sum took 51 ms. The change log (`patient_changes`, migration 0011) churns as
+    /// much: every write appends a row, and the same fold deletes those past the newest
+    /// 32,768 by a range of its key, which reads the dead rows' index entries too until
+    /// a vacuum removes them; unvacuumed, a 1M-patient build left 986,699 dead rows and
+    /// each fold (every 256th write, in the writer's transaction) took 47–110 ms instead
+    /// of ~1 ms. SQLite reuses the pages of deleted rows: nothing to do there.
     ///
     /// A vacuum frees dead rows but keeps the file's pages, and the sum reads every page
     /// (a scan: a table of a few hundred rows has no better plan). After a burst of
@@ -732,7 +737,9 @@ impl Db {
             // sum reads the counters alone. A fold already running elsewhere makes this
             // one return at once.
             sqlx::query("SELECT patient_counts_compact()").execute(&mut *c).await?;
-            sqlx::query("VACUUM (SKIP_LOCKED) patient_count_deltas, patient_counts").execute(&mut *c).await?;
+            sqlx::query("VACUUM (SKIP_LOCKED) patient_count_deltas, patient_counts, patient_changes, patient_changes_pruned")
+                .execute(&mut *c)
+                .await?;
             for table in ["patient_count_deltas", "patient_counts"] {
                 let (pages, rows): (i64, i64) =
                     sqlx::query_as(&format!("SELECT pg_relation_size('{table}') / 8192, (SELECT COUNT(*) FROM {table})"))
