@@ -544,9 +544,9 @@ async fn resync(app: &App, study_id: Id) -> ApiResult<()> {
 const COUNTERS_VACUUM_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs for ever beside the reconciler (which starts and stops it): vacuums the
-/// counters' tables and the change log every [`COUNTERS_VACUUM_EVERY`] on PostgreSQL, whether or not
-/// autovacuum is on. A failure (the database down, a role that does not own the
-/// tables) is logged once and tried again later.
+/// counters' tables and the change log every [`COUNTERS_VACUUM_EVERY`] on PostgreSQL,
+/// whether or not autovacuum is on. A failure (the database down, a role that does not
+/// own the tables) is logged once and tried again later.
 pub async fn keep_counters_vacuumed(app: Arc<App>) {
     if app.store.backend() != crate::store::Backend::Postgres {
         return;

@@ -588,6 +588,10 @@ pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     }
 }
 
+/// A list's columns. On PostgreSQL the default order's index holds them all (migration
+/// 0013's `INCLUDE`, which `Db::counts_and_page_after` relies on to read a deep page
+/// from that index alone): a column added here goes into that index too, by a
+/// migration, or those pages fetch every row they pass over.
 macro_rules! patient_columns {
     () => {
         "id, external_id, orthanc_patient_id, dicom_study_uid, status, first_name, last_name, date_of_birth, group_id, \
@@ -709,8 +713,8 @@ impl Db {
 
     /// PostgreSQL: folds the deltas waiting, then vacuums the small tables every write
     /// churns (the counters and their deltas: each write appends a delta, every 256th
-    /// folds and deletes them; the change log), so the sum every list reads scans a few hundred
-    /// live rows, not the dead ones left since. Autovacuum does it too when it is on and
+    /// folds and deletes them; the change log), so the sum every list reads scans a few
+    /// hundred live rows, not the dead ones left since. Autovacuum does it too when it is on and
     /// keeping up; where it was off, a 1M-patient build left 163,066 dead deltas and the
     /// sum took 51 ms. The change log (`patient_changes`, migration 0011) churns as
     /// much: every write appends a row, and the same fold deletes those past the newest
