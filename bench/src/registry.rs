@@ -380,6 +380,14 @@ async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
         scoped: false,
         writing: false,
     });
+    // The same by name: on PostgreSQL the default order's index holds the list's columns
+    // (migration 0013), the name order's only its key, so its pages join their patients.
+    cases.push(Case {
+        label: format!("a page in the middle by name, another at each request (pages {from}–{to})"),
+        path: (from..=to).map(|p| list(&format!("sort=last_name&page={p}&"))).collect::<Vec<_>>().join("\n"),
+        scoped: false,
+        writing: false,
+    });
     let common = list(&format!("q={}&", population::COMMON_NAME));
     let matches = total_of(&first.admin, &common).await?;
     let last = (matches + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);

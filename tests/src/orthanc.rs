@@ -117,10 +117,18 @@ impl Orthanc {
                 Ok(()) => return orthanc,
                 Err(StartError::PortInUse) => {
                     eprintln!("Orthanc: port {http_port} or {dicom_port} in use (attempt {attempt}), trying others");
+                    // The log is the serving process's: a test reading it for errors must
+                    // not find this attempt's (the port, its aborted start), kept aside.
+                    let aside = orthanc.dir.path().join(format!("orthanc-attempt-{attempt}.log"));
+                    std::fs::rename(orthanc.log_path(), &aside).expect("move the failed attempt's log aside");
                 }
             }
         }
-        panic!("Orthanc found no free ports in {PORT_ATTEMPTS} attempts; its log:\n{}", orthanc.log());
+        let last = orthanc.dir.path().join(format!("orthanc-attempt-{PORT_ATTEMPTS}.log"));
+        panic!(
+            "Orthanc found no free ports in {PORT_ATTEMPTS} attempts; the last one's log:\n{}",
+            std::fs::read_to_string(last).unwrap_or_default()
+        );
     }
 
     /// Writes the configuration into `dir`.
