@@ -1436,8 +1436,16 @@ impl Db {
             };
             // A limited part is ordered by the terms from the range's on (a flag's
             // "after" is an equality): SQLite sorts in a temporary tree when told to
-            // order by a column an equality fixes.
-            let from = if terms[r].kind == Kind::Flag { r + 1 } else { r };
+            // order by a column an equality fixes. PostgreSQL's parts are ordered by
+            // every term, as their index reads them: it then merges the parts in the
+            // list's order, reading each only as far as the page needs, where parts
+            // ordered from the range's term on were read in full and sorted (the name
+            // order's two parts: 1,098 rows sorted, 1.7 ms a page, 0.63 ms merged).
+            let from = match (sqlite, terms[r].kind) {
+                (false, _) => 0,
+                (true, Kind::Flag) => r + 1,
+                (true, _) => r,
+            };
             let order = terms[from..].iter().map(Term::sql).collect::<Vec<_>>().join(", ");
             parts.push(format!("SELECT * FROM ({select} ORDER BY {order} LIMIT {n}) AS p{}", parts.len()));
         }
