@@ -714,9 +714,9 @@ impl Db {
     /// PostgreSQL: folds the deltas waiting, then vacuums the small tables every write
     /// churns (the counters and their deltas: each write appends a delta, every 256th
     /// folds and deletes them; the change log), so the sum every list reads scans a few
-    /// hundred live rows, not the dead ones left since. Autovacuum does it too when it is on and
-    /// keeping up; where it was off, a 1M-patient build left 163,066 dead deltas and the
-    /// sum took 51 ms. The change log (`patient_changes`, migration 0011) churns as
+    /// hundred live rows, not the dead ones left since. Autovacuum does it too when it is
+    /// on and keeping up; where it was off, a 1M-patient build left 163,066 dead deltas
+    /// and the sum took 51 ms. The change log (`patient_changes`, migration 0011) churns as
     /// much: every write appends a row, and the same fold deletes those past the newest
     /// 32,768 by a range of its key, which reads the dead rows' index entries too until
     /// a vacuum removes them; unvacuumed, a 1M-patient build left 986,699 dead rows and
@@ -1407,7 +1407,9 @@ impl Db {
         // alone, which holds the list's columns (migration 0013): no patient is then
         // fetched by key. A filter walks another index, whose rows the page then joins.
         let covered = !sqlite && base.is_empty() && matches!(f.sort, PatientSort::UpdatedAt { .. });
-        let read = if covered { concat!(patient_columns!(), ",") } else { "id," };
+        // What the walk reads besides its keys and the seek returns: the page's rows, or
+        // the ids the page then joins.
+        let rows = if covered { patient_columns!() } else { "id" };
         // PostgreSQL reads a row-value comparison, `(a, b) >= (x, y)`, as one index range
         // when its columns follow the index in one direction: the parts from the first
         // term that is not the flag on are one, when none of their values is NULL. Its
@@ -1429,7 +1431,7 @@ impl Db {
                 },
             };
             let conditions = base.iter().chain(&same[..r]).chain(std::iter::once(range)).cloned().collect::<Vec<_>>().join(" AND ");
-            let select = format!("SELECT {read} {columns} FROM patients WHERE {conditions}");
+            let select = format!("SELECT {rows}, {columns} FROM patients WHERE {conditions}");
             let Some(n) = &n else {
                 parts.push(select);
                 continue;
@@ -1457,16 +1459,14 @@ impl Db {
         let limit = push_arg(args, Arg::Int(limit), !sqlite);
         let skip = push_arg(args, Arg::Int(skip), false);
         let parts = parts.join(" UNION ALL ");
-        if covered {
-            // The walk's rows are the page's.
-            let page = format!("FROM ({parts}) AS seek ORDER BY {order} LIMIT {limit} OFFSET {skip}");
-            return Ok(Some(format!(concat!("SELECT ", patient_columns!(), " {}"), page)));
-        }
         let seek = if merge {
             format!("{parts} ORDER BY {order} LIMIT {limit} OFFSET {skip}")
         } else {
-            format!("SELECT id FROM ({parts}) AS seek ORDER BY {order} LIMIT {limit} OFFSET {skip}")
+            format!("SELECT {rows} FROM ({parts}) AS seek ORDER BY {order} LIMIT {limit} OFFSET {skip}")
         };
+        if covered {
+            return Ok(Some(seek));
+        }
         Ok(Some(format!(concat!("SELECT ", patient_columns!(), " FROM ({}) AS k JOIN patients USING (id)"), seek)))
     }
 
