@@ -588,10 +588,11 @@ pub(super) fn scope_args(scope: Scope) -> (&'static str, Option<Id>) {
     }
 }
 
-/// A list's columns. On PostgreSQL the default order's index holds them all (migration
-/// 0013's `INCLUDE`, which `Db::counts_and_page_after` relies on to read a deep page
-/// from that index alone): a column added here goes into that index too, by a
-/// migration, or those pages fetch every row they pass over.
+/// A list's columns. On PostgreSQL the default order's index and the name order's hold
+/// them all (migrations 0013 and 0015, `INCLUDE`, which `Db::counts_and_page_after`
+/// relies on to read a deep page from those indexes alone): a column added here goes
+/// into those indexes too, by a migration, or those pages fetch every row they pass
+/// over.
 macro_rules! patient_columns {
     () => {
         "id, external_id, orthanc_patient_id, dicom_study_uid, status, first_name, last_name, date_of_birth, group_id, \
@@ -1403,10 +1404,11 @@ impl Db {
             push_arg(args, Arg::Int(n), !sqlite)
         });
         let columns = key_columns(&terms);
-        // PostgreSQL: the whole registry in the default order is read from its index
-        // alone, which holds the list's columns (migration 0013): no patient is then
-        // fetched by key. A filter walks another index, whose rows the page then joins.
-        let covered = !sqlite && base.is_empty() && matches!(f.sort, PatientSort::UpdatedAt { .. });
+        // PostgreSQL: the whole registry in the default order or by name is read from
+        // the order's index alone, which holds the list's columns (migrations 0013 and
+        // 0015): no patient is then fetched by key. A filter walks another index, whose
+        // rows the page then joins.
+        let covered = !sqlite && base.is_empty() && matches!(f.sort, PatientSort::UpdatedAt { .. } | PatientSort::LastName { .. });
         // What the walk reads besides its keys and the seek returns: the page's rows, or
         // the ids the page then joins.
         let rows = if covered { patient_columns!() } else { "id" };
