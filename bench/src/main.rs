@@ -621,8 +621,13 @@ fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32,
     }
     let l = Wrk { url: &t.url, connections, seconds, script, headers: t.headers.clone(), env }.run()?;
     eprintln!(
-        "    {:<28} c={connections:<3} {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-        t.name, l.rps, l.p50_ms, l.p99_ms, l.errors
+        "    {:<28} c={connections:<3} {:>9.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  steal {}",
+        t.name,
+        l.rps,
+        l.p50_ms,
+        l.p99_ms,
+        l.errors,
+        l.steal.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "unknown".into())
     );
     Ok(l)
 }

@@ -16,6 +16,11 @@ pub struct Load {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// The share of the machine's CPU time its hypervisor gave to others while wrk ran
+    /// (`/proc/stat`'s steal), if the kernel counts it: on a shared virtual machine a
+    /// few percent of stolen time in bursts of tens of milliseconds holds every request
+    /// in flight, which moves a p99 without being the server's.
+    pub steal: Option<f64>,
 }
 
 /// A wrk run: `connections` clients for `seconds`, requests from `script` (Lua).
@@ -45,13 +50,37 @@ impl Wrk<'_> {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg(self.url);
+        let before = cpu_times();
         let out = cmd.output().context("run wrk (apt-get install wrk)")?;
+        let after = cpu_times();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
         }
-        parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+        let mut load = parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))?;
+        load.steal = before.zip(after).and_then(|(b, a)| steal_share(b, a));
+        Ok(load)
     }
+}
+
+/// The machine's CPU time so far, all CPUs, in clock ticks: (total, stolen), from the
+/// first line of `/proc/stat` (`cpu  user nice system idle iowait irq softirq steal …`;
+/// guest time is already counted in user and nice). `None` where it cannot be read.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_times(stat.lines().next()?)
+}
+
+fn parse_cpu_times(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let times = fields.by_ref().take(8).collect::<Option<Vec<u64>>>()?;
+    (times.len() == 8).then(|| (times.iter().sum(), times[7]))
+}
+
+/// The stolen share of the CPU time between two readings of [`cpu_times`].
+fn steal_share((total0, steal0): (u64, u64), (total1, steal1): (u64, u64)) -> Option<f64> {
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(steal1.checked_sub(steal0)? as f64 / total as f64)
 }
 
 fn duration_ms(s: &str) -> Option<f64> {
@@ -214,6 +243,11 @@ mod tests {
         let l = parse_wrk(out).expect("parsed");
         assert_eq!((l.rps, l.p50_ms, l.p99_ms, l.errors), (1975.20, 3.01, 12.5, 3));
         assert_eq!(duration_ms("850.00us"), Some(0.85));
+        assert_eq!(parse_cpu_times("cpu  100 5 50 800 10 0 5 30 0 0"), Some((1000, 30)));
+        assert_eq!(parse_cpu_times("cpu0 100 5 50 800 10 0 5 30 0 0"), None);
+        assert_eq!(parse_cpu_times("cpu  100 5 50 800"), None);
+        assert_eq!(steal_share((1000, 30), (1200, 50)), Some(0.1));
+        assert_eq!(steal_share((1000, 30), (1000, 30)), None);
         assert_eq!(duration_ms("1.20s"), Some(1200.0));
     }
 }
