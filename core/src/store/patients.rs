@@ -1394,15 +1394,10 @@ impl Db {
         let first = usize::from(terms.first().is_some_and(|t| t.kind == Kind::Flag));
         // SQLite merges the parts when the compound itself is ordered by the key: each
         // part read in its index's order, only as far as the page needs, none sorted
-        // (half the time of sorting the parts' rows). Not in the name order, whose
-        // parts it then reads through the wrong index and sorts.
-        let merge = sqlite && first == 0;
-        // Otherwise the rows each part reads (see `counts_and_page_after`): written in
-        // on PostgreSQL, as is the page's size (integers, never a caller's text).
-        let n = (!merge).then(|| {
-            let n = if sqlite { skip.saturating_add(limit) } else { spacing.saturating_add(limit - 1) };
-            push_arg(args, Arg::Int(n), !sqlite)
-        });
+        // (half the time of sorting the parts' rows). PostgreSQL's parts read the rows
+        // of `counts_and_page_after`, a number written in, as is the page's size
+        // (integers, never a caller's text).
+        let n = (!sqlite).then(|| push_arg(args, Arg::Int(spacing.saturating_add(limit - 1)), true));
         let columns = key_columns(&terms);
         // PostgreSQL: the whole registry in the default order or by name is read from
         // the order's index alone, which holds the list's columns (migrations 0013 and
@@ -1438,19 +1433,12 @@ impl Db {
                 parts.push(select);
                 continue;
             };
-            // A limited part is ordered by the terms from the range's on (a flag's
-            // "after" is an equality): SQLite sorts in a temporary tree when told to
-            // order by a column an equality fixes. PostgreSQL's parts are ordered by
-            // every term, as their index reads them: it then merges the parts in the
-            // list's order, reading each only as far as the page needs, where parts
-            // ordered from the range's term on were read in full and sorted (the name
-            // order's two parts: 1,098 rows sorted, 1.7 ms a page, 0.63 ms merged).
-            let from = match (sqlite, terms[r].kind) {
-                (false, _) => 0,
-                (true, Kind::Flag) => r + 1,
-                (true, _) => r,
-            };
-            let order = terms[from..].iter().map(Term::sql).collect::<Vec<_>>().join(", ");
+            // PostgreSQL's parts are ordered by every term, as their index reads them: it
+            // then merges the parts in the list's order, reading each only as far as the
+            // page needs, where parts ordered from the range's term on were read in full
+            // and sorted (the name order's two parts: 1,098 rows sorted, 1.7 ms a page,
+            // 0.63 ms merged).
+            let order = terms.iter().map(Term::sql).collect::<Vec<_>>().join(", ");
             parts.push(format!("SELECT * FROM ({select} ORDER BY {order} LIMIT {n}) AS p{}", parts.len()));
         }
         // The parts' rows in the list's order: each part's rows come after all of the
@@ -1461,7 +1449,24 @@ impl Db {
         let limit = push_arg(args, Arg::Int(limit), !sqlite);
         let skip = push_arg(args, Arg::Int(skip), false);
         let parts = parts.join(" UNION ALL ");
-        let seek = if merge {
+        let seek = if sqlite {
+            // SQLite sorts each part of a compound ordered by the name order's flag in a
+            // temporary tree (the whole part), where it merges parts ordered by indexed
+            // columns alone. The flag sorts patients without a last name after the
+            // others: so does their NULL last name ordered `NULLS LAST`, in either
+            // direction. A page by name in the middle of 1M patients, the statement
+            // alone: 0.27 ms with the parts limited and sorted together, 0.08 merged.
+            debug_assert!(first == 0 || !terms[0].desc, "the flag sorts the names' NULLs last");
+            let order = match first {
+                0 => order,
+                _ => terms
+                    .iter()
+                    .enumerate()
+                    .skip(first)
+                    .map(|(i, t)| format!("s{i} {}{}", t.direction(), if i == first { " NULLS LAST" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
             format!("{parts} ORDER BY {order} LIMIT {limit} OFFSET {skip}")
         } else {
             format!("SELECT {rows} FROM ({parts}) AS seek ORDER BY {order} LIMIT {limit} OFFSET {skip}")
