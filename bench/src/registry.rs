@@ -390,6 +390,25 @@ async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
         scoped: false,
         writing: false,
     });
+    // Deep pages of a filtered list, which walk the filter's index and join their
+    // patients: a status (a tenth of the registry and more) and the 1% group's user.
+    let status = list("status=to_interpret&");
+    let last = (total_of(&first.admin, &status).await? + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    let (from, to) = (last / 4, last * 3 / 4);
+    cases.push(Case {
+        label: format!("status `to_interpret`, a page in the middle, another at each request (pages {from}–{to})"),
+        path: (from..=to).map(|p| list(&format!("status=to_interpret&page={p}&"))).collect::<Vec<_>>().join("\n"),
+        scoped: false,
+        writing: false,
+    });
+    let last = (total_of(&first.scoped, &list("")).await? + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    let (from, to) = (last / 4, last * 3 / 4);
+    cases.push(Case {
+        label: format!("user of the 1% group, a page in the middle, another at each request (pages {from}–{to})"),
+        path: (from..=to).map(|p| list(&format!("page={p}&"))).collect::<Vec<_>>().join("\n"),
+        scoped: true,
+        writing: false,
+    });
     let common = list(&format!("q={}&", population::COMMON_NAME));
     let matches = total_of(&first.admin, &common).await?;
     let last = (matches + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
