@@ -368,50 +368,35 @@ async fn cases(first: &Contender, patients: u32) -> anyhow::Result<Vec<Case>> {
             cases.push(admin(&format!("sort `{sort}`"), &format!("sort={sort}&")));
         }
     }
-    let total = total_of(&first.admin, &list("")).await?;
-    let last = (total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    let pages = |total: i64| (total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    let last = pages(total_of(&first.admin, &list("")).await?);
     cases.push(admin(&format!("last page (page {last})"), &format!("page={last}&")));
-    // Pages deep in the list, another one at each request (more pages than a cell sends
-    // requests): what clients paging through the whole registry cost, none of it an
-    // answer a node remembers.
-    let (from, to) = (last / 4, last * 3 / 4);
-    cases.push(Case {
-        label: format!("a page in the middle, another at each request (pages {from}–{to})"),
-        path: (from..=to).map(|p| list(&format!("page={p}&"))).collect::<Vec<_>>().join("\n"),
-        scoped: false,
-        writing: false,
-    });
+    // Pages deep in a list, another one at each request (more pages than a cell sends
+    // requests): what clients paging through a whole list cost, none of it an answer a
+    // node remembers.
+    let middle = |label: &str, query: &str, last: i64, scoped: bool| {
+        let (from, to) = (last / 4, last * 3 / 4);
+        Case {
+            label: format!("{label}, another at each request (pages {from}–{to})"),
+            path: (from..=to).map(|p| list(&format!("{query}page={p}&"))).collect::<Vec<_>>().join("\n"),
+            scoped,
+            writing: false,
+        }
+    };
+    cases.push(middle("a page in the middle", "", last, false));
     // The same by name: another index (on PostgreSQL both hold the list's columns,
     // migrations 0013 and 0015; the name order's held only its key before, and its pages
     // joined their patients).
-    cases.push(Case {
-        label: format!("a page in the middle by name, another at each request (pages {from}–{to})"),
-        path: (from..=to).map(|p| list(&format!("sort=last_name&page={p}&"))).collect::<Vec<_>>().join("\n"),
-        scoped: false,
-        writing: false,
-    });
+    cases.push(middle("a page in the middle by name", "sort=last_name&", last, false));
     // Deep pages of a filtered list, which walk the filter's index and join their
     // patients: a status (a tenth of the registry and more) and the 1% group's user.
-    let status = list("status=to_interpret&");
-    let last = (total_of(&first.admin, &status).await? + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
-    let (from, to) = (last / 4, last * 3 / 4);
-    cases.push(Case {
-        label: format!("status `to_interpret`, a page in the middle, another at each request (pages {from}–{to})"),
-        path: (from..=to).map(|p| list(&format!("status=to_interpret&page={p}&"))).collect::<Vec<_>>().join("\n"),
-        scoped: false,
-        writing: false,
-    });
-    let last = (total_of(&first.scoped, &list("")).await? + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
-    let (from, to) = (last / 4, last * 3 / 4);
-    cases.push(Case {
-        label: format!("user of the 1% group, a page in the middle, another at each request (pages {from}–{to})"),
-        path: (from..=to).map(|p| list(&format!("page={p}&"))).collect::<Vec<_>>().join("\n"),
-        scoped: true,
-        writing: false,
-    });
+    let status = "status=to_interpret&";
+    let last = pages(total_of(&first.admin, &list(status)).await?);
+    cases.push(middle("status `to_interpret`, a page in the middle", status, last, false));
+    let last = pages(total_of(&first.scoped, &list("")).await?);
+    cases.push(middle("user of the 1% group, a page in the middle", "", last, true));
     let common = list(&format!("q={}&", population::COMMON_NAME));
-    let matches = total_of(&first.admin, &common).await?;
-    let last = (matches + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE);
+    let last = pages(total_of(&first.admin, &common).await?);
     cases.push(admin(
         &format!("last page of `{}` (page {last})", population::COMMON_NAME),
         &format!("q={}&page={last}&", population::COMMON_NAME),
