@@ -627,7 +627,7 @@ fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32,
         l.p50_ms,
         l.p99_ms,
         l.errors,
-        l.steal.map(|s| format!("{:.1}%", s * 100.0)).unwrap_or_else(|| "unknown".into())
+        l.steal.map(|s| format!("{:.1}% (worst second {:.1}%)", s.share * 100.0, s.peak * 100.0)).unwrap_or_else(|| "unknown".into())
     );
     Ok(l)
 }

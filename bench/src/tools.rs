@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -16,11 +16,60 @@ pub struct Load {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
-    /// The share of the machine's CPU time its hypervisor gave to others while wrk ran
-    /// (`/proc/stat`'s steal), if the kernel counts it: on a shared virtual machine a
-    /// few percent of stolen time in bursts of tens of milliseconds holds every request
-    /// in flight, which moves a p99 without being the server's.
-    pub steal: Option<f64>,
+    /// The machine's CPU time its hypervisor gave to others while wrk ran (`/proc/stat`'s
+    /// steal), if the kernel counts it: on a shared virtual machine a few percent of
+    /// stolen time in bursts of tens of milliseconds holds every request in flight,
+    /// which moves a p99 without being the server's.
+    pub steal: Option<Steal>,
+}
+
+/// Stolen CPU time during a run: its share of the machine's CPU time over the whole run
+/// and in the run's worst second.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Steal {
+    pub share: f64,
+    pub peak: f64,
+}
+
+impl Steal {
+    /// From readings of [`cpu_times`] about a second apart (the last one may be closer):
+    /// the stolen share from the first to the last, and the highest of one interval (a
+    /// last interval shorter than half the first is left out of the peak: a tick of
+    /// stolen time would weigh more there).
+    fn of(samples: &[(u64, u64)]) -> Option<Steal> {
+        let (first, last) = (samples.first()?, samples.last()?);
+        let share = steal_share(*first, *last)?;
+        let full = samples.get(1).map_or(0, |s| s.0.saturating_sub(first.0));
+        let peak = samples
+            .windows(2)
+            .filter(|w| w[1].0.saturating_sub(w[0].0) * 2 >= full)
+            .filter_map(|w| steal_share(w[0], w[1]))
+            .fold(share, f64::max);
+        Some(Steal { share, peak })
+    }
+}
+
+/// Runs `work` while another thread reads the machine's CPU times every second.
+fn with_steal<T>(work: impl FnOnce() -> T) -> (T, Option<Steal>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut samples: Vec<(u64, u64)> = cpu_times().into_iter().collect();
+        let mut next = Instant::now() + Duration::from_secs(1);
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() >= next {
+                samples.extend(cpu_times());
+                next += Duration::from_secs(1);
+            }
+        }
+        samples.extend(cpu_times());
+        samples
+    });
+    let out = work();
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
+    (out, Steal::of(&samples))
 }
 
 /// A wrk run: `connections` clients for `seconds`, requests from `script` (Lua).
@@ -50,15 +99,14 @@ impl Wrk<'_> {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg(self.url);
-        let before = cpu_times();
-        let out = cmd.output().context("run wrk (apt-get install wrk)")?;
-        let after = cpu_times();
+        let (out, steal) = with_steal(|| cmd.output());
+        let out = out.context("run wrk (apt-get install wrk)")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
         }
         let mut load = parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))?;
-        load.steal = before.zip(after).and_then(|(b, a)| steal_share(b, a));
+        load.steal = steal;
         Ok(load)
     }
 }
@@ -248,6 +296,12 @@ mod tests {
         assert_eq!(parse_cpu_times("cpu  100 5 50 800"), None);
         assert_eq!(steal_share((1000, 30), (1200, 50)), Some(0.1));
         assert_eq!(steal_share((1000, 30), (1000, 30)), None);
+        // Seconds of 200 ticks, 2, 30 and 4 of them stolen; a last tenth of a second
+        // with 10 of its 20 stolen is left out of the peak.
+        let samples = [(0, 0), (200, 2), (400, 32), (600, 36), (620, 46)];
+        assert_eq!(Steal::of(&samples), Some(Steal { share: 46.0 / 620.0, peak: 0.15 }));
+        assert_eq!(Steal::of(&samples[..1]), None);
+        assert_eq!(Steal::of(&[(0, 0), (100, 5)]), Some(Steal { share: 0.05, peak: 0.05 }));
         assert_eq!(duration_ms("1.20s"), Some(1200.0));
     }
 }
