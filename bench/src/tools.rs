@@ -51,25 +51,42 @@ impl Steal {
 
 /// Runs `work` while another thread reads the machine's CPU times every second.
 fn with_steal<T>(work: impl FnOnce() -> T) -> (T, Option<Steal>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let sampler = std::thread::spawn(move || {
-        let mut samples: Vec<(u64, u64)> = cpu_times().into_iter().collect();
-        let mut next = Instant::now() + Duration::from_secs(1);
-        while !flag.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-            if Instant::now() >= next {
-                samples.extend(cpu_times());
-                next += Duration::from_secs(1);
-            }
-        }
-        samples.extend(cpu_times());
-        samples
-    });
+    let sampler = Sampler::start(Duration::from_secs(1), Vec::new(), |samples| samples.extend(cpu_times()));
     let out = work();
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler.join().unwrap_or_default();
-    (out, Steal::of(&samples))
+    (out, sampler.stop().and_then(|samples| Steal::of(&samples)))
+}
+
+/// Calls `step` on another thread at once and every `every`, then once more when stopped;
+/// [`Sampler::stop`] gives back what the steps built (`None` if one panicked).
+struct Sampler<A> {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<A>,
+}
+
+impl<A: Send + 'static> Sampler<A> {
+    fn start(every: Duration, mut built: A, mut step: impl FnMut(&mut A) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    step(&mut built);
+                    next = Instant::now() + every;
+                }
+                // Never asleep long past a stop.
+                std::thread::sleep(every.min(Duration::from_millis(50)));
+            }
+            step(&mut built);
+            built
+        });
+        Sampler { stop, handle }
+    }
+
+    fn stop(self) -> Option<A> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().ok()
+    }
 }
 
 /// A wrk run: `connections` clients for `seconds`, requests from `script` (Lua).
@@ -244,10 +261,7 @@ pub fn curl(url: &str, headers: &[String], upload: Option<(&Path, &str)>) -> any
 }
 
 /// Samples a process's resident memory until stopped; gives the peak in MiB.
-pub struct RssSampler {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<u64>,
-}
+pub struct RssSampler(Sampler<u64>);
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -257,22 +271,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 impl RssSampler {
     pub fn start(pid: u32) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak.max(rss_kib(pid).unwrap_or(0))
-        });
-        RssSampler { stop, handle }
+        RssSampler(Sampler::start(Duration::from_millis(20), 0, move |peak| *peak = (*peak).max(rss_kib(pid).unwrap_or(0))))
     }
 
     pub fn stop(self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(0) as f64 / 1024.0
+        self.0.stop().unwrap_or(0) as f64 / 1024.0
     }
 }
 
