@@ -129,7 +129,7 @@ pub struct Metrics {
     pub exports: AtomicU64,
     /// Bytes of export archives sent (streamed ones counted as they go out).
     pub export_bytes: AtomicU64,
-    /// Instance files the sidecar read in Orthanc's storage directory (not over HTTP).
+    /// Instance files read in Orthanc's storage directory, not through Orthanc (both hosts).
     pub orthanc_storage_reads: AtomicU64,
     /// Reads of a long list's anchors, and pages read from one (`services::anchors`).
     pub list_anchor_reads: AtomicU64,
@@ -317,7 +317,7 @@ impl Metrics {
         counter(
             out,
             "cohort_orthanc_storage_reads_total",
-            "Instance files the sidecar read in Orthanc's storage directory (OrthancStorageDirectory) instead of over HTTP.",
+            "Instance files read in Orthanc's storage directory (the plugin: Orthanc's StorageDirectory; the sidecar: OrthancStorageDirectory) instead of through Orthanc.",
             self.orthanc_storage_reads.load(Ordering::Relaxed),
         );
         counter(

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+pub mod stored;
+
 /// What can go wrong talking to the DICOM store.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PacsError {

@@ -94,7 +94,9 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
         .enable_all()
         .build()
         .map_err(|e| SdkError::Setup(format!("cannot start the async runtime: {e}")))?;
-    let pacs = OrthancPacs::shared(InProcess);
+    let storage = sdk::configuration_path().ok().and_then(|path| crate::transport::storage_directory(&orthanc_config, &path));
+    tracing::info!(storage_directory = ?storage, "instance files stored uncompressed are read in Orthanc's storage directory");
+    let pacs = OrthancPacs::shared(InProcess::new(storage));
     let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
     let router = extend(cohort_core::api::router(app.clone()));
     let protect = app.config.protect_orthanc_api;

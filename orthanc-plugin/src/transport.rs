@@ -2,9 +2,11 @@
 //! SDK, with no HTTP round trip. The REST knowledge is in `cohort_core::pacs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cohort_core::pacs::stored::StoredFiles;
 use cohort_core::pacs::{DicomFile, PacsError, PacsResult, Transport};
 use http::Method;
 
@@ -13,7 +15,41 @@ use crate::sdk::{self, SdkError};
 /// Orthanc's built-in REST API, called in-process. The SDK calls block, so they run on
 /// tokio's blocking pool, never on an async worker.
 #[derive(Debug, Default)]
-pub struct InProcess;
+pub struct InProcess {
+    /// Orthanc's `StorageDirectory`, where instance files stored uncompressed are read
+    /// (see [`StoredFiles`]); `None`: every file through `GetDicomForInstance`.
+    stored: Option<Arc<StoredFiles>>,
+}
+
+impl InProcess {
+    pub fn new(storage_directory: Option<std::path::PathBuf>) -> Self {
+        InProcess { stored: storage_directory.map(|root| Arc::new(StoredFiles::new(root))) }
+    }
+}
+
+/// Orthanc's `StorageDirectory` as Orthanc reads it: its configuration's value
+/// (`OrthancStorage` by default), relative to the directory of the configuration file
+/// Orthanc was given (or to that directory itself). `None` when Orthanc's storage is
+/// not its own files: `StorageDirectory` not a string, or a storage plugin enabled by
+/// the PostgreSQL or MySQL plugins' `EnableStorage` (files elsewhere too are noticed at
+/// the first read and read through Orthanc).
+pub fn storage_directory(orthanc_config: &serde_json::Value, configuration_path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let plugin_storage = ["PostgreSQL", "MySQL", "Odbc"].iter().any(|section| orthanc_config[section]["EnableStorage"] == true);
+    if plugin_storage {
+        return None;
+    }
+    let dir = match orthanc_config.get("StorageDirectory") {
+        None => "OrthancStorage",
+        Some(v) => v.as_str()?,
+    };
+    let dir = std::path::Path::new(dir);
+    if dir.is_absolute() {
+        return Some(dir.to_path_buf());
+    }
+    let base =
+        if configuration_path.is_dir() { configuration_path } else { configuration_path.parent().unwrap_or(std::path::Path::new("")) };
+    Some(base.join(dir))
+}
 
 fn sdk_error(e: SdkError, method: &Method) -> PacsError {
     match e {
@@ -78,20 +114,70 @@ impl Transport for InProcess {
         call(Method::DELETE, path.to_string(), Bytes::new()).await.map(|_| ())
     }
 
-    /// Instance files come straight from the storage with `GetDicomForInstance`; the
-    /// buffer Orthanc allocated is handed on without a copy. The read is lazy: it happens
-    /// when the body is polled, which for an `/api` answer is on the Orthanc HTTP thread
-    /// that serves the request (as Orthanc's own file route does), not on a runtime thread.
+    /// Instance files are read in Orthanc's storage directory when stored there
+    /// uncompressed (the attachment asked of Orthanc once per instance), otherwise with
+    /// `GetDicomForInstance`, whose buffer is handed on without a copy. The read is lazy:
+    /// it happens when the body is polled, which for an `/api` answer is on the Orthanc
+    /// HTTP thread that serves the request (as Orthanc's own file route does), not on a
+    /// runtime thread.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
         stopping()?;
         let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string) else {
             return Ok(DicomFile::from_bytes(self.get(path).await?));
         };
+        let stored = match &self.stored {
+            Some(stored) => stored.attachment(self, &id).await?.map(|a| (stored.clone(), a)),
+            None => None,
+        };
         let read = async move {
             // Inline on a thread that only waits (the Orthanc thread); on a runtime worker,
             // the worker's other tasks move elsewhere while the file is read.
-            tokio::task::block_in_place(|| sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET)))
+            tokio::task::block_in_place(|| {
+                if let Some((stored, attachment)) = stored {
+                    if let Some(bytes) = stored.read_whole(&attachment) {
+                        return Ok(bytes);
+                    }
+                    // Gone (deleted, or stored again under a new uuid) or not as described.
+                    stored.forget(&id);
+                }
+                sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET))
+            })
         };
         Ok(DicomFile { size: None, body: Box::pin(futures_util::stream::once(read)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::json;
+
+    use super::storage_directory;
+
+    #[test]
+    fn the_storage_directory_is_read_as_orthanc_reads_it() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join("orthanc.json");
+        std::fs::write(&file, "{}").expect("configuration file");
+        // Absolute: as is.
+        assert_eq!(
+            storage_directory(&json!({"StorageDirectory": "/var/lib/orthanc/db"}), &file),
+            Some(PathBuf::from("/var/lib/orthanc/db"))
+        );
+        // Relative: to the configuration file's directory, or to the directory Orthanc was given.
+        assert_eq!(storage_directory(&json!({"StorageDirectory": "db"}), &file), Some(dir.path().join("db")));
+        assert_eq!(storage_directory(&json!({"StorageDirectory": "db"}), dir.path()), Some(dir.path().join("db")));
+        // Orthanc's default.
+        assert_eq!(storage_directory(&json!({}), &file), Some(dir.path().join("OrthancStorage")));
+        assert_eq!(storage_directory(&json!({}), Path::new("orthanc.json")), Some(PathBuf::from("OrthancStorage")));
+        // Files kept by a storage plugin, or a value Orthanc would refuse: never read here.
+        assert_eq!(storage_directory(&json!({"StorageDirectory": "/db", "PostgreSQL": {"EnableStorage": true}}), &file), None);
+        assert_eq!(storage_directory(&json!({"StorageDirectory": "/db", "MySQL": {"EnableStorage": true}}), &file), None);
+        assert_eq!(
+            storage_directory(&json!({"StorageDirectory": "/db", "PostgreSQL": {"EnableStorage": false}}), &file),
+            Some(PathBuf::from("/db"))
+        );
+        assert_eq!(storage_directory(&json!({"StorageDirectory": 3}), &file), None);
     }
 }

@@ -25,19 +25,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cohort_core::app::TtlCache;
+use cohort_core::pacs::stored::StoredFiles;
 use cohort_core::pacs::{ByteStream, DicomFile, PacsError, PacsResult, Transport};
 use cohort_core::Config;
 use futures_util::{Stream, TryStreamExt};
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Orthanc's REST API at a base URL, with optional Basic credentials.
 #[derive(Clone, Debug)]
 pub struct OrthancHttp {
-    base: String,
+    /// `OrthancUrl`, parsed once at start (an unparsable one is refused then, not at each
+    /// request): a request's URL is this one with its path and query set.
+    base: reqwest::Url,
+    /// The base URL's path without its trailing `/` (empty for Orthanc at the root).
+    base_path: String,
     client: reqwest::Client,
-    credentials: Option<(String, String)>,
+    /// The `Authorization` header of the Basic credentials, encoded once.
+    authorization: Option<reqwest::header::HeaderValue>,
     /// Places for requests in flight to Orthanc (`OrthancConnections` less the idle ones).
     calls: Arc<Semaphore>,
     /// Places for streamed reads, three quarters of `calls`, taken before one of those.
@@ -45,91 +49,6 @@ pub struct OrthancHttp {
     connections: usize,
     /// Orthanc's storage directory, when configured.
     stored: Option<Arc<StoredFiles>>,
-}
-
-/// Instance files read in Orthanc's storage directory (`OrthancStorageDirectory`).
-/// Orthanc's file storage keeps an attachment at `xx/yy/uuid` (the uuid's first two pairs
-/// of characters); an instance's DICOM attachment never changes uuid while it exists.
-#[derive(Debug)]
-struct StoredFiles {
-    root: std::path::PathBuf,
-    /// Per Orthanc instance id: its DICOM attachment's uuid and size when stored
-    /// uncompressed, `None` when not (then it is always read over HTTP).
-    attachments: TtlCache<String, Option<(String, u64)>>,
-}
-
-/// How long an instance's attachment is remembered (a file gone is noticed at once).
-const ATTACHMENT_TTL: Duration = Duration::from_secs(600);
-/// Files up to this size are read in one call on the request's thread (from the page
-/// cache, microseconds); larger ones are streamed from tokio's blocking pool.
-const READ_IN_PLACE_MAX: u64 = 64 * 1024;
-/// Chunks of a larger file.
-const STORED_CHUNK: usize = 256 * 1024;
-
-/// `GET /instances/{id}/attachments/dicom/info`.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AttachmentInfo {
-    uuid: String,
-    compressed_size: u64,
-    uncompressed_size: u64,
-}
-
-/// An attachment uuid as Orthanc makes them (8-4-4-4-12 lowercase hex): nothing else
-/// may become a path.
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
-        })
-}
-
-impl StoredFiles {
-    fn path(&self, uuid: &str) -> std::path::PathBuf {
-        self.root.join(&uuid[0..2]).join(&uuid[2..4]).join(uuid)
-    }
-
-    /// The file of `uuid` if it is there with the expected size; `None` otherwise (the
-    /// caller forgets the attachment and asks Orthanc).
-    async fn read(&self, uuid: &str, size: u64) -> Option<DicomFile> {
-        let path = self.path(uuid);
-        if size <= READ_IN_PLACE_MAX {
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => return unreadable(&path, &e),
-            };
-            if bytes.len() as u64 != size {
-                return resized(&path, size, Some(bytes.len() as u64));
-            }
-            return Some(DicomFile::from_bytes(Bytes::from(bytes)));
-        }
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) => return unreadable(&path, &e),
-        };
-        match file.metadata().await.map(|m| m.len()) {
-            Ok(found) if found == size => {}
-            found => return resized(&path, size, found.ok()),
-        }
-        let body = tokio_util::io::ReaderStream::with_capacity(file, STORED_CHUNK)
-            .map_err(|e| PacsError::Unavailable(format!("reading a file in Orthanc's storage: {e}")));
-        Some(DicomFile { size: Some(size), body: Box::pin(body) })
-    }
-}
-
-/// A stored file that cannot be read: read over HTTP (a missing one silently: deleted).
-fn unreadable(path: &std::path::Path, e: &std::io::Error) -> Option<DicomFile> {
-    if e.kind() != std::io::ErrorKind::NotFound {
-        tracing::warn!(path = %path.display(), error = %e, "cannot read Orthanc's storage directory (OrthancStorageDirectory); read over HTTP");
-    }
-    None
-}
-
-/// A stored file of another size than Orthanc says (or of no size to be had): read over HTTP.
-fn resized(path: &std::path::Path, expected: u64, found: Option<u64>) -> Option<DicomFile> {
-    tracing::warn!(path = %path.display(), expected, found, "a stored file has another size than Orthanc says; read over HTTP");
-    None
 }
 
 /// Requests other than file transfers must answer within this delay.
@@ -154,7 +73,7 @@ struct Places {
 }
 
 impl OrthancHttp {
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             // Orthanc closes a kept-alive connection after 1 s of silence (1.10.1's
@@ -165,52 +84,28 @@ impl OrthancHttp {
             // Idle connections hold Orthanc threads too: they count in `OrthancConnections`.
             .pool_max_idle_per_host(idle_connections(config.orthanc_connections as usize))
             .tcp_nodelay(true)
+            // Orthanc's REST API does not redirect; an answer that does is an error, and no
+            // request (nor its credentials) goes anywhere but `OrthancUrl`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let credentials = config.orthanc_username.clone().zip(config.orthanc_password.clone());
+        let base = reqwest::Url::parse(&config.orthanc_url).map_err(|e| anyhow::anyhow!("OrthancUrl {:?}: {e}", config.orthanc_url))?;
+        let base_path = base.path().trim_end_matches('/').to_string();
+        let authorization = match (&config.orthanc_username, &config.orthanc_password) {
+            (Some(user), Some(password)) => Some(basic_authorization(user, password)?),
+            _ => None,
+        };
         let connections = config.orthanc_connections as usize;
         let places = connections - idle_connections(connections);
         Ok(OrthancHttp {
-            base: config.orthanc_url.trim_end_matches('/').to_string(),
+            base,
+            base_path,
             client,
-            credentials,
+            authorization,
             calls: Arc::new(Semaphore::new(places)),
             streams: Arc::new(Semaphore::new((places * 3 / 4).max(1))),
             connections,
-            stored: config
-                .orthanc_storage_directory
-                .clone()
-                .map(|root| Arc::new(StoredFiles { root, attachments: TtlCache::new(ATTACHMENT_TTL) })),
+            stored: config.orthanc_storage_directory.clone().map(|root| Arc::new(StoredFiles::new(root))),
         })
-    }
-
-    /// An instance's file read in Orthanc's storage directory, or `None` to read it over
-    /// HTTP (not configured, compressed, or not found there as Orthanc describes it).
-    async fn stored_file(&self, instance_id: &str) -> PacsResult<Option<DicomFile>> {
-        let Some(stored) = &self.stored else { return Ok(None) };
-        let attachment = match stored.attachments.get(instance_id) {
-            Some(a) => a,
-            None => {
-                let body = self.get(&format!("/instances/{instance_id}/attachments/dicom/info")).await?;
-                let info: AttachmentInfo =
-                    serde_json::from_slice(&body).map_err(|e| PacsError::Protocol(format!("attachment info of {instance_id}: {e}")))?;
-                let plain = info.compressed_size == info.uncompressed_size && is_uuid(&info.uuid);
-                let a = plain.then_some((info.uuid, info.uncompressed_size));
-                stored.attachments.put(instance_id.to_string(), a.clone());
-                a
-            }
-        };
-        let Some((uuid, size)) = attachment else { return Ok(None) };
-        match stored.read(&uuid, size).await {
-            Some(file) => {
-                cohort_core::metrics::global().orthanc_storage_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(Some(file))
-            }
-            None => {
-                // Gone (deleted, or stored again under a new uuid) or not as described.
-                stored.attachments.forget(instance_id);
-                Ok(None)
-            }
-        }
     }
 
     /// Waits (at most [`PLACE_WAIT`]) for a place among the requests in flight to Orthanc;
@@ -237,10 +132,26 @@ impl OrthancHttp {
         }
     }
 
+    /// `OrthancUrl` with `path` (and its query, if any) appended to its path.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        let mut url = self.base.clone();
+        if self.base_path.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{}{path}", self.base_path));
+        }
+        url.set_query(query);
+        url
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.client.request(method, format!("{}{}", self.base, path));
-        match &self.credentials {
-            Some((user, password)) => req.basic_auth(user, Some(password)),
+        let req = self.client.request(method, self.url(path));
+        match &self.authorization {
+            Some(value) => req.header(reqwest::header::AUTHORIZATION, value.clone()),
             None => req,
         }
     }
@@ -300,8 +211,10 @@ impl Transport for OrthancHttp {
     /// The places are held until the body has been read to its end, or dropped.
     async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
         if let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")) {
-            if let Some(file) = self.stored_file(id).await? {
-                return Ok(file);
+            if let Some(stored) = &self.stored {
+                if let Some(file) = stored.file(self, id).await? {
+                    return Ok(file);
+                }
             }
         }
         let places = self.places(true).await?;
@@ -310,6 +223,15 @@ impl Transport for OrthancHttp {
         let body: ByteStream = Box::pin(resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string())));
         Ok(DicomFile { size, body: Box::pin(Holding { body, places: Some(places) }) })
     }
+}
+
+/// The `Authorization` value of Basic credentials (marked sensitive: never in a debug print).
+fn basic_authorization(user: &str, password: &str) -> anyhow::Result<reqwest::header::HeaderValue> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = reqwest::header::HeaderValue::try_from(format!("Basic {encoded}"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// A body that keeps its request's places until its last chunk (or an error) is read.
@@ -327,5 +249,52 @@ impl Stream for Holding {
             self.places = None;
         }
         next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(url: &str, credentials: Option<(&str, &str)>) -> OrthancHttp {
+        let config = Config {
+            orthanc_url: url.into(),
+            orthanc_username: credentials.map(|c| c.0.to_string()),
+            orthanc_password: credentials.map(|c| c.1.to_string()),
+            ..Config::default()
+        };
+        OrthancHttp::new(&config).expect("a valid OrthancUrl")
+    }
+
+    #[test]
+    fn request_urls_are_the_base_with_the_path_appended() {
+        let root = http("http://127.0.0.1:8042", None);
+        assert_eq!(root.url("/instances/ab-cd/file").as_str(), "http://127.0.0.1:8042/instances/ab-cd/file");
+        assert_eq!(root.url("/changes?since=12&limit=100").as_str(), "http://127.0.0.1:8042/changes?since=12&limit=100");
+        let slash = http("http://127.0.0.1:8042/", None);
+        assert_eq!(slash.url("/system").as_str(), "http://127.0.0.1:8042/system");
+        // Orthanc behind a reverse proxy, under a path of its own.
+        let prefixed = http("https://pacs.example.org/orthanc/", None);
+        assert_eq!(prefixed.url("/instances/x/file").as_str(), "https://pacs.example.org/orthanc/instances/x/file");
+        assert_eq!(prefixed.url("/tools/find?expand").as_str(), "https://pacs.example.org/orthanc/tools/find?expand");
+        // A request without a query does not keep one from an earlier URL.
+        assert_eq!(prefixed.url("/system").query(), None);
+    }
+
+    #[test]
+    fn basic_credentials_are_encoded_once_and_kept_out_of_debug_prints() {
+        let with = http("http://127.0.0.1:8042", Some(("orthanc", "pä:ss")));
+        let value = with.authorization.clone().expect("credentials");
+        // RFC 7617: base64 of "user:password" in UTF-8.
+        assert_eq!(value.to_str().expect("ASCII"), "Basic b3J0aGFuYzpww6Q6c3M=");
+        assert!(value.is_sensitive());
+        assert!(!format!("{with:?}").contains("b3J0aGFuYzpww6Q6c3M="));
+        assert!(http("http://127.0.0.1:8042", None).authorization.is_none());
+    }
+
+    #[test]
+    fn an_orthanc_url_that_does_not_parse_is_refused_at_start() {
+        let config = Config { orthanc_url: "http://[::1".into(), ..Config::default() };
+        assert!(OrthancHttp::new(&config).is_err());
     }
 }

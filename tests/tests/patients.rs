@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cohort_e2e::deploy::ORTHANC_STORAGE;
 use cohort_e2e::dicom::{self, BadZip, Charset, Generated, GeneratedZip, StudySpec, ZipOptions};
-use cohort_e2e::{eventually, per_deployment, Client, Deployment, Host, Resp};
+use cohort_e2e::{eventually, per_backend, per_deployment, Backend, Client, Deployment, Host, Resp};
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -896,3 +897,96 @@ async fn counters_are_vacuumed_sidecar_postgres() {
 async fn counters_are_vacuumed_plugin_postgres() {
     counters_are_vacuumed_on_postgres(Host::Plugin).await;
 }
+
+/// `cohort_orthanc_storage_reads_total`.
+async fn storage_reads(admin: &Client) -> u64 {
+    let r = admin.get("/api/metrics").await;
+    assert_eq!(r.status.as_u16(), 200);
+    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix("cohort_orthanc_storage_reads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("cohort_orthanc_storage_reads_total")
+}
+
+/// Images read in Orthanc's storage directory (the plugin: Orthanc's own
+/// `StorageDirectory`, found in its configuration; the sidecar: `OrthancStorageDirectory`)
+/// are the very bytes of Orthanc's own file route, read there when stored uncompressed and
+/// through Orthanc when compressed, with every check kept.
+async fn images_with_orthancs_storage(host: Host, backend: Backend, compressed: bool) {
+    let mut settings = BTreeMap::new();
+    if host == Host::Sidecar {
+        settings.insert("OrthancStorageDirectory".to_string(), json!(ORTHANC_STORAGE));
+    }
+    if compressed {
+        settings.insert("Orthanc:StorageCompression".to_string(), json!(true));
+    }
+    let d = Deployment::start_with(host, backend, settings).await;
+    let admin = d.admin().await;
+    // 39 KB instances (the sidecar reads them in one call) and a 512 KB one (it streams
+    // it in chunks); the plugin reads each whole.
+    for (ipp, side, instances, seed) in [("IPP-STORED-S", 136, 2, 61), ("IPP-STORED-L", 512, 1, 62)] {
+        let files = dicom::study(&StudySpec::new(ipp).studies(1).series(1).instances(instances).size(side, side).seed(seed));
+        let zip = dicom::zip(&files.paths(), ZipOptions::default());
+        import(&admin, "application/zip", zip.bytes()).await.expect_status(200);
+    }
+    let orthanc = d.orthanc_client().await;
+    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        let native = orthanc.get(&format!("/instances/{id}/file")).await;
+        assert_eq!(native.status.as_u16(), 200);
+        for _ in 0..2 {
+            let r = admin.get(&format!("/api/patients/images/{id}")).await;
+            assert_eq!(r.status.as_u16(), 200);
+            assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
+            assert_eq!(r.header("content-type"), Some("application/dicom"));
+        }
+    }
+    assert_eq!(storage_reads(&admin).await, if compressed { 0 } else { 6 });
+
+    // Another group's user still sees nothing of them.
+    let g = admin.post("/api/groups", &json!({"name": "Elsewhere"})).await.expect_status(201)["id"].clone();
+    let user = json!({"email": "elsewhere@e2e.test", "password": "user-password-1", "role": "user", "group_id": g});
+    admin.post("/api/users", &user).await.expect_status(201);
+    let other = d.client();
+    other.login("elsewhere@e2e.test", "user-password-1").await.expect_status(200);
+    other.get(&format!("/api/patients/images/{}", ids[0])).await.expect_error(404, "not_found");
+
+    if !compressed {
+        // A file removed behind Orthanc's back: Cohort asks Orthanc again and answers
+        // what Orthanc's own route answers (Orthanc 1.10 may still hold the file in its
+        // storage cache).
+        let info = orthanc.get(&format!("/instances/{}/attachments/dicom/info", ids[0])).await.expect_status(200);
+        let uuid = info["Uuid"].as_str().expect("uuid");
+        let path = d.orthanc.storage_directory().join(&uuid[0..2]).join(&uuid[2..4]).join(uuid);
+        std::fs::remove_file(&path).expect("remove the stored file");
+        let r = admin.get(&format!("/api/patients/images/{}", ids[0])).await;
+        let native = orthanc.get(&format!("/instances/{}/file", ids[0])).await;
+        assert_eq!(r.status.as_u16() == 200, native.status.as_u16() == 200, "Cohort {}, Orthanc {}", r.status, native.status);
+        if r.status.as_u16() == 200 {
+            assert!(r.body == native.body);
+        }
+        assert_eq!(storage_reads(&admin).await, 6, "a removed file was read in the storage directory");
+    }
+}
+
+async fn images_read_in_orthancs_storage_sidecar(backend: Backend) {
+    images_with_orthancs_storage(Host::Sidecar, backend, false).await;
+}
+per_backend!(images_read_in_orthancs_storage_sidecar);
+
+async fn images_read_in_orthancs_storage_plugin(backend: Backend) {
+    images_with_orthancs_storage(Host::Plugin, backend, false).await;
+}
+per_backend!(images_read_in_orthancs_storage_plugin);
+
+async fn compressed_storage_is_read_through_orthanc_sidecar(backend: Backend) {
+    images_with_orthancs_storage(Host::Sidecar, backend, true).await;
+}
+per_backend!(compressed_storage_is_read_through_orthanc_sidecar);
+
+async fn compressed_storage_is_read_through_orthanc_plugin(backend: Backend) {
+    images_with_orthancs_storage(Host::Plugin, backend, true).await;
+}
+per_backend!(compressed_storage_is_read_through_orthanc_plugin);

@@ -1,12 +1,11 @@
 //! What only the sidecar deployment does: multipart uploads, outliving an Orthanc that
-//! goes down, `cohort import` from the command line, and reading instance files in
-//! Orthanc's storage directory.
+//! goes down, and `cohort import` from the command line. (Reading instance files in
+//! Orthanc's storage directory, which both hosts do, is tested in `patients.rs`.)
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cohort_e2e::deploy::{sidecar_command, ORTHANC_STORAGE};
+use cohort_e2e::deploy::sidecar_command;
 use cohort_e2e::dicom::{self, Generated, StudySpec, ZipOptions};
 use cohort_e2e::{per_backend, Backend, Client, Deployment, Host};
 use reqwest::Method;
@@ -258,77 +257,3 @@ fn connections_to(pid: u32, port: u16) -> usize {
         })
         .count()
 }
-
-/// `cohort_orthanc_storage_reads_total`.
-async fn storage_reads(admin: &Client) -> u64 {
-    let r = admin.get("/api/metrics").await;
-    assert_eq!(r.status.as_u16(), 200);
-    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
-    text.lines()
-        .find_map(|l| l.strip_prefix("cohort_orthanc_storage_reads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cohort_orthanc_storage_reads_total")
-}
-
-/// With `OrthancStorageDirectory`, images are the very bytes of Orthanc's own file route,
-/// read in its storage (uncompressed) or over HTTP (compressed), with every check kept.
-async fn images_with_orthancs_storage(backend: Backend, compressed: bool) {
-    let mut settings = BTreeMap::from([("OrthancStorageDirectory".to_string(), json!(ORTHANC_STORAGE))]);
-    if compressed {
-        settings.insert("Orthanc:StorageCompression".to_string(), json!(true));
-    }
-    let d = Deployment::start_with(Host::Sidecar, backend, settings).await;
-    let admin = d.admin().await;
-    // 39 KB instances (read in one call) and a 512 KB one (streamed in chunks).
-    import_zip(&admin, &dicom::study(&StudySpec::new("IPP-STORED-S").studies(1).series(1).instances(2).size(136, 136).seed(61))).await;
-    import_zip(&admin, &dicom::study(&StudySpec::new("IPP-STORED-L").studies(1).series(1).instances(1).size(512, 512).seed(62))).await;
-    let orthanc = d.orthanc_client().await;
-    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
-    assert_eq!(ids.len(), 3);
-    for id in &ids {
-        let native = orthanc.get(&format!("/instances/{id}/file")).await;
-        assert_eq!(native.status.as_u16(), 200);
-        for _ in 0..2 {
-            let r = admin.get(&format!("/api/patients/images/{id}")).await;
-            assert_eq!(r.status.as_u16(), 200);
-            assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
-            assert_eq!(r.header("content-type"), Some("application/dicom"));
-        }
-    }
-    assert_eq!(storage_reads(&admin).await, if compressed { 0 } else { 6 });
-
-    // Another group's user still sees nothing of them.
-    let g = admin.post("/api/groups", &json!({"name": "Elsewhere"})).await.expect_status(201)["id"].clone();
-    let user = json!({"email": "elsewhere@e2e.test", "password": "user-password-1", "role": "user", "group_id": g});
-    admin.post("/api/users", &user).await.expect_status(201);
-    let other = d.client();
-    other.login("elsewhere@e2e.test", "user-password-1").await.expect_status(200);
-    other.get(&format!("/api/patients/images/{}", ids[0])).await.expect_error(404, "not_found");
-
-    if !compressed {
-        // A file removed behind Orthanc's back: the sidecar asks Orthanc again and answers
-        // what Orthanc's own route answers (Orthanc 1.10 may still hold the file in its
-        // storage cache).
-        let info = orthanc.get(&format!("/instances/{}/attachments/dicom/info", ids[0])).await.expect_status(200);
-        let uuid = info["Uuid"].as_str().expect("uuid");
-        let path = d.orthanc.storage_directory().join(&uuid[0..2]).join(&uuid[2..4]).join(uuid);
-        std::fs::remove_file(&path).expect("remove the stored file");
-        let r = admin.get(&format!("/api/patients/images/{}", ids[0])).await;
-        let native = orthanc.get(&format!("/instances/{}/file", ids[0])).await;
-        assert_eq!(r.status.as_u16() == 200, native.status.as_u16() == 200, "sidecar {}, Orthanc {}", r.status, native.status);
-        if r.status.as_u16() == 200 {
-            assert!(r.body == native.body);
-        }
-        assert_eq!(storage_reads(&admin).await, 6, "a removed file was read in the storage directory");
-    }
-}
-
-async fn images_read_in_orthancs_storage(backend: Backend) {
-    images_with_orthancs_storage(backend, false).await;
-}
-per_backend!(images_read_in_orthancs_storage);
-
-async fn compressed_storage_is_read_over_http(backend: Backend) {
-    images_with_orthancs_storage(backend, true).await;
-}
-per_backend!(compressed_storage_is_read_over_http);

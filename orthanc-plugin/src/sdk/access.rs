@@ -31,6 +31,20 @@ pub fn get_configuration() -> Result<serde_json::Value, SdkError> {
     serde_json::from_slice(text.to_bytes()).map_err(SdkError::InvalidConfiguration)
 }
 
+/// The path Orthanc was given to its configuration (a file or a directory), against which
+/// it reads relative paths of its configuration (`StorageDirectory`...).
+pub fn configuration_path() -> Result<std::path::PathBuf, SdkError> {
+    let ctx = context()?;
+    // SAFETY: `ctx` is the live context; the returned string is freed by `OrthancString`.
+    let text = OrthancString::new(unsafe { sys::OrthancPluginGetConfigurationPath(ctx) });
+    if text.as_ptr().is_null() {
+        return Err(SdkError::NullPointer("configuration path"));
+    }
+    // SAFETY: non-NULL C string, alive until `text` is dropped.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }.to_bytes();
+    Ok(std::path::PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)))
+}
+
 /// The DICOM file of an instance, by Orthanc ID. A missing instance is
 /// [`SdkError::NotFound`].
 pub fn get_dicom_for_instance(instance_id: &str) -> Result<OrthancBuffer, SdkError> {

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 
 use crate::sys;
 
-pub use access::{call_rest_api, get_configuration, get_dicom_for_instance, orthanc_version, RestApiAnswer};
+pub use access::{call_rest_api, configuration_path, get_configuration, get_dicom_for_instance, orthanc_version, RestApiAnswer};
 pub use buffer::OrthancBuffer;
 pub use changes::{ChangeEvent, ChangeType, ResourceType};
 pub use filter::{FilterDecision, FilterRequest};
