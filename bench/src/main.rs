@@ -359,14 +359,41 @@ async fn raw_download(
 
 /// `--only raw`: the raw download alone, on instances of `side`×`side` 16-bit (136: about
 /// 39 KB, the size where a request's fixed cost shows most), `rounds` rounds alternating
-/// the contenders; each cell is the median round by req/s.
+/// the contenders; each cell is the median round by req/s. Twice: with Orthanc's storage
+/// cache as configured by default (128 MB: the files just imported are all in it), then
+/// without (`MaximumStorageCacheSize` 0: every file read from the disk, as for a registry
+/// whose images do not fit in Orthanc's cache), every contender alike.
 async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir, script: &Path) -> anyhow::Result<String> {
-    eprintln!("==> starting the contenders");
-    let native = Orthanc::start(OrthancOptions::default()).await;
-    let plugin = Deployment::start(Host::Plugin, Backend::Sqlite).await;
-    let sidecar = Deployment::start(Host::Sidecar, Backend::Sqlite).await;
+    let mut md = format!("# Benchmarks: raw DICOM\n\n{}.\n\n", machine());
+    for cache in [true, false] {
+        raw_set(side, seconds, rounds, work, script, cache, &mut md).await?;
+    }
+    Ok(md)
+}
+
+/// One table of [`raw_only`], on contenders started for it.
+async fn raw_set(
+    side: u16,
+    seconds: u32,
+    rounds: u32,
+    work: &tempfile::TempDir,
+    script: &Path,
+    cache: bool,
+    md: &mut String,
+) -> anyhow::Result<()> {
+    eprintln!("==> starting the contenders (Orthanc's storage cache {})", if cache { "on" } else { "off" });
+    let mut native_options = OrthancOptions::default();
+    let mut settings = BTreeMap::new();
+    if !cache {
+        native_options.extra.insert("MaximumStorageCacheSize".into(), json!(0));
+        settings.insert(format!("{}MaximumStorageCacheSize", cohort_e2e::deploy::ORTHANC_SETTING), json!(0));
+    }
+    let native = Orthanc::start(native_options).await;
+    let plugin = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings.clone()).await;
+    let sidecar = Deployment::start_with(Host::Sidecar, Backend::Sqlite, settings.clone()).await;
     // The sidecar reading instance files in Orthanc's storage directory.
-    let stored = BTreeMap::from([("OrthancStorageDirectory".to_string(), json!(cohort_e2e::deploy::ORTHANC_STORAGE))]);
+    let mut stored = settings;
+    stored.insert("OrthancStorageDirectory".to_string(), json!(cohort_e2e::deploy::ORTHANC_STORAGE));
     let sidecar_stored = Deployment::start_with(Host::Sidecar, Backend::Sqlite, stored).await;
     let [plugin_t, sidecar_t] = cohort_targets(&plugin, &sidecar).await?;
     let stored_t = sidecar_target("Cohort sidecar, OrthancStorageDirectory", &sidecar_stored).await?;
@@ -391,14 +418,18 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
         paths.push(file);
     }
     hold(targets.iter().zip(paths.iter().map(|p| p.display().to_string())), &script.display().to_string()).await?;
-    let mut md = format!("# Benchmarks: raw DICOM\n\n{}.\n\n", machine());
     let _ = writeln!(
         md,
-        "## Raw instance download, {} instances of {} bytes\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), \
+        "## Raw instance download, {} instances of {} bytes, {}\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), \
          {side}×{side} 16-bit CT/MR, {seconds} s per run, {rounds} rounds alternating the contenders; each cell is the median round \
          (req/s, with its p50 and p99).\n",
         files.files.len(),
-        bytes
+        bytes,
+        if cache {
+            "Orthanc's storage cache on (its default, 128 MB: every file just imported is in it)"
+        } else {
+            "Orthanc's storage cache off (`MaximumStorageCacheSize` 0: every file read from the disk, as when the images read do not fit in the cache)"
+        }
     );
     let _ = writeln!(md, "| clients | contender | req/s (rounds) | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
     for connections in [1, 32] {
@@ -432,7 +463,7 @@ async fn raw_only(side: u16, seconds: u32, rounds: u32, work: &tempfile::TempDir
     }
     md.push('\n');
     drop((sidecar_stored, sidecar, plugin, native));
-    Ok(md)
+    Ok(())
 }
 
 /// Login latency (median of 10 sequential logins), then a storm: 16 clients logging in
