@@ -138,7 +138,7 @@ impl Transport for InProcess {
                         return Ok(bytes);
                     }
                     // Gone (deleted, or stored again under a new uuid) or not as described.
-                    stored.forget(&id);
+                    stored.not_found(&id);
                 }
                 sdk::get_dicom_for_instance(&id).map(Bytes::from).map_err(|e| sdk_error(e, &Method::GET))
             })
