@@ -95,7 +95,12 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
         .build()
         .map_err(|e| SdkError::Setup(format!("cannot start the async runtime: {e}")))?;
     let storage = sdk::configuration_path().ok().and_then(|path| crate::transport::storage_directory(&orthanc_config, &path));
-    tracing::info!(storage_directory = ?storage, "instance files stored uncompressed are read in Orthanc's storage directory");
+    match &storage {
+        Some(dir) => {
+            tracing::info!(directory = %dir.display(), "instance files Orthanc stores uncompressed are read in its storage directory")
+        }
+        None => tracing::info!("instance files are read through Orthanc (its storage is a plugin's)"),
+    }
     let pacs = OrthancPacs::shared(InProcess::new(storage));
     let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
     let router = extend(cohort_core::api::router(app.clone()));

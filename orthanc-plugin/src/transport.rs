@@ -30,9 +30,9 @@ impl InProcess {
 /// Orthanc's `StorageDirectory` as Orthanc reads it: its configuration's value
 /// (`OrthancStorage` by default), relative to the directory of the configuration file
 /// Orthanc was given (or to that directory itself). `None` when Orthanc's storage is
-/// not its own files: `StorageDirectory` not a string, or a storage plugin enabled by
-/// the PostgreSQL or MySQL plugins' `EnableStorage` (files elsewhere too are noticed at
-/// the first read and read through Orthanc).
+/// not its own files: `StorageDirectory` not a string, or the storage of the PostgreSQL,
+/// MySQL or ODBC plugin (`EnableStorage`). Files another storage plugin keeps elsewhere
+/// are not found at the first read of each instance, which is then read through Orthanc.
 pub fn storage_directory(orthanc_config: &serde_json::Value, configuration_path: &std::path::Path) -> Option<std::path::PathBuf> {
     let plugin_storage = ["PostgreSQL", "MySQL", "Odbc"].iter().any(|section| orthanc_config[section]["EnableStorage"] == true);
     if plugin_storage {
