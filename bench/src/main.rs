@@ -418,11 +418,20 @@ async fn raw_set(
         paths.push(file);
     }
     hold(targets.iter().zip(paths.iter().map(|p| p.display().to_string())), &script.display().to_string()).await?;
+    // The processes serving each contender, whose CPU time per request is reported: the
+    // contender's own, and for a sidecar the Orthanc behind it.
+    let serving: [Vec<u32>; 4] = [
+        vec![native.pid()],
+        vec![plugin.orthanc.pid()],
+        vec![targets[2].pid, sidecar.orthanc.pid()],
+        vec![targets[3].pid, sidecar_stored.orthanc.pid()],
+    ];
     let _ = writeln!(
         md,
         "## Raw instance download, {} instances of {} bytes, {}\n\n`/api/patients/images/{{id}}` (Cohort) vs `/instances/{{id}}/file` (Orthanc), \
          {side}×{side} 16-bit CT/MR, {seconds} s per run, {rounds} rounds alternating the contenders; each cell is the median round \
-         (req/s, with its p50 and p99).\n",
+         (req/s, with its p50 and p99). CPU µs/req: the serving processes' CPU time (user + system, \
+         `/proc/PID/stat`) in that round over its requests: Orthanc's (with the plugin in it), or the sidecar's + its Orthanc's.\n",
         files.files.len(),
         bytes,
         if cache {
@@ -431,33 +440,46 @@ async fn raw_set(
             "Orthanc's storage cache off (`MaximumStorageCacheSize` 0: every file read from the disk, as when the images read do not fit in the cache)"
         }
     );
-    let _ = writeln!(md, "| clients | contender | req/s (rounds) | vs native | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| clients | contender | req/s (rounds) | vs native | p50 ms | p99 ms | CPU µs/req | errors |\n|---|---|---|---|---|---|---|---|"
+    );
     for connections in [1, 32] {
-        let mut runs: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
+        // Each run with the CPU µs per request of each serving process.
+        let mut runs: Vec<Vec<(Load, Vec<f64>)>> = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
-                runs[i].push(load(t, script, &paths[i], connections, seconds, None)?);
+                let before = serving[i].iter().map(|&pid| tools::cpu_seconds(pid)).collect::<anyhow::Result<Vec<_>>>()?;
+                let l = load(t, script, &paths[i], connections, seconds, None)?;
+                let requests = (l.rps * f64::from(seconds)).max(1.0);
+                let cpu = serving[i]
+                    .iter()
+                    .zip(before)
+                    .map(|(&pid, b)| Ok((tools::cpu_seconds(pid)? - b) * 1e6 / requests))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                runs[i].push((l, cpu));
             }
         }
-        let medians: Vec<Load> = runs
+        let medians: Vec<(Load, Vec<f64>)> = runs
             .iter()
             .map(|r| {
                 let mut r = r.clone();
-                r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-                r[r.len() / 2]
+                r.sort_by(|a, b| a.0.rps.total_cmp(&b.0.rps));
+                r[r.len() / 2].clone()
             })
             .collect();
-        for ((t, m), r) in targets.iter().zip(&medians).zip(&runs) {
-            let all = r.iter().map(|l| format!("{:.0}", l.rps)).collect::<Vec<_>>().join(", ");
+        for ((t, (m, cpu)), r) in targets.iter().zip(&medians).zip(&runs) {
+            let all = r.iter().map(|(l, _)| format!("{:.0}", l.rps)).collect::<Vec<_>>().join(", ");
+            let cpu = cpu.iter().map(|us| format!("{us:.1}")).collect::<Vec<_>>().join(" + ");
             let _ = writeln!(
                 md,
-                "| {connections} | {} | {:.0} ({all}) | {} | {:.2} | {:.2} | {} |",
+                "| {connections} | {} | {:.0} ({all}) | {} | {:.2} | {:.2} | {cpu} | {} |",
                 t.name,
                 m.rps,
-                ratio(m.rps, medians[0].rps),
+                ratio(m.rps, medians[0].0.rps),
                 m.p50_ms,
                 m.p99_ms,
-                r.iter().map(|l| l.errors).sum::<u64>()
+                r.iter().map(|(l, _)| l.errors).sum::<u64>()
             );
         }
     }

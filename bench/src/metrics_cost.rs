@@ -18,6 +18,7 @@ use cohort_e2e::{Backend, Deployment, Host};
 use serde_json::{json, Value};
 
 use super::{bearer, instance_ids_cohort, load, machine, median, post_zip, Target};
+use crate::tools::cpu_seconds;
 
 /// Rounds per setting (each a `wrk` run of `seconds`, on processes of its own).
 const ROUNDS: usize = 8;
@@ -122,27 +123,4 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
          CPU µs/req is the serving process's CPU time (user + system; for the plugin, all of Orthanc) over the requests answered."
     );
     Ok(md)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start after its `)`:
-    // state is field 3, utime and stime fields 14 and 15, in clock ticks.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks =
-        |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?.parse::<f64>()?) };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
