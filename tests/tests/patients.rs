@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cohort_e2e::deploy::ORTHANC_STORAGE;
+use cohort_e2e::deploy::{ORTHANC_SETTING, ORTHANC_STORAGE};
 use cohort_e2e::dicom::{self, BadZip, Charset, Generated, GeneratedZip, StudySpec, ZipOptions};
 use cohort_e2e::{eventually, per_backend, per_deployment, Backend, Client, Deployment, Host, Resp};
 use futures_util::StreamExt;
@@ -990,3 +990,31 @@ async fn compressed_storage_is_read_through_orthanc_plugin(backend: Backend) {
     images_with_orthancs_storage(Host::Plugin, backend, true).await;
 }
 per_backend!(compressed_storage_is_read_through_orthanc_plugin);
+
+/// Orthanc reads a relative `StorageDirectory` against the directory of its configuration,
+/// not its working directory (the tests' Orthanc runs elsewhere than its configuration):
+/// the plugin looks for the files where Orthanc put them, and reads them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_storage_directory_is_read_where_orthanc_puts_it() {
+    let settings = BTreeMap::from([
+        (format!("{ORTHANC_SETTING}StorageDirectory"), json!("relative-storage")),
+        (format!("{ORTHANC_SETTING}IndexDirectory"), json!("relative-storage")),
+    ]);
+    let d = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings).await;
+    let admin = d.admin().await;
+    let files = dicom::study(&StudySpec::new("IPP-STORED-REL").studies(1).series(1).instances(2).size(136, 136).seed(63));
+    import(&admin, "application/zip", dicom::zip(&files.paths(), ZipOptions::default()).bytes()).await.expect_status(200);
+    let stored = d.orthanc.storage_directory().with_file_name("relative-storage");
+    assert!(stored.join("index").is_file(), "Orthanc's index is not in {}", stored.display());
+    let orthanc = d.orthanc_client().await;
+    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        let native = orthanc.get(&format!("/instances/{id}/file")).await;
+        assert_eq!(native.status.as_u16(), 200);
+        let r = admin.get(&format!("/api/patients/images/{id}")).await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
+    }
+    assert_eq!(storage_reads(&admin).await, 2, "the files were not read in {}", stored.display());
+}
