@@ -449,15 +449,7 @@ async fn raw_set(
         let mut runs: Vec<Vec<(Load, Vec<f64>)>> = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
-                let before = serving[i].iter().map(|&pid| tools::cpu_seconds(pid)).collect::<anyhow::Result<Vec<_>>>()?;
-                let l = load(t, script, &paths[i], connections, seconds, None)?;
-                let requests = (l.rps * f64::from(seconds)).max(1.0);
-                let cpu = serving[i]
-                    .iter()
-                    .zip(before)
-                    .map(|(&pid, b)| Ok((tools::cpu_seconds(pid)? - b) * 1e6 / requests))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                runs[i].push((l, cpu));
+                runs[i].push(load_with_cpu(t, script, &paths[i], connections, seconds, &serving[i])?);
             }
         }
         let medians: Vec<(Load, Vec<f64>)> = runs
@@ -665,6 +657,24 @@ async fn hold<'a>(targets: impl Iterator<Item = (&'a Target, String)>, script: &
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(())
+}
+
+/// [`load`] without a body, with the CPU time each of `pids` spent per request answered
+/// (user + system, in µs, from `/proc/PID/stat` before and after).
+fn load_with_cpu(
+    t: &Target,
+    script: &Path,
+    paths: &Path,
+    connections: u32,
+    seconds: u32,
+    pids: &[u32],
+) -> anyhow::Result<(Load, Vec<f64>)> {
+    let before = pids.iter().map(|&pid| tools::cpu_seconds(pid)).collect::<anyhow::Result<Vec<_>>>()?;
+    let l = load(t, script, paths, connections, seconds, None)?;
+    let requests = (l.rps * f64::from(seconds)).max(1.0);
+    let cpu =
+        pids.iter().zip(before).map(|(&pid, b)| Ok((tools::cpu_seconds(pid)? - b) * 1e6 / requests)).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((l, cpu))
 }
 
 fn load(t: &Target, script: &Path, paths: &Path, connections: u32, seconds: u32, body: Option<&str>) -> anyhow::Result<Load> {

@@ -17,8 +17,7 @@ use cohort_e2e::dicom::{self, StudySpec, ZipOptions};
 use cohort_e2e::{Backend, Deployment, Host};
 use serde_json::{json, Value};
 
-use super::{bearer, instance_ids_cohort, load, machine, median, post_zip, Target};
-use crate::tools::cpu_seconds;
+use super::{bearer, instance_ids_cohort, load, load_with_cpu, machine, median, post_zip, Target};
 
 /// Rounds per setting (each a `wrk` run of `seconds`, on processes of its own).
 const ROUNDS: usize = 8;
@@ -87,10 +86,8 @@ pub async fn run(seconds: u32, script: &Path, work: &Path) -> anyhow::Result<Str
             let order: [usize; 2] = if round % 4 < 2 { [0, 1] } else { [1, 0] };
             for i in order {
                 let t = if i == 0 { &on } else { &off };
-                let cpu_before = cpu_seconds(t.pid)?;
-                let l = load(t, script, &paths[i], CONNECTIONS, seconds, None)?;
-                let cpu = cpu_seconds(t.pid)? - cpu_before;
-                cpu_us[i].push(cpu * 1e6 / (l.rps * f64::from(seconds)).max(1.0));
+                let (l, cpu) = load_with_cpu(t, script, &paths[i], CONNECTIONS, seconds, &[t.pid])?;
+                cpu_us[i].push(cpu[0]);
                 rps[i].push(l.rps);
                 p99[i].push(l.p99_ms);
                 errors += l.errors;

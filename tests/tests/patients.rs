@@ -909,6 +909,23 @@ async fn storage_reads(admin: &Client) -> u64 {
         .expect("cohort_orthanc_storage_reads_total")
 }
 
+/// Every instance Orthanc holds, fetched `times` times through Cohort's image route: each
+/// answer is the very bytes of Orthanc's own file route, as DICOM. Returns their ids.
+async fn images_are_orthancs_files(admin: &Client, orthanc: &Client, times: usize) -> Vec<String> {
+    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
+    for id in &ids {
+        let native = orthanc.get(&format!("/instances/{id}/file")).await;
+        assert_eq!(native.status.as_u16(), 200);
+        for _ in 0..times {
+            let r = admin.get(&format!("/api/patients/images/{id}")).await;
+            assert_eq!(r.status.as_u16(), 200);
+            assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
+            assert_eq!(r.header("content-type"), Some("application/dicom"));
+        }
+    }
+    ids
+}
+
 /// Images read in Orthanc's storage directory (the plugin: Orthanc's own
 /// `StorageDirectory`, found in its configuration; the sidecar: `OrthancStorageDirectory`)
 /// are the very bytes of Orthanc's own file route, read there when stored uncompressed and
@@ -931,18 +948,8 @@ async fn images_with_orthancs_storage(host: Host, backend: Backend, compressed: 
         import(&admin, "application/zip", zip.bytes()).await.expect_status(200);
     }
     let orthanc = d.orthanc_client().await;
-    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
+    let ids = images_are_orthancs_files(&admin, &orthanc, 2).await;
     assert_eq!(ids.len(), 3);
-    for id in &ids {
-        let native = orthanc.get(&format!("/instances/{id}/file")).await;
-        assert_eq!(native.status.as_u16(), 200);
-        for _ in 0..2 {
-            let r = admin.get(&format!("/api/patients/images/{id}")).await;
-            assert_eq!(r.status.as_u16(), 200);
-            assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
-            assert_eq!(r.header("content-type"), Some("application/dicom"));
-        }
-    }
     assert_eq!(storage_reads(&admin).await, if compressed { 0 } else { 6 });
 
     // Another group's user still sees nothing of them.
@@ -1007,14 +1014,6 @@ async fn a_relative_storage_directory_is_read_where_orthanc_puts_it() {
     let stored = d.orthanc.storage_directory().with_file_name("relative-storage");
     assert!(stored.join("index").is_file(), "Orthanc's index is not in {}", stored.display());
     let orthanc = d.orthanc_client().await;
-    let ids: Vec<String> = serde_json::from_value(orthanc.get("/instances").await.expect_status(200)).expect("ids");
-    assert_eq!(ids.len(), 2);
-    for id in &ids {
-        let native = orthanc.get(&format!("/instances/{id}/file")).await;
-        assert_eq!(native.status.as_u16(), 200);
-        let r = admin.get(&format!("/api/patients/images/{id}")).await;
-        assert_eq!(r.status.as_u16(), 200);
-        assert!(r.body == native.body, "{id}: {} bytes, Orthanc's {}", r.body.len(), native.body.len());
-    }
+    assert_eq!(images_are_orthancs_files(&admin, &orthanc, 1).await.len(), 2);
     assert_eq!(storage_reads(&admin).await, 2, "the files were not read in {}", stored.display());
 }

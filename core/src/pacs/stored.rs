@@ -75,10 +75,6 @@ impl StoredFiles {
         StoredFiles { root, attachments: TtlCache::new(ATTACHMENT_TTL) }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, uuid: &str) -> PathBuf {
         self.root.join(&uuid[0..2]).join(&uuid[2..4]).join(uuid)
     }

@@ -23,12 +23,7 @@ pub fn get_configuration() -> Result<serde_json::Value, SdkError> {
     let ctx = context()?;
     // SAFETY: `ctx` is the live context; the returned string is freed by `OrthancString`.
     let text = OrthancString::new(unsafe { sys::OrthancPluginGetConfiguration(ctx) });
-    if text.as_ptr().is_null() {
-        return Err(SdkError::NullPointer("configuration"));
-    }
-    // SAFETY: non-NULL C string, alive until `text` is dropped.
-    let text = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) };
-    serde_json::from_slice(text.to_bytes()).map_err(SdkError::InvalidConfiguration)
+    serde_json::from_slice(text.to_bytes("configuration")?).map_err(SdkError::InvalidConfiguration)
 }
 
 /// The path Orthanc was given to its configuration (a file or a directory), against which
@@ -37,11 +32,7 @@ pub fn configuration_path() -> Result<std::path::PathBuf, SdkError> {
     let ctx = context()?;
     // SAFETY: `ctx` is the live context; the returned string is freed by `OrthancString`.
     let text = OrthancString::new(unsafe { sys::OrthancPluginGetConfigurationPath(ctx) });
-    if text.as_ptr().is_null() {
-        return Err(SdkError::NullPointer("configuration path"));
-    }
-    // SAFETY: non-NULL C string, alive until `text` is dropped.
-    let bytes = unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }.to_bytes();
+    let bytes = text.to_bytes("configuration path")?;
     Ok(std::path::PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)))
 }
 

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::fmt;
 use std::ops::Deref;
 
-use super::context;
+use super::{context, SdkError};
 use crate::sys;
 
 /// Bytes Orthanc returned in an `OrthancPluginMemoryBuffer` (a DICOM file, a REST
@@ -88,8 +88,13 @@ impl OrthancString {
         OrthancString(ptr)
     }
 
-    pub(super) fn as_ptr(&self) -> *const c_char {
-        self.0
+    /// The string's bytes (its NUL left out); a NULL one is [`SdkError::NullPointer`].
+    pub(super) fn to_bytes(&self, what: &'static str) -> Result<&[u8], SdkError> {
+        if self.0.is_null() {
+            return Err(SdkError::NullPointer(what));
+        }
+        // SAFETY: a non-NULL, NUL-terminated string the SDK returned, alive as long as `self`.
+        Ok(unsafe { std::ffi::CStr::from_ptr(self.0) }.to_bytes())
     }
 }
 
