@@ -1,9 +1,9 @@
 //! Cohort inside Orthanc: the bridge between Orthanc's callbacks and the core.
 //!
-//! - `/api/...` requests become `http::Request`s for the core router, driven with
-//!   `oneshot` on the Orthanc HTTP thread that received them (`block_on`: those threads
-//!   are not tokio's), on a stack of the thread's own that Cohort maps once ([`run`]);
-//!   the answer goes back through the SDK.
+//! - `/api/...` requests become `http::Request`s for the core's [`Api`] (its router, or
+//!   for raw images its lane), driven on the Orthanc HTTP thread that received them
+//!   (`block_on`: those threads are not tokio's), on a stack of the thread's own that
+//!   Cohort maps once ([`run`]); the answer goes back through the SDK.
 //! - The HTTP filter applies [`guard::decide`] to every request before Orthanc reads its
 //!   body: `/api` bodies are bounded there, method faking is refused, and every other
 //!   route (Orthanc's REST API, Orthanc Explorer, DICOMweb...) needs a Cohort admin
@@ -22,6 +22,7 @@ use axum::body::Body;
 use axum::Router;
 use bytes::Bytes;
 use cohort_core::api::request_rules::MethodOverrideSeen;
+use cohort_core::api::Api;
 use cohort_core::auth::token_matches_hash;
 use cohort_core::pacs::OrthancPacs;
 use cohort_core::services::{auth, reconcile, registry, ClientInfo, Via};
@@ -31,7 +32,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 
 use crate::guard;
 use crate::sdk::{self, ChangeEvent, ChangeType, FilterDecision, FilterRequest, Registrar, RestRequest, SdkError};
@@ -41,7 +41,7 @@ use crate::transport::InProcess;
 struct Cohort {
     handle: Handle,
     app: SharedApp,
-    router: Router,
+    api: Api,
     wake: Arc<Notify>,
 }
 
@@ -103,9 +103,9 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
     }
     let pacs = OrthancPacs::shared(InProcess::new(storage));
     let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
-    let router = extend(cohort_core::api::router(app.clone()));
+    let api = Api::new(app.clone(), extend(cohort_core::api::router(app.clone())));
     let protect = app.config.protect_orthanc_api;
-    let cohort = Cohort { handle: runtime.handle().clone(), app, router, wake: Arc::new(Notify::new()) };
+    let cohort = Cohort { handle: runtime.handle().clone(), app, api, wake: Arc::new(Notify::new()) };
     if COHORT.set(cohort).is_err() {
         return Err(SdkError::Setup("the plugin was initialised twice".into()));
     }
@@ -202,12 +202,9 @@ fn handle_api(request: RestRequest) -> Response<Bytes> {
         None => {}
     }
     let at = Where::of(req.method(), req.uri().path());
-    let router = cohort.router.clone();
+    let api = cohort.api.clone();
     let answer = run(cohort, at, async move {
-        let (parts, body) = match router.oneshot(req).await {
-            Ok(r) => r.into_parts(),
-            Err(never) => match never {},
-        };
+        let (parts, body) = api.call(req).await.into_parts();
         (parts, Limited::new(body, MAX_ANSWER).collect().await)
     });
     match answer {

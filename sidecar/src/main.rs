@@ -175,13 +175,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let follower = tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
     // Imports that died with an earlier process are completed (see `cohort reconcile`).
     let reconciler = tokio::spawn(reconcile::keep_reconciled(app.clone()));
-    let router = cohort_core::api::router(app.clone());
+    let api = cohort_core::api::Api::new(app.clone(), cohort_core::api::router(app.clone()));
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, database = app.store.backend().as_str(), "cohort listening");
     let limits = serve::Limits::new(std::time::Duration::from_secs(u64::from(config.request_timeout_seconds)));
     let drain = std::time::Duration::from_secs(u64::from(config.shutdown_drain_seconds));
-    serve::serve(listener, router, limits, shutdown_signal(), drain, || app.abort.fire()).await;
+    serve::serve(listener, api, limits, shutdown_signal(), drain, || app.abort.fire()).await;
     // The follower's work is one transaction per change: stopping it between two awaits
     // rolls back at most the change in hand, which the cursor still points at. Likewise
     // a reconciliation: its one transaction rolls back, and the next start does it again.

@@ -29,13 +29,12 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use bytes::Bytes;
+use cohort_core::api::Api;
 use cohort_core::error::ApiError;
 use cohort_core::ClientAddr;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tower::ServiceExt;
 
 /// The largest request head (request line and headers) hyper buffers.
 pub const MAX_HEAD_BYTES: usize = 32 << 10;
@@ -62,12 +61,12 @@ impl Limits {
     }
 }
 
-/// Accepts connections until `shutdown` resolves, serving each with `router`; then
+/// Accepts connections until `shutdown` resolves, serving each with `api`; then
 /// drains them (see the module's documentation): at most `drain`, then `abort()`, then
 /// at most [`ABORT_GRACE`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    router: Router,
+    api: Api,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -95,7 +94,7 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
-        tokio::spawn(serve_connection(tcp, peer, router.clone(), limits, stopping.clone()));
+        tokio::spawn(serve_connection(tcp, peer, api.clone(), limits, stopping.clone()));
     }
     drop(listener);
     drop(stopping);
@@ -125,13 +124,13 @@ async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    router: Router,
+    api: Api,
     limits: Limits,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let service = hyper::service::service_fn(move |req: axum::http::Request<Incoming>| {
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(handle(router, req, peer, limits).await) }
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(handle(api, req, peer, limits).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -160,7 +159,7 @@ fn head_bytes(req: &axum::http::Request<Incoming>) -> usize {
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
-async fn handle(router: Router, req: axum::http::Request<Incoming>, peer: SocketAddr, limits: Limits) -> Response {
+async fn handle(api: Api, req: axum::http::Request<Incoming>, peer: SocketAddr, limits: Limits) -> Response {
     // hyper's buffer limit bounds memory but not exactly the head (one read may bring
     // more): the head's size is checked here, before any work.
     if head_bytes(&req) > MAX_HEAD_BYTES {
@@ -177,18 +176,14 @@ async fn handle(router: Router, req: axum::http::Request<Incoming>, peer: Socket
     let bounded = req.method() != Method::POST || req.uri().path() != "/api/patients/import";
     let mut req = req.map(|body| Body::new(MinRate::new(body, limits.body_idle, stalled.clone())));
     req.extensions_mut().insert(ClientAddr(peer.ip()));
-    let answer = router.oneshot(req);
+    let answer = api.call(req);
     let resp = if bounded {
         match tokio::time::timeout(limits.request_timeout, answer).await {
-            Ok(Ok(resp)) => resp,
+            Ok(resp) => resp,
             Err(_) => return timeout(format!("the request took longer than {} s", limits.request_timeout.as_secs())),
-            Ok(Err(never)) => match never {},
         }
     } else {
-        match answer.await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
-        }
+        answer.await
     };
     if stalled.load(Ordering::Acquire) {
         return timeout("the request body arrived too slowly".to_string());

@@ -175,6 +175,92 @@ async fn forwarded_for_is_ignored_by_default(d: &Deployment, admin: &Client) {
     assert!(!ips.contains(&"198.51.100.99") && ips.contains(&"127.0.0.1"), "{ips:?}");
 }
 
+/// `cohort_http_requests_total` of the image route with `status`.
+async fn image_requests(admin: &Client, status: u16) -> u64 {
+    let text = String::from_utf8(admin.get("/api/metrics").await.body.to_vec()).expect("utf-8");
+    let line = format!("cohort_http_requests_total{{route=\"/api/patients/images/{{instance_id}}\",status=\"{status}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// The raw image route is served past the router when its request is plain (`GET`, an
+/// id, no query), and through the router otherwise (`?_=…`, which every route accepts):
+/// both ways give the same answer, whoever asks and however (session, token, none,
+/// forged, another group's user, a cross-origin front end, a method override, a request
+/// id), and both are counted under the route's name.
+async fn image_lane_answers_as_the_router(d: &Deployment, admin: &Client) {
+    let files = cohort_e2e::dicom::study(&cohort_e2e::dicom::StudySpec::new("IPP-LANE").studies(1).series(1).instances(1).seed(71));
+    let zip = cohort_e2e::dicom::zip(&files.paths(), cohort_e2e::dicom::ZipOptions::default());
+    admin.req(Method::POST, "/api/patients/import").body("application/zip", zip.bytes()).send().await.expect_status(200);
+    let patients = admin.get("/api/patients?q=IPP-LANE").await.expect_status(200);
+    let patient = patients["items"][0]["id"].as_i64().expect("the imported patient");
+    let instances = admin.get(&format!("/api/patients/{patient}/instances")).await.expect_status(200);
+    let id = instances[0]["id"].as_str().expect("an instance").to_string();
+
+    let g = admin.post("/api/groups", &json!({"name": "Lane elsewhere"})).await.expect_status(201)["id"].clone();
+    let user = json!({"email": "lane@e2e.test", "password": "user-password-1", "role": "user", "group_id": g});
+    admin.post("/api/users", &user).await.expect_status(201);
+    let elsewhere = d.client();
+    elsewhere.login("lane@e2e.test", "user-password-1").await.expect_status(200);
+    let body = json!({"name": "lane", "scope": "read", "expires_in_days": 1, "current_password": ADMIN_PASSWORD});
+    let token = admin.post("/api/users/me/tokens", &body).await.expect_status(201)["token"].as_str().expect("token").to_string();
+    let bearer = format!("Bearer {token}");
+    let anonymous = d.client();
+
+    let unknown = "0123abcd-0123abcd-0123abcd-0123abcd-0123abcd";
+    // (what, who asks, which instance, with which headers, the status expected; 0: any 4xx)
+    type Case<'a> = (&'a str, &'a Client, String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        ("admin session", admin, id.clone(), vec![], 200),
+        ("read-scope API token", &anonymous, id.clone(), vec![("authorization", bearer.as_str())], 200),
+        ("cross-origin front end", admin, id.clone(), vec![("origin", FRONT_END)], 200),
+        ("another origin", admin, id.clone(), vec![("origin", "https://evil.example")], 200),
+        ("the caller's request id", admin, id.clone(), vec![("x-request-id", "lane-check-1")], 200),
+        ("no session", &anonymous, id.clone(), vec![], 401),
+        ("forged token", &anonymous, id.clone(), vec![("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.forged")], 401),
+        ("another group's user", &elsewhere, id.clone(), vec![], 404),
+        ("an unknown instance", admin, unknown.to_string(), vec![], 404),
+        ("a method override", admin, id.clone(), vec![("x-http-method-override", "DELETE")], 0),
+    ];
+    let compared = [
+        "content-type",
+        "content-length",
+        "cache-control",
+        "vary",
+        "x-content-type-options",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-expose-headers",
+    ];
+    let (ok_before, refused_before) = (image_requests(admin, 200).await, image_requests(admin, 404).await);
+    for (case, client, instance, headers, status) in &cases {
+        let mut answers = Vec::new();
+        for path in [format!("/api/patients/images/{instance}"), format!("/api/patients/images/{instance}?_=1")] {
+            let mut req = client.req(Method::GET, &path);
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            answers.push(req.send().await);
+        }
+        let (lane, router) = (&answers[0], &answers[1]);
+        assert_eq!(lane.status, router.status, "{case}");
+        if *status != 0 {
+            assert_eq!(lane.status.as_u16(), *status, "{case}");
+        } else {
+            assert!(lane.status.is_client_error(), "{case}: {}", lane.status);
+        }
+        assert!(lane.body == router.body, "{case}: the answers' bodies differ");
+        for h in compared {
+            assert_eq!(lane.header(h), router.header(h), "{case}: {h}");
+        }
+        let id_sent = headers.iter().find(|(n, _)| *n == "x-request-id").map(|(_, v)| *v);
+        assert!(lane.header("x-request-id").is_some_and(|v| id_sent.is_none_or(|s| s == v)), "{case}: {:?}", lane.header("x-request-id"));
+    }
+    assert_eq!(admin.get(&format!("/api/patients/images/{id}?_=1")).await.header("content-type"), Some("application/dicom"));
+    // Both ways are counted under the route's own name: 5 answers of 200 and 2 of 404, twice, and the one just above.
+    assert_eq!(image_requests(admin, 200).await - ok_before, 11);
+    assert_eq!(image_requests(admin, 404).await - refused_before, 4);
+}
+
 async fn input_rules(d: Deployment) {
     let admin = d.admin().await;
     forwarded_for_is_ignored_by_default(&d, &admin).await;
@@ -184,6 +270,7 @@ async fn input_rules(d: Deployment) {
     longest_passwords_work(&d, &admin).await;
     nested_json_is_refused(&admin).await;
     front_end_support(&d, &admin).await;
+    image_lane_answers_as_the_router(&d, &admin).await;
 }
 
 mod input_rules {

@@ -1,5 +1,6 @@
-//! The whole `/api` surface as one axum router. Both hosts serve exactly this router:
-//! the sidecar through hyper, the plugin by driving it with `oneshot` per request.
+//! The whole `/api` surface as one axum router. Both hosts serve it through [`Api`]:
+//! the sidecar from hyper, the plugin per request on Orthanc's HTTP threads. [`Api`]
+//! gives one route, the raw image, its own lane past the router (see [`lane`]).
 
 pub mod audit;
 pub mod auth;
@@ -7,6 +8,7 @@ pub mod docs;
 pub mod extract;
 pub mod groups;
 pub mod health;
+pub mod lane;
 pub mod multipart_limits;
 pub mod observe;
 pub mod patients;
@@ -28,7 +30,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::{ClientAddr, SharedApp};
+use crate::app::{App, ClientAddr, SharedApp};
 use crate::error::ApiError;
 
 #[derive(OpenApi)]
@@ -149,6 +151,32 @@ pub fn router(app: SharedApp) -> Router {
         .with_state(app)
 }
 
+/// The `/api` as both hosts serve it: a request [`lane`] takes, there; every other one
+/// through the router.
+#[derive(Clone)]
+pub struct Api {
+    app: SharedApp,
+    router: Router,
+}
+
+impl Api {
+    /// `router` is [`router`]`(app)`, possibly with routes added (the plugin's test library).
+    pub fn new(app: SharedApp, router: Router) -> Api {
+        Api { app, router }
+    }
+
+    /// Serves one request to its answer.
+    pub async fn call(self, req: Request) -> Response {
+        match lane::image_id(&req) {
+            Some(id) => lane::image(self.app, req, id).await,
+            None => match tower::ServiceExt::oneshot(self.router, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            },
+        }
+    }
+}
+
 /// The route layer: refuses undeclared query parameters, and remembers the matched
 /// template for the log line and the metrics.
 async fn route_rules(req: Request, next: Next) -> Response {
@@ -166,22 +194,11 @@ async fn route_rules(req: Request, next: Next) -> Response {
 /// proxies, CORS for the configured origins only (never `*`) with preflight answers, the
 /// input rules (NUL bytes, [`request_rules::check`]) and the headers every answer carries.
 async fn edge(State(app): State<SharedApp>, mut req: Request, next: Next) -> Response {
-    let log = observe::RequestLog::start(&mut req);
-    // The host gave the TCP peer; behind a trusted proxy the client is who it names.
-    if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
-        let client = crate::net::client_address(peer, req.headers(), &app.config.trusted_proxies);
-        req.extensions_mut().insert(ClientAddr(client));
-    }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|o| app.config.allowed_origins.iter().any(|a| a == o))
-        .and_then(|o| HeaderValue::from_str(o).ok());
+    let edge = Edge::enter(&app, &mut req);
     let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     let mut resp = if preflight {
         let mut r = StatusCode::NO_CONTENT.into_response();
-        if origin.is_some() {
+        if edge.origin.is_some() {
             let h = r.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED_METHODS));
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
@@ -193,19 +210,50 @@ async fn edge(State(app): State<SharedApp>, mut req: Request, next: Next) -> Res
     } else {
         next.run(req).await
     };
-    let h = resp.headers_mut();
-    if let Some(origin) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
-    }
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    log.finish(&mut resp, app.config.request_metrics);
+    edge.finish(&app, &mut resp);
     resp
+}
+
+/// What the outer layer ([`edge`], and [`lane`] for its route) keeps of a request
+/// while it is served: its log line, and the `Origin` it may answer.
+struct Edge {
+    log: observe::RequestLog,
+    origin: Option<HeaderValue>,
+}
+
+impl Edge {
+    /// Starts the log line (request id), settles the client address and the origin.
+    fn enter(app: &App, req: &mut Request) -> Edge {
+        let log = observe::RequestLog::start(req);
+        // The host gave the TCP peer; behind a trusted proxy the client is who it names.
+        if let Some(ClientAddr(peer)) = req.extensions().get::<ClientAddr>().copied() {
+            let client = crate::net::client_address(peer, req.headers(), &app.config.trusted_proxies);
+            req.extensions_mut().insert(ClientAddr(client));
+        }
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .filter(|o| app.config.allowed_origins.iter().any(|a| a == o))
+            .and_then(|o| HeaderValue::from_str(o).ok());
+        Edge { log, origin }
+    }
+
+    /// The headers every answer carries (CORS for an allowed origin), and the log line.
+    fn finish(self, app: &App, resp: &mut Response) {
+        let h = resp.headers_mut();
+        if let Some(origin) = self.origin {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
+        }
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        self.log.finish(resp, app.config.request_metrics);
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -20,9 +20,22 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// The route template that matched, copied into the answer's extensions for the log line.
+/// The route template that matched, copied into the answer's extensions for the log
+/// line: the router's, or the one [`super::lane`] serves.
 #[derive(Clone, Debug)]
-struct Route(MatchedPath);
+enum Route {
+    Matched(MatchedPath),
+    Known(&'static str),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(m) => m.as_str(),
+            Route::Known(s) => s,
+        }
+    }
+}
 
 /// The caller's id when it is 1 to 64 characters of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(value: &[u8]) -> bool {
@@ -70,7 +83,7 @@ impl RequestLog {
         let elapsed = self.started.elapsed();
         // Taken out of the answer (nothing else reads it): no copy of the template per request.
         let matched = resp.extensions_mut().remove::<Route>();
-        let route = matched.as_ref().map_or(crate::metrics::UNMATCHED, |r| r.0.as_str());
+        let route = matched.as_ref().map_or(crate::metrics::UNMATCHED, |r| r.as_str());
         let status = resp.status().as_u16();
         if count {
             crate::metrics::global().record_request(route, status, elapsed);
@@ -93,8 +106,14 @@ impl RequestLog {
 /// (called by the route layer, which alone sees the `MatchedPath`).
 pub fn remember_route(matched: Option<MatchedPath>, resp: &mut Response) {
     if let Some(m) = matched {
-        resp.extensions_mut().insert(Route(m));
+        resp.extensions_mut().insert(Route::Matched(m));
     }
+}
+
+/// Names the route of an answer made past the router (its template, as the router
+/// would name it), for [`RequestLog::finish`].
+pub fn name_route(template: &'static str, resp: &mut Response) {
+    resp.extensions_mut().insert(Route::Known(template));
 }
 
 pub fn router() -> OpenApiRouter<SharedApp> {

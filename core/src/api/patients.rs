@@ -299,8 +299,13 @@ async fn export_many(State(app): State<SharedApp>, Caller(who): Caller, ApiJson(
     (status = 403, description = "The caller's group may only export de-identified data (`deidentified_only`)", body = ErrorBody),
     (status = 404, body = ErrorBody),
 ))]
-async fn image(State(app): State<SharedApp>, Caller(who): Caller, ApiPath(instance_id): ApiPath<String>) -> Result<Response, ApiError> {
-    let file = images::file(&app, &who, &instance_id).await?;
+async fn image(State(app): State<SharedApp>, who: Caller, ApiPath(instance_id): ApiPath<String>) -> Result<Response, ApiError> {
+    image_answer(&app, who, instance_id).await
+}
+
+/// [`image`]'s answer, also given by [`super::lane`].
+pub(crate) async fn image_answer(app: &SharedApp, Caller(who): Caller, instance_id: String) -> Result<Response, ApiError> {
+    let file = images::file(app, &who, &instance_id).await?;
     let mut resp = Body::from_stream(file.body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/dicom"));
