@@ -131,6 +131,8 @@ pub struct Metrics {
     pub export_bytes: AtomicU64,
     /// Instance files read in Orthanc's storage directory, not through Orthanc (both hosts).
     pub orthanc_storage_reads: AtomicU64,
+    /// Instance files answered from the copies the plugin keeps in memory, not read.
+    pub orthanc_storage_kept_hits: AtomicU64,
     /// Reads of a long list's anchors, and pages read from one (`services::anchors`).
     pub list_anchor_reads: AtomicU64,
     pub list_pages_from_anchors: AtomicU64,
@@ -319,6 +321,12 @@ impl Metrics {
             "cohort_orthanc_storage_reads_total",
             "Instance files read in Orthanc's storage directory (the plugin: Orthanc's StorageDirectory; the sidecar: OrthancStorageDirectory) instead of through Orthanc.",
             self.orthanc_storage_reads.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cohort_orthanc_storage_kept_hits_total",
+            "Instance files the plugin answered from the copies it keeps in memory (within Orthanc's MaximumStorageCacheSize) instead of reading them.",
+            self.orthanc_storage_kept_hits.load(Ordering::Relaxed),
         );
         counter(
             out,

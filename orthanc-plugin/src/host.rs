@@ -24,6 +24,7 @@ use bytes::Bytes;
 use cohort_core::api::request_rules::MethodOverrideSeen;
 use cohort_core::api::Api;
 use cohort_core::auth::token_matches_hash;
+use cohort_core::pacs::stored::StoredFiles;
 use cohort_core::pacs::OrthancPacs;
 use cohort_core::services::{auth, reconcile, registry, ClientInfo, Via};
 use cohort_core::{App, ClientAddr, Config, Host, SharedApp};
@@ -43,6 +44,8 @@ struct Cohort {
     app: SharedApp,
     api: Api,
     wake: Arc<Notify>,
+    /// Orthanc's storage directory, when instance files are read there.
+    stored: Option<Arc<StoredFiles>>,
 }
 
 static COHORT: OnceLock<Cohort> = OnceLock::new();
@@ -95,17 +98,21 @@ pub fn setup(plugin: &Registrar, extend: fn(Router) -> Router) -> Result<(), Sdk
         .build()
         .map_err(|e| SdkError::Setup(format!("cannot start the async runtime: {e}")))?;
     let storage = sdk::configuration_path().ok().and_then(|path| crate::transport::storage_directory(&orthanc_config, &path));
+    let kept = crate::transport::kept_bytes(&orthanc_config);
     match &storage {
-        Some(dir) => {
-            tracing::info!(directory = %dir.display(), "instance files Orthanc stores uncompressed are read in its storage directory")
-        }
+        Some(dir) => tracing::info!(
+            directory = %dir.display(),
+            kept_mb = kept >> 20,
+            "instance files Orthanc stores uncompressed are read in its storage directory (the last read kept in memory up to kept_mb)"
+        ),
         None => tracing::info!("instance files are read through Orthanc (its storage is a plugin's)"),
     }
-    let pacs = OrthancPacs::shared(InProcess::new(storage));
+    let stored = storage.map(|root| Arc::new(StoredFiles::new(root).keeping(kept)));
+    let pacs = OrthancPacs::shared(InProcess::new(stored.clone()));
     let app = runtime.block_on(App::start(config, Some(pacs), Host::Plugin)).map_err(|e| SdkError::Setup(e.to_string()))?;
     let api = Api::new(app.clone(), extend(cohort_core::api::router(app.clone())));
     let protect = app.config.protect_orthanc_api;
-    let cohort = Cohort { handle: runtime.handle().clone(), app, api, wake: Arc::new(Notify::new()) };
+    let cohort = Cohort { handle: runtime.handle().clone(), app, api, wake: Arc::new(Notify::new()), stored };
     if COHORT.set(cohort).is_err() {
         return Err(SdkError::Setup("the plugin was initialised twice".into()));
     }
@@ -368,6 +375,13 @@ fn on_change(event: ChangeEvent) {
             for task in BACKGROUND.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
                 task.abort();
             }
+        }
+        ChangeType::Deleted | ChangeType::UpdatedAttachment if event.resource_type == Some(sdk::ResourceType::Instance) => {
+            // What is remembered of its file goes at once (a lock held for microseconds).
+            if let (Some(stored), Some(id)) = (&cohort.stored, &event.resource_id) {
+                stored.forget(id);
+            }
+            cohort.wake.notify_one();
         }
         _ => cohort.wake.notify_one(),
     }

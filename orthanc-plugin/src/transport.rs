@@ -22,9 +22,25 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub fn new(storage_directory: Option<std::path::PathBuf>) -> Self {
-        InProcess { stored: storage_directory.map(|root| Arc::new(StoredFiles::new(root))) }
+    /// `stored`: Orthanc's storage directory (see [`storage_directory`]), when its files
+    /// are read there.
+    pub fn new(stored: Option<Arc<StoredFiles>>) -> Self {
+        InProcess { stored }
     }
+}
+
+/// Orthanc's default `MaximumStorageCacheSize`, in MB.
+const ORTHANC_STORAGE_CACHE_MB: u64 = 128;
+
+/// The bytes of instance files the plugin keeps in memory ([`StoredFiles::keeping`]):
+/// as many as Orthanc's own storage cache may hold (`MaximumStorageCacheSize`, in MB,
+/// 128 by default; 0, or a value Orthanc would refuse, keeps none).
+pub fn kept_bytes(orthanc_config: &serde_json::Value) -> u64 {
+    let mb = match orthanc_config.get("MaximumStorageCacheSize") {
+        None => ORTHANC_STORAGE_CACHE_MB,
+        Some(v) => v.as_u64().unwrap_or(0),
+    };
+    mb.saturating_mul(1024 * 1024)
 }
 
 /// Orthanc's `StorageDirectory` as Orthanc reads it: its configuration's value
@@ -153,7 +169,16 @@ mod tests {
 
     use serde_json::json;
 
-    use super::storage_directory;
+    use super::{kept_bytes, storage_directory};
+
+    #[test]
+    fn files_are_kept_within_orthancs_storage_cache_size() {
+        assert_eq!(kept_bytes(&json!({})), 128 << 20);
+        assert_eq!(kept_bytes(&json!({"MaximumStorageCacheSize": 16})), 16 << 20);
+        assert_eq!(kept_bytes(&json!({"MaximumStorageCacheSize": 0})), 0);
+        assert_eq!(kept_bytes(&json!({"MaximumStorageCacheSize": "16"})), 0);
+        assert_eq!(kept_bytes(&json!({"MaximumStorageCacheSize": -1})), 0);
+    }
 
     #[test]
     fn the_storage_directory_is_read_as_orthanc_reads_it() {

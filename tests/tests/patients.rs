@@ -900,13 +900,15 @@ async fn counters_are_vacuumed_plugin_postgres() {
 
 /// `cohort_orthanc_storage_reads_total`.
 async fn storage_reads(admin: &Client) -> u64 {
+    metric(admin, "cohort_orthanc_storage_reads_total").await
+}
+
+/// A counter of `/api/metrics` without labels.
+async fn metric(admin: &Client, name: &str) -> u64 {
     let r = admin.get("/api/metrics").await;
     assert_eq!(r.status.as_u16(), 200);
     let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
-    text.lines()
-        .find_map(|l| l.strip_prefix("cohort_orthanc_storage_reads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("cohort_orthanc_storage_reads_total")
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no {name}"))
 }
 
 /// Every instance Orthanc holds, fetched `times` times through Cohort's image route: each
@@ -950,7 +952,15 @@ async fn images_with_orthancs_storage(host: Host, backend: Backend, compressed: 
     let orthanc = d.orthanc_client().await;
     let ids = images_are_orthancs_files(&admin, &orthanc, 2).await;
     assert_eq!(ids.len(), 3);
-    assert_eq!(storage_reads(&admin).await, if compressed { 0 } else { 6 });
+    // Each file read twice: the sidecar reads it each time; the plugin once, then answers
+    // its copy kept in memory (Orthanc's MaximumStorageCacheSize, 128 MB by default).
+    let (reads, kept) = match (compressed, host) {
+        (true, _) => (0, 0),
+        (false, Host::Sidecar) => (6, 0),
+        (false, Host::Plugin) => (3, 3),
+    };
+    assert_eq!(storage_reads(&admin).await, reads);
+    assert_eq!(metric(&admin, "cohort_orthanc_storage_kept_hits_total").await, kept);
 
     // Another group's user still sees nothing of them.
     let g = admin.post("/api/groups", &json!({"name": "Elsewhere"})).await.expect_status(201)["id"].clone();
@@ -974,7 +984,7 @@ async fn images_with_orthancs_storage(host: Host, backend: Backend, compressed: 
         if r.status.as_u16() == 200 {
             assert!(r.body == native.body);
         }
-        assert_eq!(storage_reads(&admin).await, 6, "a removed file was read in the storage directory");
+        assert_eq!(storage_reads(&admin).await, reads, "a removed file was read in the storage directory");
     }
 }
 
@@ -1000,12 +1010,15 @@ per_backend!(compressed_storage_is_read_through_orthanc_plugin);
 
 /// Orthanc reads a relative `StorageDirectory` against the directory of its configuration,
 /// not its working directory (the tests' Orthanc runs elsewhere than its configuration):
-/// the plugin looks for the files where Orthanc put them, and reads them there.
+/// the plugin looks for the files where Orthanc put them, and reads them there. With
+/// Orthanc's storage cache off (`MaximumStorageCacheSize` 0), it reads them every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relative_storage_directory_is_read_where_orthanc_puts_it() {
     let settings = BTreeMap::from([
         (format!("{ORTHANC_SETTING}StorageDirectory"), json!("relative-storage")),
         (format!("{ORTHANC_SETTING}IndexDirectory"), json!("relative-storage")),
+        // And without Orthanc's storage cache: the plugin keeps no file in memory either.
+        (format!("{ORTHANC_SETTING}MaximumStorageCacheSize"), json!(0)),
     ]);
     let d = Deployment::start_with(Host::Plugin, Backend::Sqlite, settings).await;
     let admin = d.admin().await;
@@ -1014,6 +1027,7 @@ async fn a_relative_storage_directory_is_read_where_orthanc_puts_it() {
     let stored = d.orthanc.storage_directory().with_file_name("relative-storage");
     assert!(stored.join("index").is_file(), "Orthanc's index is not in {}", stored.display());
     let orthanc = d.orthanc_client().await;
-    assert_eq!(images_are_orthancs_files(&admin, &orthanc, 1).await.len(), 2);
-    assert_eq!(storage_reads(&admin).await, 2, "the files were not read in {}", stored.display());
+    assert_eq!(images_are_orthancs_files(&admin, &orthanc, 2).await.len(), 2);
+    assert_eq!(storage_reads(&admin).await, 4, "the files were not read in {}", stored.display());
+    assert_eq!(metric(&admin, "cohort_orthanc_storage_kept_hits_total").await, 0);
 }
