@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::auth::cookies::CookieJar;
@@ -183,7 +183,9 @@ const CACHE_MAX: usize = 10_000;
 pub struct TtlCache<K, V> {
     ttl: Duration,
     max: usize,
-    map: Mutex<HashMap<K, (Instant, V)>>,
+    /// Read-locked by lookups (every request makes several; 32 Orthanc threads on two
+    /// cores waited on a mutex here), write-locked by changes.
+    map: RwLock<HashMap<K, (Instant, V)>>,
 }
 
 impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
@@ -193,12 +195,12 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 
     /// A cache of at most `max` entries.
     pub fn bounded(ttl: Duration, max: usize) -> Self {
-        TtlCache { ttl, max, map: Mutex::new(HashMap::new()) }
+        TtlCache { ttl, max, map: RwLock::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (Instant, V)>> {
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<K, (Instant, V)>> {
         // A poisoned cache only holds copies of database rows: keep using it.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<V>
@@ -206,7 +208,8 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        self.lock().get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
     pub fn put(&self, key: K, value: V) {
