@@ -214,8 +214,9 @@ pub trait Transport: Send + Sync + 'static {
         self.post(path, bytes).await
     }
     async fn delete(&self, path: &str) -> PacsResult<()>;
-    /// A GET whose answer is streamed (large files).
-    async fn get_stream(&self, path: &str) -> PacsResult<DicomFile>;
+    /// The DICOM file of an instance (`GET /instances/{id}/file`, an id already checked),
+    /// streamed.
+    async fn instance_file(&self, id: &str) -> PacsResult<DicomFile>;
 }
 
 /// Orthanc's REST API over any [`Transport`].
@@ -376,7 +377,7 @@ impl<T: Transport> Pacs for OrthancPacs<T> {
 
     async fn instance_file(&self, orthanc_instance_id: &str) -> PacsResult<DicomFile> {
         let id = check_id(orthanc_instance_id)?;
-        self.transport.get_stream(&format!("/instances/{id}/file")).await
+        self.transport.instance_file(id).await
     }
 
     async fn instance_preview(&self, orthanc_instance_id: &str) -> PacsResult<Bytes> {

@@ -136,15 +136,13 @@ impl Transport for InProcess {
     /// it happens when the body is polled, which for an `/api` answer is on the Orthanc
     /// HTTP thread that serves the request (as Orthanc's own file route does), not on a
     /// runtime thread.
-    async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
+    async fn instance_file(&self, id: &str) -> PacsResult<DicomFile> {
         stopping()?;
-        let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")).map(str::to_string) else {
-            return Ok(DicomFile::from_bytes(self.get(path).await?));
-        };
         let stored = match &self.stored {
-            Some(stored) => stored.attachment(self, &id).await?.map(|a| (stored.clone(), a)),
+            Some(stored) => stored.attachment(self, id).await?.map(|a| (stored.clone(), a)),
             None => None,
         };
+        let id = id.to_string();
         let read = async move {
             // Inline on a thread that only waits (the Orthanc thread); on a runtime worker,
             // the worker's other tasks move elsewhere while the file is read.

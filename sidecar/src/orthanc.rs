@@ -209,16 +209,14 @@ impl Transport for OrthancHttp {
     }
 
     /// The places are held until the body has been read to its end, or dropped.
-    async fn get_stream(&self, path: &str) -> PacsResult<DicomFile> {
-        if let Some(id) = path.strip_prefix("/instances/").and_then(|rest| rest.strip_suffix("/file")) {
-            if let Some(stored) = &self.stored {
-                if let Some(file) = stored.file(self, id).await? {
-                    return Ok(file);
-                }
+    async fn instance_file(&self, id: &str) -> PacsResult<DicomFile> {
+        if let Some(stored) = &self.stored {
+            if let Some(file) = stored.file(self, id).await? {
+                return Ok(file);
             }
         }
         let places = self.places(true).await?;
-        let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let resp = self.send(self.request(reqwest::Method::GET, &format!("/instances/{id}/file"))).await?;
         let size = resp.content_length();
         let body: ByteStream = Box::pin(resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string())));
         Ok(DicomFile { size, body: Box::pin(Holding { body, places: Some(places) }) })

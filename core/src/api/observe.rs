@@ -16,10 +16,6 @@ use crate::app::SharedApp;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The id of the request being served, in its extensions (for handlers that log).
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
 /// The route template that matched, copied into the answer's extensions for the log
 /// line: the router's, or the one [`super::lane`] serves.
 #[derive(Clone, Debug)]
@@ -62,9 +58,8 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    /// Settles the request id (the caller's when valid, else a new one) and puts it in
-    /// the request's extensions, for handlers that log.
-    pub fn start(req: &mut Request) -> RequestLog {
+    /// Settles the request id: the caller's when valid, else a new one.
+    pub fn start(req: &Request) -> RequestLog {
         let started = Instant::now();
         let id = req
             .headers()
@@ -73,7 +68,6 @@ impl RequestLog {
             .filter(|v| valid_request_id(v))
             .and_then(|v| std::str::from_utf8(v).ok())
             .map_or_else(new_request_id, str::to_string);
-        req.extensions_mut().insert(RequestId(id.clone()));
         RequestLog { id, started, method: req.method().clone() }
     }
 
