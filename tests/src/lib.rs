@@ -26,6 +26,19 @@ pub use orthanc::Orthanc;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// The value of one sample line (`name{labels} value`) of a Prometheus text, if present;
+/// a value that is not a number fails the test.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(|v| v.trim().parse().expect("a number"))
+}
+
+/// `/api/metrics` as `c` reads it (an admin), as text.
+pub async fn metrics_text(c: &Client) -> String {
+    let r = c.get("/api/metrics").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", String::from_utf8_lossy(&r.body));
+    String::from_utf8(r.body.to_vec()).expect("utf-8")
+}
+
 /// A port that was free a moment ago (bound, then closed): another process may take it
 /// before the caller's server does. Only for servers that can neither listen on port 0
 /// and say where, nor report a taken port (the harness's own children do one or the

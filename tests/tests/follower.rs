@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cohort_e2e::dicom::{self, Generated, StudySpec};
-use cohort_e2e::{eventually, postgres_skipped, Backend, Client, Deployment, Host, TestDatabase};
+use cohort_e2e::{eventually, postgres_skipped, sample, Backend, Client, Deployment, Host, TestDatabase};
 use serde_json::Value;
 
 /// `CHANGE_ATTEMPTS` of `services::registry`.
@@ -87,11 +87,6 @@ async fn system_imports(admin: &Client) -> Vec<(i64, String)> {
         .collect();
     rows.sort();
     rows
-}
-
-/// The value of one sample line of a Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// The cursor in the database equals Orthanc's newest change (nothing skipped ahead of

@@ -176,10 +176,9 @@ async fn forwarded_for_is_ignored_by_default(d: &Deployment, admin: &Client) {
 }
 
 /// `cohort_http_requests_total` of the image route with `status`.
-async fn image_requests(admin: &Client, status: u16) -> u64 {
-    let text = String::from_utf8(admin.get("/api/metrics").await.body.to_vec()).expect("utf-8");
-    let line = format!("cohort_http_requests_total{{route=\"/api/patients/images/{{instance_id}}\",status=\"{status}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |v| v.trim().parse().expect("a count"))
+async fn image_requests(admin: &Client, status: u16) -> f64 {
+    let series = format!("cohort_http_requests_total{{route=\"/api/patients/images/{{instance_id}}\",status=\"{status}\"}}");
+    cohort_e2e::sample(&cohort_e2e::metrics_text(admin).await, &series).unwrap_or(0.0)
 }
 
 /// The raw image route is served past the router when its request is plain (`GET`, an
@@ -257,8 +256,8 @@ async fn image_lane_answers_as_the_router(d: &Deployment, admin: &Client) {
     }
     assert_eq!(admin.get(&format!("/api/patients/images/{id}?_=1")).await.header("content-type"), Some("application/dicom"));
     // Both ways are counted under the route's own name: 5 answers of 200 and 2 of 404, twice, and the one just above.
-    assert_eq!(image_requests(admin, 200).await - ok_before, 11);
-    assert_eq!(image_requests(admin, 404).await - refused_before, 4);
+    assert_eq!(image_requests(admin, 200).await - ok_before, 11.0);
+    assert_eq!(image_requests(admin, 404).await - refused_before, 4.0);
 }
 
 async fn input_rules(d: Deployment) {

@@ -3,7 +3,7 @@
 //! the Prometheus text format, with counters that move.
 
 use cohort_e2e::{postgres_skipped, Backend, Deployment, Host, ADMIN_PASSWORD};
-use cohort_e2e::{Client, Resp};
+use cohort_e2e::{sample, Client, Resp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,11 +20,6 @@ fn request_id(r: &Resp) -> String {
     let id = r.header("x-request-id").unwrap_or_else(|| panic!("no X-Request-Id on a {} answer", r.status)).to_string();
     assert!(valid_id(&id), "generated id {id:?} is not 1-64 characters of [A-Za-z0-9._-]");
     id
-}
-
-/// The value of one sample line (`name{labels} value`), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().expect("number")))
 }
 
 async fn metrics_text(c: &Client) -> String {

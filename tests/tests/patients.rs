@@ -899,16 +899,13 @@ async fn counters_are_vacuumed_plugin_postgres() {
 }
 
 /// `cohort_orthanc_storage_reads_total`.
-async fn storage_reads(admin: &Client) -> u64 {
+async fn storage_reads(admin: &Client) -> f64 {
     metric(admin, "cohort_orthanc_storage_reads_total").await
 }
 
 /// A counter of `/api/metrics` without labels.
-async fn metric(admin: &Client, name: &str) -> u64 {
-    let r = admin.get("/api/metrics").await;
-    assert_eq!(r.status.as_u16(), 200);
-    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no {name}"))
+async fn metric(admin: &Client, name: &str) -> f64 {
+    cohort_e2e::sample(&cohort_e2e::metrics_text(admin).await, name).unwrap_or_else(|| panic!("no {name}"))
 }
 
 /// Every instance Orthanc holds, fetched `times` times through Cohort's image route: each
@@ -955,9 +952,9 @@ async fn images_with_orthancs_storage(host: Host, backend: Backend, compressed: 
     // Each file read twice: the sidecar reads it each time; the plugin once, then answers
     // its copy kept in memory (Orthanc's MaximumStorageCacheSize, 128 MB by default).
     let (reads, kept) = match (compressed, host) {
-        (true, _) => (0, 0),
-        (false, Host::Sidecar) => (6, 0),
-        (false, Host::Plugin) => (3, 3),
+        (true, _) => (0.0, 0.0),
+        (false, Host::Sidecar) => (6.0, 0.0),
+        (false, Host::Plugin) => (3.0, 3.0),
     };
     assert_eq!(storage_reads(&admin).await, reads);
     assert_eq!(metric(&admin, "cohort_orthanc_storage_kept_hits_total").await, kept);
@@ -1028,6 +1025,6 @@ async fn a_relative_storage_directory_is_read_where_orthanc_puts_it() {
     assert!(stored.join("index").is_file(), "Orthanc's index is not in {}", stored.display());
     let orthanc = d.orthanc_client().await;
     assert_eq!(images_are_orthancs_files(&admin, &orthanc, 2).await.len(), 2);
-    assert_eq!(storage_reads(&admin).await, 4, "the files were not read in {}", stored.display());
-    assert_eq!(metric(&admin, "cohort_orthanc_storage_kept_hits_total").await, 0);
+    assert_eq!(storage_reads(&admin).await, 4.0, "the files were not read in {}", stored.display());
+    assert_eq!(metric(&admin, "cohort_orthanc_storage_kept_hits_total").await, 0.0);
 }
