@@ -216,7 +216,11 @@ impl Transport for OrthancHttp {
             }
         }
         let places = self.places(true).await?;
-        let resp = self.send(self.request(reqwest::Method::GET, &format!("/instances/{id}/file"))).await?;
+        // Orthanc 1.10.1 reads this route's `Accept` to answer DICOMweb JSON or XML when
+        // asked; reqwest's default `*/*` is no MIME type it knows, and each request then
+        // cost Orthanc a C++ exception thrown and caught (unwinding showed in its profile).
+        let req = self.request(reqwest::Method::GET, &format!("/instances/{id}/file")).header(reqwest::header::ACCEPT, "application/dicom");
+        let resp = self.send(req).await?;
         let size = resp.content_length();
         let body: ByteStream = Box::pin(resp.bytes_stream().map_err(|e| PacsError::Unavailable(e.to_string())));
         Ok(DicomFile { size, body: Box::pin(Holding { body, places: Some(places) }) })
