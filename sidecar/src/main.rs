@@ -2,6 +2,7 @@
 //! only wires configuration, logging and the core; the work is in `cohort-core`.
 
 mod import;
+mod memory;
 mod orthanc;
 mod serve;
 
@@ -175,6 +176,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let follower = tokio::spawn(registry::follow_changes(app.clone(), Arc::new(Notify::new())));
     // Imports that died with an earlier process are completed (see `cohort reconcile`).
     let reconciler = tokio::spawn(reconcile::keep_reconciled(app.clone()));
+    // Memory the allocator keeps freed goes back to the system (the 100 MB bound).
+    let trimmer = tokio::spawn(memory::give_back_freed_memory());
     let api = cohort_core::api::Api::new(app.clone(), cohort_core::api::router(app.clone()));
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (COHORT_LISTEN): {e}"))?;
@@ -187,6 +190,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // a reconciliation: its one transaction rolls back, and the next start does it again.
     follower.abort();
     reconciler.abort();
+    trimmer.abort();
     app.abort.fire();
     tracing::info!("shutting down");
     // Connections dropped after the grace period may still hold database connections:
