@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cohort_e2e::dicom::{self, Generated, StudySpec};
-use cohort_e2e::{eventually, postgres_skipped, sample, Backend, Client, Deployment, Host, TestDatabase};
+use cohort_e2e::{eventually, metrics_text, postgres_skipped, sample, Backend, Client, Deployment, Host, TestDatabase};
 use serde_json::Value;
 
 /// `CHANGE_ATTEMPTS` of `services::registry`.
@@ -158,7 +158,7 @@ async fn follower_through_faults(mut d: Deployment) {
     cursor_caught_up(&d, &orthanc).await;
 
     // The figures say the same.
-    let metrics = String::from_utf8(admin.get("/api/metrics").await.body.to_vec()).expect("utf-8");
+    let metrics = metrics_text(&admin).await;
     assert_eq!(sample(&metrics, "cohort_change_follower_skipped_total"), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "cohort_change_follower_lag"), Some(0.0), "{metrics}");
     let last = orthanc_last_change(&orthanc).await as f64;
