@@ -222,7 +222,8 @@ impl Drop for Sidecar {
     }
 }
 
-/// A `cohort` command with a clean environment: only the harness's `COHORT_*` settings.
+/// A `cohort` command with a clean environment: only the harness's `COHORT_*` settings,
+/// and `TMPDIR` (its upload spool in this process's own directory, [`crate::scratch`]).
 pub fn sidecar_command(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Command {
     configure_sidecar(crate::process::command(crate::built("cohort")), db_url, orthanc_url, env)
 }
@@ -230,6 +231,7 @@ pub fn sidecar_command(db_url: &str, orthanc_url: &str, env: &BTreeMap<String, S
 fn configure_sidecar(mut cmd: Command, db_url: &str, orthanc_url: &str, env: &BTreeMap<String, String>) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", std::env::temp_dir())
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
         .env("COHORT_DATABASE_URL", db_url)
         .env("COHORT_ORTHANC_URL", orthanc_url)

@@ -524,38 +524,11 @@ fn zip_result(args: &[String], inputs: &[PathBuf]) -> GeneratedZip {
     GeneratedZip { dir, path: file.path, size: file.size, entries, summary }
 }
 
-/// The temporary directories this process made. A fixture a test keeps in a `static`
-/// is never dropped (Rust runs no destructor of a static), and its directory would stay
-/// behind after every run: whatever is still there when the process exits normally is
-/// removed then ([`remove_made`]).
-static MADE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-static REMOVE_AT_EXIT: std::sync::Once = std::sync::Once::new();
-
+/// A directory for a generated output, removed on drop. Those of fixtures kept in a
+/// `static` (never dropped) go with the process's own directory at exit
+/// ([`crate::scratch`]).
 fn temp_dir() -> TempDir {
-    let dir = tempfile::Builder::new().prefix("cohort-dicom-").tempdir().expect("temp dir");
-    REMOVE_AT_EXIT.call_once(|| {
-        // SAFETY: `remove_made` is a plain `extern "C"` function that takes nothing and
-        // does not unwind (no call in it panics), as a handler run by `exit` must.
-        if unsafe { libc::atexit(remove_made) } != 0 {
-            eprintln!("cohort-e2e: cannot register the removal of temporary DICOM directories at exit");
-        }
-    });
-    MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(dir.path().to_path_buf());
-    dir
-}
-
-/// Removes the directories of [`MADE`] still present (those of values already dropped
-/// are gone). Runs at the process's normal exit; a thread holding the list then (it is
-/// held only to push a path) leaves them behind rather than waiting.
-extern "C" fn remove_made() {
-    let mut made = match MADE.try_lock() {
-        Ok(made) => made,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return,
-    };
-    for dir in made.drain(..) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    tempfile::Builder::new().prefix("cohort-dicom-").tempdir().expect("temp dir")
 }
 
 fn path_arg(path: &Path) -> String {

@@ -17,6 +17,7 @@ pub mod dicom;
 pub mod faults;
 pub mod orthanc;
 pub mod process;
+pub mod scratch;
 
 pub use client::{Client, Resp};
 pub use db::{Backend, TestDatabase};

@@ -14,6 +14,17 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// The harness's start-up code runs in a test binary that links it (the harness is a
+/// library: a start-up hook in it that the linker dropped would leave every temporary
+/// directory of a killed run behind).
+#[test]
+fn temporary_files_go_to_the_process_directory() {
+    let dir = cohort_e2e::scratch::own_dir().expect("TMPDIR set to this process's own directory before main");
+    assert!(dir.is_dir(), "{}", dir.display());
+    let made = tempfile::tempdir().expect("temp dir");
+    assert!(made.path().starts_with(&dir), "{} outside {}", made.path().display(), dir.display());
+}
+
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     for (key, value) in [
