@@ -286,13 +286,12 @@ pub fn rss_mib(pid: u32) -> f64 {
 
 /// CPU time (user + system) a process has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) start after its `)`:
-    // state is field 3, utime and stime fields 14 and 15, in clock ticks.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks =
-        |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?.parse::<f64>()?) };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+    // utime and stime, fields 14 and 15, in clock ticks.
+    let fields = cohort_e2e::process::stat_fields(pid)?;
+    let ticks = |n: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(n - 3).ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?.parse::<f64>()?)
+    };
+    Ok((ticks(14)? + ticks(15)?) / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -29,6 +29,17 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (its 2nd field, in parentheses,
+/// which may itself hold spaces and parentheses): the state (the 3rd field) is the
+/// first; the `n`th field of `proc(5)` is at `n - 3`.
+pub fn stat_fields(pid: u32) -> std::io::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, after_name) = stat
+        .rsplit_once(')')
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: no command name")))?;
+    Ok(after_name.split_whitespace().map(str::to_string).collect())
+}
+
 /// A TCP port for a server that cannot bind port 0 itself (Orthanc), drawn at random
 /// below the kernel's ephemeral range, so that the harness's own outgoing connections
 /// never take it. The port is not reserved: the caller starts its server and, when the

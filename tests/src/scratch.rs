@@ -78,11 +78,8 @@ fn start_time(pid: u32) -> Option<u64> {
 
 /// Process `pid`'s state (`/proc/PID/stat`'s 3rd field) and start time, if it exists.
 fn stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (2nd field) is in parentheses and may hold spaces: count after it.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    Some((state, fields.nth(18)?.parse().ok()?))
+    let fields = crate::process::stat_fields(pid).ok()?;
+    Some((fields.first()?.chars().next()?, fields.get(22 - 3)?.parse().ok()?))
 }
 
 /// Removes the directories in `base` of processes that are gone (this user's only).
